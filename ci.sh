@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs every check and test corelog has. This is the README's test command and what
+# .ci/run calls. It installs what the tests need on a fresh machine.
+set -euo pipefail
+cd "$(dirname "$0")"
+export CARGO_TERM_COLOR=never
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "toolchain components"
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "tests (release build; the crash tests kill real processes)"
+if command -v cargo-nextest >/dev/null 2>&1; then
+  cargo nextest run --workspace --release --no-fail-fast
+else
+  cargo test --workspace --release --no-fail-fast
+fi
+
+step "loom models (--cfg loom, own target dir)"
+LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-3}" RUSTFLAGS="--cfg loom" \
+  CARGO_TARGET_DIR=target/loom cargo test -p loom-tests --release

@@ -1,0 +1,29 @@
+//! # engine — corelog's log and stream engine
+//!
+//! One durable, partitioned log on a thread-per-core engine. This crate owns:
+//!
+//! * [`batch`]: the Kafka RecordBatch v2 byte format (zero-copy view, CRC32C,
+//!   base-offset assignment, an encoder for uncompressed batches);
+//! * [`segment`] and [`log`]: Kafka-layout segment files with sparse offset and time
+//!   indexes, appends, reads up to the high watermark, recovery, retention;
+//! * [`ring`], [`watermark`] and [`sync`]: the lock-free primitives shards share, on
+//!   a `sync` facade that `loom-tests` swaps for loom's types;
+//! * [`io`]: the io_uring probe and the per-shard writer/flusher (group commit);
+//! * [`shard`] and [`Engine`]: shard threads pinned one per core, partition ownership,
+//!   the N×N SPSC mesh and per-shard MPSC submission rings, and the embedded API.
+//!
+//! Invariants (see `ARCHITECTURE.md`): each partition is owned by exactly one shard and
+//! only that thread touches its files and state; consumers never see offsets at or
+//! past the high watermark; a broken invariant in the log is a crash with a message,
+//! bad input is an error. The only `unsafe` code is in `ring`, `io` and `segment`.
+//! This crate never links `parquet`/`arrow`.
+
+#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
+#![deny(clippy::await_holding_refcell_ref)]
+
+pub mod batch;
+pub mod log;
+pub mod ring;
+pub mod segment;
+pub mod sync;
+pub mod watermark;

@@ -1,0 +1,499 @@
+//! A partition's log: an ordered run of segments, appends, reads up to the high
+//! watermark, lookups by offset and timestamp, recovery and retention.
+//!
+//! `PartitionLog` is plain single-threaded state: it is owned by exactly one shard and
+//! never shared. It decides *where* bytes go (offset assignment, segment roll) and
+//! hands the write to its owner as an [`AppendPlan`]; the shard performs the write
+//! through io_uring and publishes the high watermark once the flush mode says the
+//! bytes are durable. [`PartitionLog::append_sync`] does the same with blocking calls
+//! for tools and tests.
+//!
+//! Invariants:
+//! * segments are contiguous: each one's base offset is its predecessor's next offset;
+//! * `log_start_offset <= high_watermark <= next_offset`, all non-decreasing except
+//!   that recovery may lower `next_offset` to the last intact batch;
+//! * the high watermark is published with `Release` and read with `Acquire`, and it only
+//!   ever names offsets whose bytes were written (and synced, per flush mode);
+//! * readers never see a byte at or past the high watermark;
+//! * after a sealed segment is found corrupt the partition is read-only, and reads stop
+//!   at the last intact offset before the damage.
+
+use crate::batch::{BatchError, BatchView};
+use crate::segment::{self, OpenMode, Segment, SegmentError};
+use crate::watermark::HighWatermark;
+use bytes::{Bytes, BytesMut};
+use std::collections::VecDeque;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Default segment size (`--segment-bytes`).
+pub const SEGMENT_BYTES_DEFAULT: u64 = 256 << 20;
+/// Default largest batch accepted (Kafka's `message.max.bytes` is 1 MiB; we allow 8).
+pub const BATCH_BYTES_MAX_DEFAULT: usize = 8 << 20;
+
+/// Per-partition log settings.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Roll the active segment when it would exceed this size.
+    pub segment_bytes: u64,
+    /// Roll the active segment when it is older than this (ms).
+    pub segment_ms: Option<i64>,
+    /// Delete sealed segments whose newest record is older than this (ms).
+    pub retention_ms: Option<i64>,
+    /// Delete the oldest sealed segments while the log is larger than this.
+    pub retention_bytes: Option<u64>,
+    /// Largest batch accepted.
+    pub batch_bytes_max: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            segment_bytes: SEGMENT_BYTES_DEFAULT,
+            segment_ms: None,
+            retention_ms: Some(7 * 24 * 3600 * 1000),
+            retention_bytes: None,
+            batch_bytes_max: BATCH_BYTES_MAX_DEFAULT,
+        }
+    }
+}
+
+impl LogConfig {
+    fn map_len(&self) -> u64 {
+        self.segment_bytes + self.batch_bytes_max as u64
+    }
+}
+
+/// Why an append was refused. Nothing was written when this is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// The bytes are not one valid RecordBatch v2.
+    #[error("corrupt batch: {0}")]
+    Corrupt(#[from] BatchError),
+    /// More (or fewer) bytes than the one batch they hold.
+    #[error("expected exactly one batch of {batch} bytes, got {given}")]
+    NotOneBatch {
+        /// Length of the first batch.
+        batch: usize,
+        /// Bytes given.
+        given: usize,
+    },
+    /// The batch exceeds the configured maximum.
+    #[error("batch of {size} bytes exceeds the maximum of {max}")]
+    TooLarge {
+        /// Batch size.
+        size: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// The partition is read-only after corruption or a failed write.
+    #[error("partition is read-only: {0}")]
+    ReadOnly(String),
+    /// Creating a segment failed.
+    #[error(transparent)]
+    Storage(#[from] SegmentError),
+}
+
+/// Why a read was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    /// The offset is below the log start or above the high watermark.
+    #[error("offset {offset} out of range {log_start_offset}..={high_watermark}")]
+    OffsetOutOfRange {
+        /// Requested offset.
+        offset: i64,
+        /// First offset kept.
+        log_start_offset: i64,
+        /// High watermark.
+        high_watermark: i64,
+    },
+    /// A stored batch failed its checks on read.
+    #[error("corrupt batch at offset {offset}: {reason}")]
+    Corrupt {
+        /// First offset that could not be served.
+        offset: i64,
+        /// What the check found.
+        reason: String,
+    },
+}
+
+/// Where an append goes; the shard writes `bytes` at `position` of `file`.
+#[derive(Debug)]
+pub struct AppendPlan {
+    /// Offset assigned to the first record.
+    pub base_offset: i64,
+    /// Offset after the last record.
+    pub next_offset: i64,
+    /// The active segment's log file.
+    pub file: Arc<File>,
+    /// Write position in that file.
+    pub position: u64,
+    /// The batch with its base offset stamped.
+    pub bytes: BytesMut,
+    /// When the append rolled the log: the sealed segment's file, which needs one more
+    /// sync before offsets in it are durable.
+    pub sealed_file: Option<Arc<File>>,
+}
+
+/// Bytes read from the log, zero-copy.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// Whole batches, straight from the mapped segment.
+    pub bytes: Bytes,
+    /// Offset after the last returned batch (the requested offset when empty).
+    pub next_offset: i64,
+    /// High watermark at the time of the read.
+    pub high_watermark: i64,
+    /// First offset kept.
+    pub log_start_offset: i64,
+}
+
+/// What opening a partition found.
+#[derive(Debug, Default, Clone)]
+pub struct RecoveryReport {
+    /// Segments opened.
+    pub segments: usize,
+    /// Bytes cut from the active segment's torn or corrupt tail.
+    pub truncated_bytes: u64,
+    /// Why the tail was cut.
+    pub truncated_reason: Option<String>,
+    /// Corruption found in a sealed segment (the partition is read-only past it).
+    pub sealed_corruption: Option<String>,
+    /// Offset after the last good batch.
+    pub next_offset: i64,
+}
+
+/// One partition's log.
+#[derive(Debug)]
+pub struct PartitionLog {
+    dir: PathBuf,
+    config: LogConfig,
+    segments: VecDeque<Segment>,
+    high_watermark: Arc<HighWatermark>,
+    read_only: Option<String>,
+    retain_floor: Option<i64>,
+}
+
+impl PartitionLog {
+    /// Opens (or creates) the log in `dir`. `clean` says the previous run shut down
+    /// cleanly; otherwise the active segment is fully re-scanned and its index rebuilt.
+    pub fn open(
+        dir: &Path,
+        config: LogConfig,
+        clean: bool,
+        now_ms: i64,
+    ) -> Result<(Self, RecoveryReport), SegmentError> {
+        assert!(config.segment_bytes > 0 && config.segment_bytes <= segment::SEGMENT_BYTES_MAX);
+        std::fs::create_dir_all(dir)
+            .map_err(|source| SegmentError::Io { path: dir.to_path_buf(), source })?;
+        let mut bases: Vec<i64> = std::fs::read_dir(dir)
+            .map_err(|source| SegmentError::Io { path: dir.to_path_buf(), source })?
+            .filter_map(|entry| entry.ok().and_then(|e| segment::parse_log_name(&e.path())))
+            .collect();
+        bases.sort_unstable();
+        let mut report = RecoveryReport::default();
+        let mut segments = VecDeque::new();
+        let mut read_only = None;
+        for (i, &base) in bases.iter().enumerate() {
+            let active = i + 1 == bases.len();
+            let mode = match (active, clean) {
+                (false, _) => OpenMode::Sealed,
+                (true, true) => OpenMode::Active,
+                (true, false) => OpenMode::Rebuild,
+            };
+            let expected_base = segments.back().map(Segment::next_offset);
+            let (segment, scan) = Segment::open(dir, base, config.map_len(), mode)?;
+            if let Some(expected) = expected_base.filter(|&e| e != base) {
+                read_only = Some(format!("segment {base} does not follow offset {expected}"));
+                break;
+            }
+            if let Some((position, error)) = &scan.error {
+                let file_len = segment.log_file().metadata().map(|m| m.len()).unwrap_or(scan.valid_end);
+                let reason = format!("{}: at byte {position}: {error}", segment.path("log").display());
+                if active {
+                    report.truncated_bytes = file_len.saturating_sub(scan.valid_end);
+                    report.truncated_reason = Some(reason);
+                    tracing::warn!(
+                        truncated = report.truncated_bytes,
+                        "recovered torn tail: {}",
+                        report.truncated_reason.as_deref().unwrap_or("")
+                    );
+                } else {
+                    tracing::error!("sealed segment corrupt, partition read-only: {reason}");
+                    report.sealed_corruption = Some(reason.clone());
+                    read_only = Some(reason);
+                    segments.push_back(segment);
+                    break;
+                }
+            }
+            segments.push_back(segment);
+        }
+        if segments.is_empty() {
+            segments.push_back(Segment::create(dir, 0, config.map_len(), now_ms)?);
+        }
+        let mut log = Self {
+            dir: dir.to_path_buf(),
+            config,
+            segments,
+            high_watermark: Arc::new(HighWatermark::new(0)),
+            read_only,
+            retain_floor: None,
+        };
+        report.segments = log.segments.len();
+        report.next_offset = log.next_offset();
+        log.high_watermark.publish(log.next_offset());
+        for segment in &mut log.segments {
+            segment.flush_indexes_sync()?;
+        }
+        Ok((log, report))
+    }
+
+    fn active(&self) -> &Segment {
+        self.segments.back().expect("a log always has an active segment")
+    }
+
+    /// The directory holding this partition's files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    /// The settings in force.
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+    /// Offset the next append gets.
+    pub fn next_offset(&self) -> i64 {
+        self.active().next_offset()
+    }
+    /// First offset kept.
+    pub fn log_start_offset(&self) -> i64 {
+        self.segments.front().expect("non-empty").base_offset()
+    }
+    /// The last durable offset + 1, as published to readers.
+    pub fn high_watermark(&self) -> i64 {
+        self.high_watermark.load()
+    }
+    /// A handle readers on other threads may poll.
+    pub fn high_watermark_handle(&self) -> Arc<HighWatermark> {
+        self.high_watermark.clone()
+    }
+    /// Why the partition refuses appends, if it does.
+    pub fn read_only_reason(&self) -> Option<&str> {
+        self.read_only.as_deref()
+    }
+    /// Marks the partition read-only (after a failed write).
+    pub fn set_read_only(&mut self, reason: String) {
+        self.read_only.get_or_insert(reason);
+    }
+    /// Number of segments.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+    /// Total bytes in all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.iter().map(Segment::size).sum()
+    }
+    /// Retention never deletes a segment holding offsets at or past `floor`
+    /// (the lander's landed offset).
+    pub fn set_retain_floor(&mut self, floor: Option<i64>) {
+        self.retain_floor = floor;
+    }
+
+    /// Publishes `offset` as the new high watermark (monotonic).
+    pub fn publish_high_watermark(&self, offset: i64) {
+        assert!(offset <= self.next_offset(), "high watermark {offset} past log end {}", self.next_offset());
+        self.high_watermark.publish(offset);
+    }
+
+    /// Validates `bytes` as one batch, rolls the segment when needed, assigns offsets
+    /// and returns where to write it. Index entries are kept in memory until
+    /// [`PartitionLog::flush_indexes`].
+    pub fn append(&mut self, mut bytes: BytesMut, now_ms: i64) -> Result<AppendPlan, AppendError> {
+        if let Some(reason) = &self.read_only {
+            return Err(AppendError::ReadOnly(reason.clone()));
+        }
+        let (record_count, max_timestamp) = {
+            let view = BatchView::parse(&bytes)?;
+            if view.len() != bytes.len() {
+                return Err(AppendError::NotOneBatch { batch: view.len(), given: bytes.len() });
+            }
+            (view.record_count(), view.max_timestamp())
+        };
+        if bytes.len() > self.config.batch_bytes_max {
+            return Err(AppendError::TooLarge { size: bytes.len(), max: self.config.batch_bytes_max });
+        }
+        let sealed_file =
+            if self.should_roll(bytes.len() as u64, now_ms) { Some(self.roll(now_ms)?) } else { None };
+        let active = self.segments.back_mut().expect("non-empty");
+        let base_offset = active.next_offset();
+        let position = active.assign(&mut bytes, record_count, max_timestamp);
+        Ok(AppendPlan {
+            base_offset,
+            next_offset: active.next_offset(),
+            file: active.log_file().clone(),
+            position,
+            bytes,
+            sealed_file,
+        })
+    }
+
+    fn should_roll(&self, len: u64, now_ms: i64) -> bool {
+        let active = self.active();
+        if active.size() == 0 {
+            return false;
+        }
+        let full = active.size() + len > self.config.segment_bytes;
+        let old = self.config.segment_ms.is_some_and(|ms| now_ms - active.created_ms() >= ms);
+        full || old
+    }
+
+    /// Seals the active segment and starts a new one; returns the sealed file.
+    fn roll(&mut self, now_ms: i64) -> Result<Arc<File>, SegmentError> {
+        let sealed = self.segments.back_mut().expect("non-empty");
+        sealed.flush_indexes_sync()?;
+        let sealed_file = sealed.log_file().clone();
+        let base = sealed.next_offset();
+        self.segments.push_back(Segment::create(&self.dir, base, self.config.map_len(), now_ms)?);
+        Ok(sealed_file)
+    }
+
+    /// Rolls the active segment if it is older than `segment_ms` (called on a timer).
+    pub fn roll_if_old(&mut self, now_ms: i64) -> Result<Option<Arc<File>>, SegmentError> {
+        if self.read_only.is_none()
+            && self.should_roll(0, now_ms)
+            && self.high_watermark() == self.next_offset()
+        {
+            return self.roll(now_ms).map(Some);
+        }
+        Ok(None)
+    }
+
+    /// Writes in-memory index entries of the active segment to its index files.
+    pub fn flush_indexes(&mut self) -> Result<(), SegmentError> {
+        self.segments.back_mut().expect("non-empty").flush_indexes_sync()
+    }
+
+    /// Appends with blocking writes and one fdatasync, then publishes the high
+    /// watermark. For tools and tests; shards use [`PartitionLog::append`].
+    pub fn append_sync(&mut self, bytes: BytesMut, now_ms: i64) -> Result<(i64, i64), AppendError> {
+        let plan = self.append(bytes, now_ms)?;
+        let io = |source| AppendError::Storage(SegmentError::Io { path: self.dir.clone(), source });
+        if let Some(sealed) = &plan.sealed_file {
+            sealed.sync_data().map_err(io)?;
+        }
+        plan.file.write_all_at(&plan.bytes, plan.position).map_err(io)?;
+        plan.file.sync_data().map_err(io)?;
+        self.flush_indexes()?;
+        self.publish_high_watermark(plan.next_offset);
+        Ok((plan.base_offset, plan.next_offset))
+    }
+
+    fn segment_for(&self, offset: i64) -> Option<&Segment> {
+        let at = self.segments.partition_point(|s| s.base_offset() <= offset);
+        at.checked_sub(1).map(|i| &self.segments[i])
+    }
+
+    /// Reads whole batches starting with the one holding `offset`, up to `max_bytes`
+    /// (at least one batch when any is available), never past the high watermark and
+    /// never across a segment boundary. Every returned batch is CRC-checked.
+    pub fn read(&self, offset: i64, max_bytes: usize) -> Result<Fetched, ReadError> {
+        let high_watermark = self.high_watermark();
+        let log_start_offset = self.log_start_offset();
+        if offset < log_start_offset || offset > high_watermark {
+            return Err(ReadError::OffsetOutOfRange { offset, log_start_offset, high_watermark });
+        }
+        let empty = Fetched { bytes: Bytes::new(), next_offset: offset, high_watermark, log_start_offset };
+        let Some(segment) = self.segment_for(offset) else { return Ok(empty) };
+        let window = segment.slice(0, segment.size());
+        let mut position = segment.lookup_position(offset) as usize;
+        let mut start = None;
+        let mut next_offset = offset;
+        while position < window.len() {
+            let frame = &window[position..];
+            let base =
+                frame.get(0..8).map_or(i64::MAX, |b| i64::from_be_bytes(b.try_into().expect("8 bytes")));
+            if base >= high_watermark {
+                break;
+            }
+            let view = BatchView::parse(frame)
+                .map_err(|e| ReadError::Corrupt { offset: base.max(next_offset), reason: e.to_string() })?;
+            if view.next_offset() <= offset {
+                position += view.len();
+                continue;
+            }
+            let first = *start.get_or_insert(position);
+            if position > first && position + view.len() - first > max_bytes {
+                break;
+            }
+            position += view.len();
+            next_offset = view.next_offset();
+        }
+        let Some(first) = start else { return Ok(empty) };
+        Ok(Fetched { bytes: window.slice(first..position), next_offset, high_watermark, log_start_offset })
+    }
+
+    /// The first offset whose record timestamp is >= `timestamp`, with that timestamp,
+    /// or `None` when every record is older. Compressed batches answer with their base
+    /// offset and max timestamp.
+    pub fn offset_for_timestamp(&self, timestamp: i64) -> Option<(i64, i64)> {
+        let high_watermark = self.high_watermark();
+        let segment = self
+            .segments
+            .iter()
+            .find(|s| s.max_timestamp() >= timestamp && s.base_offset() < high_watermark)?;
+        let window = segment.slice(0, segment.size());
+        let mut position = segment.lookup_time_position(timestamp) as usize;
+        while position < window.len() {
+            let view = BatchView::parse(&window[position..]).ok()?;
+            if view.base_offset() >= high_watermark {
+                return None;
+            }
+            if view.max_timestamp() >= timestamp {
+                let record = view
+                    .records()
+                    .ok()
+                    .and_then(|records| records.into_iter().find(|r| r.timestamp >= timestamp))
+                    .map(|r| (r.offset, r.timestamp));
+                return Some(record.unwrap_or((view.base_offset(), view.max_timestamp())));
+            }
+            position += view.len();
+        }
+        None
+    }
+
+    /// Deletes whole sealed segments past retention (time, size), never the active
+    /// one, never one holding offsets at or past the high watermark or the retain
+    /// floor. Returns the base offsets deleted.
+    pub fn apply_retention(&mut self, now_ms: i64) -> Result<Vec<i64>, SegmentError> {
+        let mut deleted = Vec::new();
+        let mut total = self.size_bytes();
+        while self.segments.len() > 1 {
+            let oldest = &self.segments[0];
+            let expired = self.config.retention_ms.is_some_and(|ms| oldest.max_timestamp() < now_ms - ms);
+            let oversized = self.config.retention_bytes.is_some_and(|max| total - oldest.size() >= max);
+            let durable = oldest.next_offset() <= self.high_watermark();
+            let landed = self.retain_floor.is_none_or(|floor| oldest.next_offset() <= floor);
+            if !((expired || oversized) && durable && landed) {
+                break;
+            }
+            let oldest = self.segments.pop_front().expect("len > 1");
+            total -= oldest.size();
+            deleted.push(oldest.base_offset());
+            oldest.delete()?;
+        }
+        if !deleted.is_empty() {
+            segment::sync_dir(&self.dir)?;
+        }
+        Ok(deleted)
+    }
+
+    /// Flushes indexes and syncs every segment: the state a clean shutdown leaves.
+    pub fn close(&mut self) -> Result<(), SegmentError> {
+        for segment in &mut self.segments {
+            segment.flush_indexes_sync()?;
+        }
+        let active = self.active();
+        active.log_file().sync_all().map_err(|source| SegmentError::Io { path: active.path("log"), source })
+    }
+}

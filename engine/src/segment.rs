@@ -1,0 +1,549 @@
+//! One segment of a partition's log: `<base_offset:020>.log` with its sparse
+//! `.index` and `.timeindex`, laid out exactly as Kafka lays them out.
+//!
+//! * `.log`: RecordBatch v2 frames back to back, no header (see [`crate::batch`]).
+//! * `.index`: 8-byte entries, big-endian `relative_offset: u32` (the *last* offset of
+//!   the indexed batch minus the segment's base offset) and `position: u32` (the file
+//!   position where that batch starts). One entry once more than
+//!   [`INDEX_INTERVAL_BYTES`] of log were written since the previous one.
+//! * `.timeindex`: 12-byte entries, big-endian `max_timestamp: i64` so far and the
+//!   `relative_offset: u32` of the record holding it; appended with the offset index
+//!   whenever the maximum timestamp grew.
+//!
+//! Ownership: a segment belongs to the shard that owns its partition. Reads are
+//! zero-copy: the whole segment is mapped once (`memmap2`) for a length of
+//! [`Segment::map_len`], which is at least the largest size the segment may grow to, and
+//! readers get `bytes::Bytes` slices that keep the mapping alive. Pages beyond the end of
+//! the file are never touched: readers stay below the written size.
+//!
+//! Invariants: `size` is the byte length of the valid prefix of the log; index entries
+//! are strictly increasing in offset and position and always point at a batch start
+//! below `size`; a segment's offsets lie in `base_offset..next_offset`. Index files
+//! are derived data: recovery validates them against the log and rebuilds them when
+//! they disagree.
+
+use crate::batch::{self, BatchError, BatchView};
+use bytes::{Bytes, BytesMut};
+use memmap2::{Mmap, MmapOptions};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Bytes of log between two offset-index entries (Kafka's `index.interval.bytes`).
+pub const INDEX_INTERVAL_BYTES: u64 = 4096;
+/// Size of one `.index` entry.
+pub const INDEX_ENTRY_BYTES: usize = 8;
+/// Size of one `.timeindex` entry.
+pub const TIME_INDEX_ENTRY_BYTES: usize = 12;
+/// Largest segment: positions are u32 in the index.
+pub const SEGMENT_BYTES_MAX: u64 = 1 << 31;
+
+const _: () = assert!(SEGMENT_BYTES_MAX <= u32::MAX as u64);
+const _: () = assert!(SEGMENT_BYTES_MAX.is_multiple_of(4096));
+
+/// Errors from segment files.
+#[derive(Debug, thiserror::Error)]
+pub enum SegmentError {
+    /// An I/O call failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// File involved.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A file name is not `<20 digits>.log`.
+    #[error("{0}: not a segment file name")]
+    BadName(PathBuf),
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SegmentError + '_ {
+    move |source| SegmentError::Io { path: path.to_path_buf(), source }
+}
+
+/// File name stem for a segment starting at `base_offset`.
+pub fn file_stem(base_offset: i64) -> String {
+    format!("{base_offset:020}")
+}
+
+/// Parses `<20 digits>.log` into the base offset.
+pub fn parse_log_name(path: &Path) -> Option<i64> {
+    let name = path.file_name()?.to_str()?;
+    let stem = name.strip_suffix(".log")?;
+    (stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit())).then(|| stem.parse().ok()).flatten()
+}
+
+/// A sparse offset-index entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// Last offset of the indexed batch, relative to the segment base.
+    pub relative_offset: u32,
+    /// File position where the batch starts.
+    pub position: u32,
+}
+
+/// A time-index entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeIndexEntry {
+    /// Largest timestamp up to this point.
+    pub timestamp: i64,
+    /// Relative offset of the record with that timestamp (batch last offset here).
+    pub relative_offset: u32,
+}
+
+/// Result of walking batches over a byte range.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Position after the last good batch.
+    pub valid_end: u64,
+    /// Offset after the last good batch.
+    pub next_offset: i64,
+    /// Largest timestamp seen, with the last offset of its batch.
+    pub max_timestamp: Option<(i64, i64)>,
+    /// Number of good batches.
+    pub batches: u64,
+    /// The first bad batch: position and why.
+    pub error: Option<(u64, ScanError)>,
+}
+
+/// Why a scan stopped before the end of the bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScanError {
+    /// The batch is malformed or its CRC does not match.
+    #[error("{0}")]
+    Batch(#[from] BatchError),
+    /// The batch's base offset is not the next expected offset.
+    #[error("offset {found} where {expected} was expected")]
+    OffsetGap {
+        /// Expected base offset.
+        expected: i64,
+        /// Stored base offset.
+        found: i64,
+    },
+    /// The partition leader epoch field is not the one the engine stamps.
+    #[error("leader epoch {0} is not the engine's")]
+    LeaderEpoch(i32),
+}
+
+/// Walks the batches in `bytes[start..]`, expecting the first to have `next_offset`,
+/// and stops at the first one that is torn, corrupt or out of sequence.
+/// `on_batch(position, view)` sees every good batch.
+pub fn scan_batches(
+    bytes: &[u8],
+    start: u64,
+    next_offset: i64,
+    mut on_batch: impl FnMut(u64, &BatchView<'_>),
+) -> Scan {
+    let mut scan = Scan { valid_end: start, next_offset, ..Scan::default() };
+    let mut position = start as usize;
+    while position < bytes.len() {
+        let result = BatchView::parse(&bytes[position..]).map_err(ScanError::from).and_then(|view| {
+            if view.base_offset() != scan.next_offset {
+                return Err(ScanError::OffsetGap { expected: scan.next_offset, found: view.base_offset() });
+            }
+            let epoch = view.header().partition_leader_epoch.get();
+            if epoch != batch::LEADER_EPOCH {
+                return Err(ScanError::LeaderEpoch(epoch));
+            }
+            Ok(view)
+        });
+        match result {
+            Ok(view) => {
+                on_batch(position as u64, &view);
+                if scan.max_timestamp.is_none_or(|(ts, _)| view.max_timestamp() > ts) {
+                    scan.max_timestamp = Some((view.max_timestamp(), view.last_offset()));
+                }
+                position += view.len();
+                scan.valid_end = position as u64;
+                scan.next_offset = view.next_offset();
+                scan.batches += 1;
+            }
+            Err(error) => {
+                scan.error = Some((position as u64, error));
+                break;
+            }
+        }
+    }
+    scan
+}
+
+/// How [`Segment::open`] treats a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// A sealed segment: trust the validated index, check the tail, never truncate.
+    Sealed,
+    /// The active segment after a clean shutdown: scan from the last index entry and
+    /// truncate a bad tail.
+    Active,
+    /// The active segment after an unclean stop: ignore the index files, scan and
+    /// CRC-check every batch, rebuild the indexes, truncate to the last good batch.
+    Rebuild,
+}
+
+/// Keeps a `Mmap` alive behind `Bytes` slices.
+struct MapOwner(Mmap);
+
+impl AsRef<[u8]> for MapOwner {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// One segment: the log file, its mapping and its in-memory indexes.
+#[derive(Debug)]
+pub struct Segment {
+    base_offset: i64,
+    dir: PathBuf,
+    log: Arc<File>,
+    map: Bytes,
+    size: u64,
+    next_offset: i64,
+    max_timestamp: i64,
+    created_ms: i64,
+    index: Vec<IndexEntry>,
+    time_index: Vec<TimeIndexEntry>,
+    index_flushed: usize,
+    time_index_flushed: usize,
+    bytes_since_index: u64,
+}
+
+impl Segment {
+    /// Path of this segment's file with the given extension.
+    pub fn path(&self, extension: &str) -> PathBuf {
+        self.dir.join(format!("{}.{extension}", file_stem(self.base_offset)))
+    }
+
+    fn map_file(file: &File, path: &Path, map_len: u64) -> Result<Bytes, SegmentError> {
+        let len = usize::try_from(map_len.max(1)).expect("segment length fits usize");
+        // SAFETY: the mapping is read-only. Only the owning shard writes the file, and
+        // only beyond every position a reader is handed; the file is only truncated
+        // by recovery before it is mapped, so mapped pages below `size` stay valid.
+        let map = unsafe { MmapOptions::new().len(len).map(file) }.map_err(io_error(path))?;
+        Ok(Bytes::from_owner(MapOwner(map)))
+    }
+
+    /// Creates an empty segment at `base_offset` whose log may grow to `map_len` bytes.
+    pub fn create(dir: &Path, base_offset: i64, map_len: u64, now_ms: i64) -> Result<Self, SegmentError> {
+        assert!(base_offset >= 0);
+        let stem = file_stem(base_offset);
+        let log_path = dir.join(format!("{stem}.log"));
+        let log = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&log_path)
+            .map_err(io_error(&log_path))?;
+        for extension in ["index", "timeindex"] {
+            let path = dir.join(format!("{stem}.{extension}"));
+            File::create(&path).map_err(io_error(&path))?;
+        }
+        sync_dir(dir)?;
+        let map = Self::map_file(&log, &log_path, map_len)?;
+        Ok(Self {
+            base_offset,
+            dir: dir.to_path_buf(),
+            log: Arc::new(log),
+            map,
+            size: 0,
+            next_offset: base_offset,
+            max_timestamp: i64::MIN,
+            created_ms: now_ms,
+            index: Vec::new(),
+            time_index: Vec::new(),
+            index_flushed: 0,
+            time_index_flushed: 0,
+            bytes_since_index: 0,
+        })
+    }
+
+    /// Opens an existing segment and walks (length, CRC, offsets) the batches after
+    /// the last trusted index entry, or all of them with [`OpenMode::Rebuild`].
+    /// Returns the segment and what the scan found; see [`OpenMode`] for what happens
+    /// to a bad tail.
+    pub fn open(
+        dir: &Path,
+        base_offset: i64,
+        map_len: u64,
+        mode: OpenMode,
+    ) -> Result<(Self, Scan), SegmentError> {
+        let stem = file_stem(base_offset);
+        let log_path = dir.join(format!("{stem}.log"));
+        let log = OpenOptions::new().read(true).write(true).open(&log_path).map_err(io_error(&log_path))?;
+        let file_len = log.metadata().map_err(io_error(&log_path))?.len();
+        let map = Self::map_file(&log, &log_path, map_len.max(file_len))?;
+        let file_bytes = &map[..file_len as usize];
+        let index = match mode {
+            OpenMode::Rebuild => Vec::new(),
+            OpenMode::Sealed | OpenMode::Active => {
+                read_index(&dir.join(format!("{stem}.index")), file_bytes, base_offset)
+            }
+        };
+        let time_index = read_time_index(&dir.join(format!("{stem}.timeindex")), index.last());
+        truncate_file(&dir.join(format!("{stem}.index")), (index.len() * INDEX_ENTRY_BYTES) as u64)?;
+        truncate_file(
+            &dir.join(format!("{stem}.timeindex")),
+            (time_index.len() * TIME_INDEX_ENTRY_BYTES) as u64,
+        )?;
+        let (start, start_offset) = match index.last() {
+            Some(entry) => {
+                let view = BatchView::parse(&file_bytes[entry.position as usize..])
+                    .expect("read_index keeps only entries at good batches");
+                (entry.position as u64, view.base_offset())
+            }
+            None => (0, base_offset),
+        };
+        let mut segment = Self {
+            base_offset,
+            dir: dir.to_path_buf(),
+            log: Arc::new(log),
+            map: map.clone(),
+            size: start,
+            next_offset: start_offset,
+            max_timestamp: time_index.last().map_or(i64::MIN, |e| e.timestamp),
+            created_ms: file_mtime_ms(&log_path),
+            index_flushed: index.len(),
+            time_index_flushed: time_index.len(),
+            index,
+            time_index,
+            bytes_since_index: 0,
+        };
+        let mut batches = Vec::new();
+        let scan = scan_batches(file_bytes, start, start_offset, |position, view| {
+            batches.push((position, view.len() as u64, view.last_offset(), view.max_timestamp()));
+        });
+        for (position, len, last_offset, max_timestamp) in batches {
+            if position == start && !segment.index.is_empty() {
+                // Already indexed: account for it without adding an entry.
+                segment.size = position + len;
+                segment.max_timestamp = segment.max_timestamp.max(max_timestamp);
+                segment.bytes_since_index = len;
+                continue;
+            }
+            segment.note_batch(position, len, last_offset, max_timestamp);
+        }
+        segment.next_offset = scan.next_offset;
+        assert_eq!(segment.size, scan.valid_end, "scan and index agree on the valid end");
+        if scan.error.is_some() && mode != OpenMode::Sealed {
+            segment.log.set_len(scan.valid_end).map_err(io_error(&log_path))?;
+            segment.log.sync_all().map_err(io_error(&log_path))?;
+        }
+        Ok((segment, scan))
+    }
+
+    /// Records an appended batch at `position` in the in-memory indexes.
+    fn note_batch(&mut self, position: u64, len: u64, last_offset: i64, max_timestamp: i64) {
+        assert_eq!(position, self.size, "batches are appended at the end");
+        if self.bytes_since_index > INDEX_INTERVAL_BYTES {
+            let relative_offset = self.relative(last_offset);
+            self.index.push(IndexEntry { relative_offset, position: position as u32 });
+            if max_timestamp > self.time_index.last().map_or(i64::MIN, |e| e.timestamp) {
+                self.time_index.push(TimeIndexEntry { timestamp: max_timestamp, relative_offset });
+            }
+            self.bytes_since_index = 0;
+        }
+        self.bytes_since_index += len;
+        self.size = position + len;
+        self.next_offset = last_offset + 1;
+        self.max_timestamp = self.max_timestamp.max(max_timestamp);
+    }
+
+    fn relative(&self, offset: i64) -> u32 {
+        let relative = offset - self.base_offset;
+        assert!(
+            (0..=i64::from(u32::MAX)).contains(&relative),
+            "offset {offset} outside segment {}",
+            self.base_offset
+        );
+        relative as u32
+    }
+
+    /// Reserves space for `batch` at the end of the segment, stamps its base offset and
+    /// returns the write position. The caller writes the bytes there.
+    pub fn assign(&mut self, batch: &mut BytesMut, record_count: u32, max_timestamp: i64) -> u64 {
+        let position = self.size;
+        let base_offset = self.next_offset;
+        batch::assign_base_offset(batch, base_offset);
+        let last_offset = base_offset + i64::from(record_count) - 1;
+        self.note_batch(position, batch.len() as u64, last_offset, max_timestamp);
+        position
+    }
+
+    /// The serialized index entries not yet written to the index files, as
+    /// `(index_position, index_bytes, timeindex_position, timeindex_bytes)`; marks them
+    /// written.
+    pub fn take_unflushed_indexes(&mut self) -> Option<(u64, Vec<u8>, u64, Vec<u8>)> {
+        if self.index_flushed == self.index.len() && self.time_index_flushed == self.time_index.len() {
+            return None;
+        }
+        let index_bytes: Vec<u8> = self.index[self.index_flushed..]
+            .iter()
+            .flat_map(|e| e.relative_offset.to_be_bytes().into_iter().chain(e.position.to_be_bytes()))
+            .collect();
+        let time_bytes: Vec<u8> = self.time_index[self.time_index_flushed..]
+            .iter()
+            .flat_map(|e| e.timestamp.to_be_bytes().into_iter().chain(e.relative_offset.to_be_bytes()))
+            .collect();
+        let positions = (
+            (self.index_flushed * INDEX_ENTRY_BYTES) as u64,
+            (self.time_index_flushed * TIME_INDEX_ENTRY_BYTES) as u64,
+        );
+        self.index_flushed = self.index.len();
+        self.time_index_flushed = self.time_index.len();
+        Some((positions.0, index_bytes, positions.1, time_bytes))
+    }
+
+    /// Writes unflushed index entries with plain positional writes (page cache).
+    pub fn flush_indexes_sync(&mut self) -> Result<(), SegmentError> {
+        if let Some((index_position, index_bytes, time_position, time_bytes)) = self.take_unflushed_indexes()
+        {
+            for (extension, position, bytes) in
+                [("index", index_position, index_bytes), ("timeindex", time_position, time_bytes)]
+            {
+                let path = self.path(extension);
+                let file = OpenOptions::new().write(true).open(&path).map_err(io_error(&path))?;
+                file.write_all_at(&bytes, position).map_err(io_error(&path))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Finds the file position from which to scan for `offset`: the start of the
+    /// greatest indexed batch whose last offset is below `offset`, else 0.
+    pub fn lookup_position(&self, offset: i64) -> u64 {
+        let relative = offset.saturating_sub(self.base_offset).clamp(0, i64::from(u32::MAX)) as u32;
+        let at = self.index.partition_point(|e| e.relative_offset < relative);
+        if at == 0 {
+            0
+        } else {
+            u64::from(self.index[at - 1].position)
+        }
+    }
+
+    /// Position from which to scan for the first batch with a timestamp >= `timestamp`.
+    pub fn lookup_time_position(&self, timestamp: i64) -> u64 {
+        let at = self.time_index.partition_point(|e| e.timestamp < timestamp);
+        if at == 0 {
+            return 0;
+        }
+        let offset = self.base_offset + i64::from(self.time_index[at - 1].relative_offset);
+        self.lookup_position(offset)
+    }
+
+    /// The mapped bytes `start..end` (zero-copy). `end` must not exceed the size.
+    pub fn slice(&self, start: u64, end: u64) -> Bytes {
+        assert!(start <= end && end <= self.size, "slice {start}..{end} beyond size {}", self.size);
+        self.map.slice(start as usize..end as usize)
+    }
+
+    /// The log file (shared with the shard's io_uring writes).
+    pub fn log_file(&self) -> &Arc<File> {
+        &self.log
+    }
+    /// First offset.
+    pub fn base_offset(&self) -> i64 {
+        self.base_offset
+    }
+    /// Offset after the last assigned batch.
+    pub fn next_offset(&self) -> i64 {
+        self.next_offset
+    }
+    /// Bytes assigned (written or being written).
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+    /// Largest timestamp in the segment (i64::MIN when empty).
+    pub fn max_timestamp(&self) -> i64 {
+        self.max_timestamp
+    }
+    /// When the segment was created (ms since epoch; file mtime for reopened ones).
+    pub fn created_ms(&self) -> i64 {
+        self.created_ms
+    }
+    /// Number of offset-index entries.
+    pub fn index_len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Deletes the segment's files.
+    pub fn delete(self) -> Result<(), SegmentError> {
+        for extension in ["log", "index", "timeindex"] {
+            let path = self.path(extension);
+            match std::fs::remove_file(&path) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(SegmentError::Io { path, source: error })
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads `.index`, keeping the longest prefix of entries that are strictly increasing,
+/// inside the file and pointing at a valid batch whose last offset matches.
+fn read_index(path: &Path, log: &[u8], base_offset: i64) -> Vec<IndexEntry> {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let mut entries: Vec<IndexEntry> = Vec::with_capacity(bytes.len() / INDEX_ENTRY_BYTES);
+    for chunk in bytes.chunks_exact(INDEX_ENTRY_BYTES) {
+        let entry = IndexEntry {
+            relative_offset: u32::from_be_bytes(chunk[0..4].try_into().expect("4 bytes")),
+            position: u32::from_be_bytes(chunk[4..8].try_into().expect("4 bytes")),
+        };
+        let increasing = entries.last().is_none_or(|last| {
+            entry.relative_offset > last.relative_offset && entry.position > last.position
+        });
+        let points_at_batch = BatchView::parse(log.get(entry.position as usize..).unwrap_or_default())
+            .is_ok_and(|view| view.last_offset() == base_offset + i64::from(entry.relative_offset));
+        if !(increasing && points_at_batch) {
+            break;
+        }
+        entries.push(entry);
+    }
+    entries
+}
+
+/// Reads `.timeindex`, keeping the increasing prefix whose entries do not point past
+/// the last trusted offset-index entry.
+fn read_time_index(path: &Path, last_index: Option<&IndexEntry>) -> Vec<TimeIndexEntry> {
+    let Some(last_index) = last_index else { return Vec::new() };
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let mut entries: Vec<TimeIndexEntry> = Vec::new();
+    for chunk in bytes.chunks_exact(TIME_INDEX_ENTRY_BYTES) {
+        let entry = TimeIndexEntry {
+            timestamp: i64::from_be_bytes(chunk[0..8].try_into().expect("8 bytes")),
+            relative_offset: u32::from_be_bytes(chunk[8..12].try_into().expect("4 bytes")),
+        };
+        let out_of_order = entries.last().is_some_and(|last| {
+            entry.timestamp <= last.timestamp || entry.relative_offset < last.relative_offset
+        });
+        if out_of_order || entry.relative_offset > last_index.relative_offset {
+            break;
+        }
+        entries.push(entry);
+    }
+    entries
+}
+
+fn truncate_file(path: &Path, len: u64) -> Result<(), SegmentError> {
+    let file =
+        OpenOptions::new().write(true).create(true).truncate(false).open(path).map_err(io_error(path))?;
+    if file.metadata().map_err(io_error(path))?.len() > len {
+        file.set_len(len).map_err(io_error(path))?;
+    }
+    Ok(())
+}
+
+fn file_mtime_ms(path: &Path) -> i64 {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// fsyncs a directory so that created, renamed or deleted entries are durable.
+pub fn sync_dir(dir: &Path) -> Result<(), SegmentError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))
+}

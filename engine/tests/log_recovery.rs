@@ -1,0 +1,277 @@
+//! Specifications of the partition log: appends, reads, roll, lookups, recovery from
+//! torn and corrupt tails, index rebuild, sealed-segment corruption, retention.
+
+use bytes::BytesMut;
+use engine::batch::{BatchBuilder, BatchView};
+use engine::log::{LogConfig, PartitionLog, ReadError};
+use std::path::Path;
+
+const NOW_MS: i64 = 1_700_000_000_000;
+
+fn batch(records: usize, value_bytes: usize, timestamp: i64) -> BytesMut {
+    let mut builder = BatchBuilder::default();
+    for i in 0..records {
+        let value = vec![b'a' + (i % 26) as u8; value_bytes];
+        builder.push(timestamp + i as i64, Some(format!("k{i}").as_bytes()), Some(&value));
+    }
+    builder.finish()
+}
+
+fn config() -> LogConfig {
+    LogConfig { retention_ms: None, ..LogConfig::default() }
+}
+
+fn open(dir: &Path, config: LogConfig, clean: bool) -> PartitionLog {
+    PartitionLog::open(dir, config, clean, NOW_MS).expect("open").0
+}
+
+/// Reads every batch from offset 0 and returns the concatenated bytes.
+fn read_all(log: &PartitionLog) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut offset = log.log_start_offset();
+    while offset < log.high_watermark() {
+        let fetched = log.read(offset, 1 << 20).expect("read");
+        assert!(!fetched.bytes.is_empty(), "progress at offset {offset}");
+        out.extend_from_slice(&fetched.bytes);
+        offset = fetched.next_offset;
+    }
+    out
+}
+
+/// Appends `count` batches of 3 records and returns (segment file bytes, batch ends).
+fn write_log(dir: &Path, count: usize) -> (Vec<u8>, Vec<(usize, i64)>) {
+    let mut log = open(dir, config(), false);
+    let mut ends = Vec::new();
+    let mut position = 0;
+    for i in 0..count {
+        let bytes = batch(3, 20 + i * 7, NOW_MS + i as i64 * 10);
+        position += bytes.len();
+        let (_, next) = log.append_sync(bytes, NOW_MS).unwrap();
+        ends.push((position, next));
+    }
+    let file = std::fs::read(dir.join(format!("{:020}.log", 0))).unwrap();
+    assert_eq!(file.len(), position);
+    (file, ends)
+}
+
+#[test]
+fn given_appends_when_read_back_then_offsets_and_bytes_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, ends) = write_log(dir.path(), 5);
+    let log = open(dir.path(), config(), true);
+    assert_eq!(log.next_offset(), 15);
+    assert_eq!(log.high_watermark(), 15);
+    assert_eq!(read_all(&log), file);
+    // A read from the middle of a batch returns that whole batch first.
+    let fetched = log.read(4, 1).unwrap();
+    let view = BatchView::parse(&fetched.bytes).unwrap();
+    assert_eq!((view.base_offset(), view.last_offset()), (3, 5));
+    assert_eq!(fetched.bytes.len(), ends[1].0 - ends[0].0, "max_bytes=1 still returns one batch");
+    assert!(log.read(15, 100).unwrap().bytes.is_empty(), "at the high watermark: empty");
+    assert!(matches!(log.read(16, 100), Err(ReadError::OffsetOutOfRange { .. })));
+}
+
+#[test]
+fn given_torn_tail_at_every_byte_when_reopened_then_keeps_exactly_the_intact_prefix() {
+    let source = tempfile::tempdir().unwrap();
+    let (file, ends) = write_log(source.path(), 5);
+    for cut in 0..=file.len() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(format!("{:020}.log", 0)), &file[..cut]).unwrap();
+        let log = open(dir.path(), config(), false);
+        let (kept_bytes, kept_next) =
+            ends.iter().rev().find(|(end, _)| *end <= cut).copied().unwrap_or((0, 0));
+        assert_eq!(log.next_offset(), kept_next, "cut at {cut}");
+        assert_eq!(read_all(&log), &file[..kept_bytes], "cut at {cut}");
+        let on_disk = std::fs::metadata(dir.path().join(format!("{:020}.log", 0))).unwrap().len();
+        assert_eq!(on_disk as usize, kept_bytes, "file truncated to the intact prefix (cut {cut})");
+    }
+}
+
+#[test]
+fn given_flipped_byte_anywhere_when_reopened_then_keeps_the_batches_before_it() {
+    let source = tempfile::tempdir().unwrap();
+    let (file, ends) = write_log(source.path(), 4);
+    for flip in 0..file.len() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut damaged = file.clone();
+        damaged[flip] ^= 0xff;
+        std::fs::write(dir.path().join(format!("{:020}.log", 0)), &damaged).unwrap();
+        let log = open(dir.path(), config(), false);
+        let (kept_bytes, kept_next) =
+            ends.iter().rev().find(|(end, _)| *end <= flip).copied().unwrap_or((0, 0));
+        assert_eq!(log.next_offset(), kept_next, "flip at {flip}");
+        assert_eq!(read_all(&log), &file[..kept_bytes], "flip at {flip}");
+    }
+}
+
+#[test]
+fn given_missing_or_garbage_index_when_reopened_then_index_is_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = LogConfig { segment_bytes: 64 << 10, ..config() };
+    {
+        let mut log = open(dir.path(), small.clone(), false);
+        for i in 0..200 {
+            log.append_sync(batch(2, 300, NOW_MS + i), NOW_MS).unwrap();
+        }
+        log.close().unwrap();
+    }
+    let index_path = dir.path().join(format!("{:020}.index", 0));
+    let index_before = std::fs::read(&index_path).unwrap();
+    assert!(index_before.len() >= 8 * 10, "an entry every 4 KiB");
+    let expected = read_all(&open(dir.path(), small.clone(), true));
+    std::fs::remove_file(&index_path).unwrap();
+    let log = open(dir.path(), small.clone(), true);
+    assert_eq!(read_all(&log), expected);
+    assert!(log.segment_count() > 1);
+    drop(log);
+    // The sealed first segment's index is rebuilt identically.
+    assert_eq!(std::fs::read(&index_path).unwrap(), index_before);
+    std::fs::write(&index_path, vec![0xAB; index_before.len()]).unwrap();
+    assert_eq!(read_all(&open(dir.path(), small, true)), expected);
+}
+
+#[test]
+fn given_small_segments_when_appending_then_rolls_and_reopens_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = LogConfig { segment_bytes: 1000, ..config() };
+    let mut log = open(dir.path(), small.clone(), false);
+    let mut expected = Vec::new();
+    for i in 0..10 {
+        let bytes = batch(2, 100, NOW_MS + i);
+        expected.extend_from_slice(&bytes);
+        log.append_sync(bytes, NOW_MS).unwrap();
+    }
+    assert!(log.segment_count() >= 3, "rolled at 1000 bytes: {}", log.segment_count());
+    let mut names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".log"))
+        .collect();
+    names.sort();
+    assert_eq!(names[0], "00000000000000000000.log");
+    assert!(names.iter().all(|n| n.len() == 24));
+    let bases: Vec<i64> = names.iter().map(|n| n[..20].parse().unwrap()).collect();
+    assert!(bases.windows(2).all(|w| w[0] < w[1]) && bases[1] % 2 == 0);
+    drop(log);
+    let log = open(dir.path(), small, false);
+    assert_eq!(log.next_offset(), 20);
+    let mut actual = read_all(&log);
+    // Base offsets were stamped on append; compare with the stamped originals.
+    let mut position = 0;
+    while position < expected.len() {
+        let len = BatchView::parse(&actual[position..]).unwrap().len();
+        expected[position..position + 8].copy_from_slice(&actual[position..position + 8]);
+        expected[position + 12..position + 16].copy_from_slice(&actual[position + 12..position + 16]);
+        position += len;
+    }
+    assert_eq!(std::mem::take(&mut actual), expected);
+}
+
+#[test]
+fn given_timestamps_when_looked_up_then_first_record_at_or_after_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), LogConfig { segment_bytes: 2000, ..config() }, false);
+    for i in 0..50 {
+        log.append_sync(batch(4, 50, NOW_MS + i * 100), NOW_MS).unwrap();
+    }
+    // Batch i holds timestamps NOW+i*100 .. NOW+i*100+3, offsets 4i..4i+3.
+    assert_eq!(log.offset_for_timestamp(NOW_MS + 1), Some((1, NOW_MS + 1)));
+    assert_eq!(log.offset_for_timestamp(NOW_MS + 1050), Some((44, NOW_MS + 1100)));
+    assert_eq!(log.offset_for_timestamp(NOW_MS + 4902), Some((198, NOW_MS + 4902)));
+    assert_eq!(log.offset_for_timestamp(NOW_MS + 4904), None);
+    assert_eq!(log.offset_for_timestamp(0), Some((0, NOW_MS)));
+}
+
+#[test]
+fn given_corrupt_sealed_segment_when_reopened_then_read_only_and_reads_stop_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = LogConfig { segment_bytes: 1000, ..config() };
+    let mut log = open(dir.path(), small.clone(), false);
+    for i in 0..10 {
+        log.append_sync(batch(2, 100, NOW_MS + i), NOW_MS).unwrap();
+    }
+    assert!(log.segment_count() > 2);
+    drop(log);
+    let first = dir.path().join(format!("{:020}.log", 0));
+    let mut bytes = std::fs::read(&first).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    std::fs::write(&first, &bytes).unwrap();
+    let (mut log, report) = PartitionLog::open(dir.path(), small, true, NOW_MS).unwrap();
+    assert!(report.sealed_corruption.is_some(), "{report:?}");
+    assert!(log.read_only_reason().is_some());
+    assert_eq!(std::fs::read(&first).unwrap(), bytes, "sealed segment never repaired");
+    let served = read_all(&log);
+    assert!(served.len() < bytes.len());
+    assert!(matches!(
+        log.append_sync(batch(1, 1, NOW_MS), NOW_MS),
+        Err(engine::log::AppendError::ReadOnly(_))
+    ));
+}
+
+#[test]
+fn given_corruption_after_open_when_read_then_crc_error_not_bad_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), config(), false);
+    log.append_sync(batch(3, 100, NOW_MS), NOW_MS).unwrap();
+    let path = dir.path().join(format!("{:020}.log", 0));
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    assert!(matches!(log.read(0, 1 << 20), Err(ReadError::Corrupt { offset: 0, .. })));
+}
+
+#[test]
+fn given_size_and_time_retention_then_whole_old_segments_are_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let retained = LogConfig {
+        segment_bytes: 1000,
+        retention_bytes: Some(2500),
+        retention_ms: Some(60_000),
+        ..config()
+    };
+    let mut log = open(dir.path(), retained, false);
+    for i in 0..20 {
+        log.append_sync(batch(2, 100, NOW_MS + i), NOW_MS).unwrap();
+    }
+    let before = log.segment_count();
+    let deleted = log.apply_retention(NOW_MS).unwrap();
+    assert!(!deleted.is_empty());
+    assert_eq!(log.segment_count(), before - deleted.len());
+    assert!(log.size_bytes() < 2500 + 1000, "size {}", log.size_bytes());
+    assert_eq!(
+        log.log_start_offset(),
+        *deleted.last().unwrap() + (log.log_start_offset() - deleted.last().unwrap())
+    );
+    assert!(!dir.path().join(format!("{:020}.log", 0)).exists());
+    assert!(matches!(log.read(0, 100), Err(ReadError::OffsetOutOfRange { .. })));
+    // Time: an hour later everything sealed is older than a minute; the active stays.
+    log.set_retain_floor(Some(log.log_start_offset()));
+    assert!(
+        log.apply_retention(NOW_MS + 3_600_000).unwrap().is_empty(),
+        "retain floor holds unlanded segments"
+    );
+    log.set_retain_floor(None);
+    log.apply_retention(NOW_MS + 3_600_000).unwrap();
+    assert_eq!(log.segment_count(), 1);
+    assert_eq!(log.next_offset(), 40);
+    assert_eq!(read_all(&log).len() as u64, log.size_bytes());
+}
+
+#[test]
+fn given_bad_input_when_appended_then_refused_and_log_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), LogConfig { batch_bytes_max: 500, ..config() }, false);
+    let mut bad_crc = batch(1, 10, NOW_MS);
+    let last = bad_crc.len() - 1;
+    bad_crc[last] ^= 1;
+    assert!(log.append(bad_crc, NOW_MS).is_err());
+    let mut two = batch(1, 10, NOW_MS);
+    two.extend_from_slice(&batch(1, 10, NOW_MS));
+    assert!(log.append(two, NOW_MS).is_err());
+    assert!(log.append(batch(5, 200, NOW_MS), NOW_MS).is_err());
+    assert!(log.append(BytesMut::from(&b"short"[..]), NOW_MS).is_err());
+    assert_eq!(log.next_offset(), 0);
+    assert_eq!(log.append_sync(batch(1, 10, NOW_MS), NOW_MS).unwrap(), (0, 1));
+}
