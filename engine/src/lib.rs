@@ -22,8 +22,17 @@
 #![deny(clippy::await_holding_refcell_ref)]
 
 pub mod batch;
+mod engine;
+pub mod io;
 pub mod log;
 pub mod ring;
 pub mod segment;
+pub mod shard;
 pub mod sync;
 pub mod watermark;
+
+pub use engine::{
+    fsync_stats, now_ms, Engine, EngineConfig, EngineError, FlushMode, Pending, TopicPartition, Via,
+    CLEAN_MARKER_FILE, LAYOUT_VERSION, META_FILE,
+};
+pub use shard::{AppendResult, PartitionInfo};

@@ -293,6 +293,13 @@ pub mod mpsc {
             inner.head.store(head.wrapping_add(1), Ordering::Relaxed);
             Some(value)
         }
+
+        /// True when no published value is waiting (a snapshot).
+        pub fn is_empty(&self) -> bool {
+            let inner = &*self.inner;
+            let head = inner.head.load(Ordering::Relaxed);
+            inner.slots[head & inner.mask].sequence.load(Ordering::Acquire) != head.wrapping_add(1)
+        }
     }
 }
 

@@ -1,0 +1,587 @@
+//! The embedded API: open an engine on a data directory, create topics, append, read,
+//! wait for data, shut down.
+//!
+//! [`Engine::open`] probes io_uring, locks the data directory, reads its metadata
+//! (`corelog.meta`), checks the clean-shutdown marker, starts one shard thread per core
+//! and waits until every shard has recovered its partitions. Each call then becomes a
+//! [`Request`] on the submission ring of the shard that owns the partition
+//! ([`TopicPartition::owner`]) and returns a [`Pending`] future for the reply.
+//! [`Engine::via`] submits to a chosen shard instead, which forwards over the mesh when
+//! it is not the owner: what a connection on that shard does.
+//!
+//! Data directory (layout version 1, see `docs/FORMATS.md`):
+//! ```text
+//! DATA/corelog.meta            "corelog-data-dir 1" + one "topic NAME PARTITIONS" line per topic
+//! DATA/.lock                   flock held while an engine has the directory open
+//! DATA/.clean-shutdown         present only between a clean shutdown and the next open
+//! DATA/<topic>-<partition>/    segment files (see `segment`)
+//! ```
+//!
+//! Invariants: the metadata file is replaced atomically (write temp, fsync, rename,
+//! fsync dir); the clean marker is written only after every shard synced and closed
+//! every partition, and removed (durably) before any append is accepted.
+
+use crate::io::{self, EventFd, ProbeError, SharedEventFd};
+use crate::log::{AppendError, Fetched, LogConfig, ReadError, RecoveryReport};
+use crate::ring::{mpsc, spsc, Doorbell};
+use crate::shard::{self, AppendResult, PartitionInfo, Reply, Request, Response, ShardHandle, Submission};
+use crate::sync::{AtomicU64, Ordering};
+use bytes::BytesMut;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use tokio::sync::oneshot;
+
+/// Metadata file name inside the data directory.
+pub const META_FILE: &str = "corelog.meta";
+/// Clean-shutdown marker file name.
+pub const CLEAN_MARKER_FILE: &str = ".clean-shutdown";
+/// Lock file name.
+pub const LOCK_FILE: &str = ".lock";
+/// Data directory layout version written to the metadata file.
+pub const LAYOUT_VERSION: u32 = 1;
+/// Longest topic name (Kafka's limit).
+pub const TOPIC_NAME_BYTES_MAX: usize = 249;
+/// Most partitions per topic.
+pub const PARTITIONS_MAX: u32 = 10_000;
+
+/// When an append is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FlushMode {
+    /// After an fdatasync that covers it; concurrent appends share syncs.
+    #[default]
+    Group,
+    /// After an fdatasync of its own.
+    Always,
+    /// After the write reaches the page cache.
+    Os,
+}
+
+impl std::str::FromStr for FlushMode {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "group" => Ok(Self::Group),
+            "always" => Ok(Self::Always),
+            "os" => Ok(Self::Os),
+            other => Err(format!("unknown flush mode {other:?} (group, always, os)")),
+        }
+    }
+}
+
+impl fmt::Display for FlushMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Group => "group",
+            Self::Always => "always",
+            Self::Os => "os",
+        })
+    }
+}
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Number of shard threads.
+    pub shards: usize,
+    /// Durability of acknowledged appends.
+    pub flush: FlushMode,
+    /// Per-partition log settings.
+    pub log: LogConfig,
+    /// Pin shard `i` to core `i`.
+    pub pin_threads: bool,
+    /// io_uring submission queue entries per shard.
+    pub uring_entries: u32,
+    /// How often shards run time-based roll and retention.
+    pub maintenance_interval_ms: u64,
+}
+
+impl EngineConfig {
+    /// Defaults for `data_dir`: one shard per core, group flush.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            flush: FlushMode::Group,
+            log: LogConfig::default(),
+            pin_threads: true,
+            uring_entries: 256,
+            maintenance_interval_ms: 1000,
+        }
+    }
+}
+
+/// A topic name and partition number.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicPartition {
+    /// Topic name.
+    pub topic: Arc<str>,
+    /// Partition number.
+    pub partition: u32,
+}
+
+impl TopicPartition {
+    /// A topic-partition.
+    pub fn new(topic: &str, partition: u32) -> Self {
+        Self { topic: topic.into(), partition }
+    }
+    /// Directory name: `<topic>-<partition>`.
+    pub fn dir_name(&self) -> String {
+        format!("{}-{}", self.topic, self.partition)
+    }
+    /// The shard that owns this partition among `shards`: FNV-1a of the topic plus
+    /// the partition number, so one topic's partitions spread round-robin. Stable
+    /// across restarts with the same shard count.
+    pub fn owner(&self, shards: usize) -> usize {
+        assert!(shards > 0);
+        let hash = self
+            .topic
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        (hash.wrapping_add(u64::from(self.partition)) % shards as u64) as usize
+    }
+}
+
+impl fmt::Display for TopicPartition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.topic, self.partition)
+    }
+}
+
+/// Errors of the embedded API.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The kernel cannot run the engine.
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    /// No such topic-partition.
+    #[error("unknown topic-partition {0}")]
+    UnknownPartition(TopicPartition),
+    /// The topic exists already.
+    #[error("topic {0} already exists")]
+    TopicExists(String),
+    /// The topic name or partition count is invalid.
+    #[error("invalid topic: {0}")]
+    InvalidTopic(String),
+    /// The append was refused; nothing was written.
+    #[error(transparent)]
+    Append(#[from] AppendError),
+    /// The read was refused.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// A disk operation failed; the partition is read-only until restart.
+    #[error("storage error: {0}")]
+    Storage(String),
+    /// The data directory or its metadata is unusable.
+    #[error("data directory {path}: {reason}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The engine is shutting down or a shard stopped.
+    #[error("engine is shutting down")]
+    ShuttingDown,
+}
+
+static FSYNC_COUNT: AtomicU64 = AtomicU64::new(0);
+static FSYNC_NANOS: AtomicU64 = AtomicU64::new(0);
+
+pub(crate) fn record_fsync(elapsed: std::time::Duration) {
+    FSYNC_COUNT.fetch_add(1, Ordering::Relaxed);
+    FSYNC_NANOS.fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+}
+
+/// Process-wide counters: (group-commit syncs completed, total time in them).
+pub fn fsync_stats() -> (u64, std::time::Duration) {
+    let count = FSYNC_COUNT.load(Ordering::Relaxed);
+    (count, std::time::Duration::from_nanos(FSYNC_NANOS.load(Ordering::Relaxed)))
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A reply on its way; `.await` it or call [`Pending::wait`] from a plain thread.
+#[must_use = "a pending reply does nothing unless awaited"]
+pub struct Pending<T> {
+    receiver: oneshot::Receiver<Response>,
+    map: fn(Reply) -> T,
+}
+
+impl<T> fmt::Debug for Pending<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pending").finish_non_exhaustive()
+    }
+}
+
+impl<T> Pending<T> {
+    fn finish(
+        map: fn(Reply) -> T,
+        received: Result<Response, oneshot::error::RecvError>,
+    ) -> Result<T, EngineError> {
+        received.map_err(|_| EngineError::ShuttingDown)?.map(map)
+    }
+
+    /// Blocks the calling thread (not an async task) until the reply arrives.
+    pub fn wait(self) -> Result<T, EngineError> {
+        Self::finish(self.map, self.receiver.blocking_recv())
+    }
+}
+
+impl<T> Future for Pending<T> {
+    type Output = Result<T, EngineError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let map = self.map;
+        Pin::new(&mut self.receiver).poll(cx).map(|received| Self::finish(map, received))
+    }
+}
+
+macro_rules! reply_as {
+    ($variant:ident) => {
+        |reply| match reply {
+            Reply::$variant(value) => value,
+            other => unreachable!("shard answered {other:?} to a {} request", stringify!($variant)),
+        }
+    };
+}
+
+/// An open engine. Dropping it shuts it down cleanly.
+#[derive(Debug)]
+pub struct Engine {
+    config: Arc<EngineConfig>,
+    handles: Arc<[ShardHandle]>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    topics: Mutex<BTreeMap<String, u32>>,
+    recovery: Vec<(TopicPartition, RecoveryReport)>,
+    _lock: DirLock,
+}
+
+impl Engine {
+    /// Opens (creating if needed) the data directory and starts the shards.
+    pub fn open(config: EngineConfig) -> Result<Self, EngineError> {
+        io::probe()?;
+        assert!(config.shards > 0, "at least one shard");
+        let data_dir = config.data_dir.clone();
+        let dir_error = |reason: String| EngineError::DataDir { path: data_dir.clone(), reason };
+        std::fs::create_dir_all(&data_dir).map_err(|e| dir_error(e.to_string()))?;
+        let lock = DirLock::acquire(&data_dir.join(LOCK_FILE)).map_err(dir_error)?;
+        let topics = read_meta(&data_dir.join(META_FILE)).map_err(dir_error)?;
+        let marker = data_dir.join(CLEAN_MARKER_FILE);
+        let clean = marker.exists();
+        if clean {
+            std::fs::remove_file(&marker).map_err(|e| dir_error(e.to_string()))?;
+        }
+        crate::segment::sync_dir(&data_dir).map_err(|e| dir_error(e.to_string()))?;
+
+        let shards = config.shards;
+        let config = Arc::new(config);
+        let mut consumers = Vec::with_capacity(shards);
+        let mut handles = Vec::with_capacity(shards);
+        for _ in 0..shards {
+            let (producer, consumer) = mpsc::channel(shard::SUBMISSION_RING_ENTRIES);
+            let eventfd = EventFd::new().map_err(|e| dir_error(format!("eventfd: {e}")))?;
+            let eventfd = SharedEventFd(Arc::new(eventfd));
+            handles.push(ShardHandle { doorbell: Doorbell::new(), eventfd, submit: producer });
+            consumers.push(consumer);
+        }
+        let handles: Arc<[ShardHandle]> = handles.into();
+        let mut mesh_out: Vec<Vec<_>> = (0..shards).map(|_| (0..shards).map(|_| None).collect()).collect();
+        let mut mesh_in: Vec<Vec<_>> = (0..shards).map(|_| (0..shards).map(|_| None).collect()).collect();
+        for (from, outs) in mesh_out.iter_mut().enumerate() {
+            for (to, out) in outs.iter_mut().enumerate().filter(|(to, _)| *to != from) {
+                let (producer, consumer) = spsc::channel(shard::MESH_RING_ENTRIES);
+                *out = Some(producer);
+                mesh_in[to][from] = Some(consumer);
+            }
+        }
+        let mut threads = Vec::with_capacity(shards);
+        let mut ready = Vec::with_capacity(shards);
+        for (id, ((submissions, mesh_out), mesh_in)) in
+            consumers.into_iter().zip(mesh_out).zip(mesh_in).enumerate()
+        {
+            let partitions = topics
+                .iter()
+                .flat_map(|(topic, &count)| (0..count).map(move |p| TopicPartition::new(topic, p)))
+                .filter(|tp| tp.owner(shards) == id)
+                .collect();
+            let setup = shard::ShardSetup {
+                id,
+                config: config.clone(),
+                handles: handles.clone(),
+                submissions,
+                mesh_out,
+                mesh_in,
+                partitions,
+                clean,
+            };
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+            let thread = std::thread::Builder::new()
+                .name(format!("corelog-shard-{id}"))
+                .spawn(move || shard::run(setup, ready_tx))
+                .map_err(|e| dir_error(format!("spawning shard thread: {e}")))?;
+            threads.push(thread);
+            ready.push(ready_rx);
+        }
+        let mut engine =
+            Self { config, handles, threads, topics: Mutex::new(topics), recovery: Vec::new(), _lock: lock };
+        for ready_rx in ready {
+            match ready_rx.recv() {
+                Ok(Ok(reports)) => engine.recovery.extend(reports),
+                Ok(Err(error)) => return Err(error),
+                Err(_) => return Err(EngineError::ShuttingDown),
+            }
+        }
+        engine.recovery.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(engine)
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// What recovery found in each partition when the engine opened.
+    pub fn recovery_reports(&self) -> &[(TopicPartition, RecoveryReport)] {
+        &self.recovery
+    }
+
+    /// Number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// Topics and their partition counts.
+    pub fn topics(&self) -> BTreeMap<String, u32> {
+        self.topics.lock().expect("topic map lock").clone()
+    }
+
+    /// Partition count of `topic`, if it exists.
+    pub fn partition_count(&self, topic: &str) -> Option<u32> {
+        self.topics.lock().expect("topic map lock").get(topic).copied()
+    }
+
+    /// Creates a topic and opens its partitions on their owners.
+    pub fn create_topic(&self, name: &str, partitions: u32) -> Result<(), EngineError> {
+        validate_topic(name, partitions)?;
+        let pending: Vec<_> = {
+            let mut topics = self.topics.lock().expect("topic map lock");
+            if topics.contains_key(name) {
+                return Err(EngineError::TopicExists(name.to_string()));
+            }
+            let mut next = topics.clone();
+            next.insert(name.to_string(), partitions);
+            write_meta(&self.config.data_dir, &next)
+                .map_err(|reason| EngineError::DataDir { path: self.config.data_dir.clone(), reason })?;
+            *topics = next;
+            (0..partitions)
+                .map(|p| {
+                    let tp = TopicPartition::new(name, p);
+                    self.submit(tp.owner(self.shard_count()), Request::CreatePartition(tp), |_| ())
+                })
+                .collect()
+        };
+        pending.into_iter().try_for_each(Pending::wait)
+    }
+
+    fn submit<T>(&self, shard: usize, request: Request, map: fn(Reply) -> T) -> Pending<T> {
+        let (reply, receiver) = oneshot::channel();
+        let handle = &self.handles[shard];
+        let mut submission = Submission { request, reply };
+        let backoff = crossbeam_utils::Backoff::new();
+        loop {
+            match handle.submit.push(submission) {
+                Ok(()) => break,
+                Err(back) => {
+                    submission = back;
+                    handle.wake();
+                    backoff.snooze();
+                }
+            }
+        }
+        handle.wake();
+        Pending { receiver, map }
+    }
+
+    fn owner(&self, tp: &TopicPartition) -> usize {
+        tp.owner(self.shard_count())
+    }
+
+    /// A view of the engine that enters every request through `shard`, which forwards
+    /// it over the mesh when another shard owns the partition.
+    pub fn via(&self, shard: usize) -> Via<'_> {
+        assert!(shard < self.shard_count(), "shard {shard} out of range");
+        Via { engine: self, shard }
+    }
+
+    /// Appends one RecordBatch v2; resolves once durable per the flush mode.
+    pub fn append(&self, topic: &str, partition: u32, batch: BytesMut) -> Pending<AppendResult> {
+        let tp = TopicPartition::new(topic, partition);
+        self.via(self.owner(&tp)).append(topic, partition, batch)
+    }
+
+    /// Reads whole batches from `offset` (zero-copy, below the high watermark).
+    pub fn read(&self, topic: &str, partition: u32, offset: i64, max_bytes: usize) -> Pending<Fetched> {
+        let tp = TopicPartition::new(topic, partition);
+        self.via(self.owner(&tp)).read(topic, partition, offset, max_bytes)
+    }
+
+    /// Resolves with the high watermark once it is past `offset`, or after `timeout_ms`.
+    pub fn wait_for(&self, topic: &str, partition: u32, offset: i64, timeout_ms: u64) -> Pending<i64> {
+        let tp = TopicPartition::new(topic, partition);
+        self.submit(self.owner(&tp), Request::WaitFor { tp, offset, timeout_ms }, reply_as!(Waited))
+    }
+
+    /// First offset whose timestamp is at or after `timestamp`, with that timestamp.
+    pub fn offset_for_timestamp(
+        &self,
+        topic: &str,
+        partition: u32,
+        timestamp: i64,
+    ) -> Pending<Option<(i64, i64)>> {
+        let tp = TopicPartition::new(topic, partition);
+        self.submit(self.owner(&tp), Request::OffsetForTimestamp { tp, timestamp }, reply_as!(Offset))
+    }
+
+    /// Log start, high watermark and log end of a partition.
+    pub fn partition_info(&self, topic: &str, partition: u32) -> Pending<PartitionInfo> {
+        let tp = TopicPartition::new(topic, partition);
+        self.submit(self.owner(&tp), Request::Info(tp), reply_as!(Info))
+    }
+
+    /// Syncs and closes every partition, stops the shards and leaves the clean marker.
+    pub fn shutdown(mut self) -> Result<(), EngineError> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<(), EngineError> {
+        if self.threads.is_empty() {
+            return Ok(());
+        }
+        let pending: Vec<_> =
+            (0..self.shard_count()).map(|id| self.submit(id, Request::Shutdown, |_| ())).collect();
+        let all_closed = pending.into_iter().map(Pending::wait).all(|r| r.is_ok());
+        let all_joined = self.threads.drain(..).map(|t| t.join()).all(|r| r.is_ok());
+        if !(all_closed && all_joined) {
+            return Err(EngineError::ShuttingDown);
+        }
+        let data_dir = &self.config.data_dir;
+        let dir_error = |reason: String| EngineError::DataDir { path: data_dir.clone(), reason };
+        std::fs::write(data_dir.join(CLEAN_MARKER_FILE), b"clean\n").map_err(|e| dir_error(e.to_string()))?;
+        crate::segment::sync_dir(data_dir).map_err(|e| dir_error(e.to_string()))
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Err(error) = self.stop() {
+            tracing::error!("engine did not shut down cleanly: {error}");
+        }
+    }
+}
+
+/// Requests entering through one chosen shard (see [`Engine::via`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Via<'a> {
+    engine: &'a Engine,
+    shard: usize,
+}
+
+impl Via<'_> {
+    /// As [`Engine::append`], entering through this shard.
+    pub fn append(&self, topic: &str, partition: u32, batch: BytesMut) -> Pending<AppendResult> {
+        let tp = TopicPartition::new(topic, partition);
+        self.engine.submit(self.shard, Request::Append { tp, batch }, reply_as!(Appended))
+    }
+
+    /// As [`Engine::read`], entering through this shard.
+    pub fn read(&self, topic: &str, partition: u32, offset: i64, max_bytes: usize) -> Pending<Fetched> {
+        let tp = TopicPartition::new(topic, partition);
+        self.engine.submit(self.shard, Request::Read { tp, offset, max_bytes }, reply_as!(Read))
+    }
+}
+
+fn validate_topic(name: &str, partitions: u32) -> Result<(), EngineError> {
+    let legal = name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if name.is_empty() || name.len() > TOPIC_NAME_BYTES_MAX || !legal || name == "." || name == ".." {
+        return Err(EngineError::InvalidTopic(format!(
+            "{name:?}: 1..={TOPIC_NAME_BYTES_MAX} characters of [a-zA-Z0-9._-]"
+        )));
+    }
+    if partitions == 0 || partitions > PARTITIONS_MAX {
+        return Err(EngineError::InvalidTopic(format!(
+            "{name}: {partitions} partitions (1..={PARTITIONS_MAX})"
+        )));
+    }
+    Ok(())
+}
+
+fn read_meta(path: &Path) -> Result<BTreeMap<String, u32>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(error) => return Err(format!("{}: {error}", path.display())),
+    };
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or_default();
+    if header != format!("corelog-data-dir {LAYOUT_VERSION}") {
+        return Err(format!("{}: unsupported header {header:?}", path.display()));
+    }
+    let mut topics = BTreeMap::new();
+    for line in lines.filter(|l| !l.trim().is_empty()) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields.as_slice() {
+            ["topic", name, count] => {
+                let count: u32 = count.parse().map_err(|_| format!("bad partition count in {line:?}"))?;
+                validate_topic(name, count).map_err(|e| e.to_string())?;
+                topics.insert(name.to_string(), count);
+            }
+            _ => return Err(format!("{}: unreadable line {line:?}", path.display())),
+        }
+    }
+    Ok(topics)
+}
+
+fn write_meta(data_dir: &Path, topics: &BTreeMap<String, u32>) -> Result<(), String> {
+    use std::io::Write;
+    let mut text = format!("corelog-data-dir {LAYOUT_VERSION}\n");
+    for (name, count) in topics {
+        text.push_str(&format!("topic {name} {count}\n"));
+    }
+    let temp = data_dir.join(format!("{META_FILE}.tmp"));
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&temp)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&temp, data_dir.join(META_FILE))?;
+        std::fs::File::open(data_dir)?.sync_all()
+    };
+    write().map_err(|e| format!("writing metadata: {e}"))
+}
+
+/// An exclusive `flock` on the data directory's lock file, released on drop (and by
+/// the kernel when the process dies).
+#[derive(Debug)]
+struct DirLock(#[allow(dead_code)] std::fs::File);
+
+impl DirLock {
+    fn acquire(path: &Path) -> Result<Self, String> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        file.try_lock()
+            .map_err(|e| format!("{} is in use by another corelog process ({e})", path.display()))?;
+        Ok(Self(file))
+    }
+}

@@ -1,0 +1,122 @@
+//! Kernel-facing I/O: the io_uring capability probe, the eventfd a shard parks on, and
+//! thread pinning.
+//!
+//! The probe runs once at engine start-up and fails fast with one line when io_uring
+//! is missing or disabled (seccomp, `kernel.io_uring_disabled`, old kernels), naming the
+//! opcode that is absent, rather than failing on the first write. File writes and
+//! fdatasyncs themselves go through each shard's `tokio-uring` runtime (see
+//! [`crate::shard`]).
+//!
+//! Invariant: every `unsafe` block here is a plain libc call on a descriptor this
+//! module owns, with a `// SAFETY:` note.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// Why the kernel cannot run the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// `io_uring_setup` failed.
+    #[error("io_uring is unavailable ({0}); corelog needs Linux 5.11+ with io_uring enabled (see /proc/sys/kernel/io_uring_disabled)")]
+    Unavailable(std::io::Error),
+    /// An opcode the engine uses is not supported.
+    #[error("io_uring lacks the {0} operation corelog needs; upgrade the kernel")]
+    MissingOpcode(&'static str),
+}
+
+/// Checks once that io_uring works and supports every operation the engine submits.
+pub fn probe() -> Result<(), ProbeError> {
+    use io_uring::opcode;
+    let ring = io_uring::IoUring::new(8).map_err(ProbeError::Unavailable)?;
+    let mut probe = io_uring::Probe::new();
+    ring.submitter().register_probe(&mut probe).map_err(ProbeError::Unavailable)?;
+    let needed = [
+        ("write", opcode::Write::CODE),
+        ("read", opcode::Read::CODE),
+        ("fsync", opcode::Fsync::CODE),
+        ("accept", opcode::Accept::CODE),
+        ("send", opcode::Send::CODE),
+        ("recv", opcode::Recv::CODE),
+        ("timeout", opcode::Timeout::CODE),
+    ];
+    for (name, code) in needed {
+        if !probe.is_supported(code) {
+            return Err(ProbeError::MissingOpcode(name));
+        }
+    }
+    Ok(())
+}
+
+/// A non-blocking eventfd: other threads [`EventFd::signal`] it, the owning shard
+/// waits for it to become readable and [`EventFd::drain`]s it.
+#[derive(Debug)]
+pub struct EventFd {
+    fd: OwnedFd,
+}
+
+impl EventFd {
+    /// Creates a non-blocking, close-on-exec eventfd.
+    pub fn new() -> std::io::Result<Self> {
+        // SAFETY: eventfd takes no pointers; a non-negative result is a new descriptor
+        // that we own from here on.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor owned by nobody else.
+        Ok(Self { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+    }
+
+    /// Adds one to the counter, waking a waiter. Never blocks (the counter cannot
+    /// overflow in practice: it would take 2^64 signals without a drain).
+    pub fn signal(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to a descriptor we own.
+        let written = unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        debug_assert!(
+            written == 8 || std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+        );
+    }
+
+    /// Resets the counter; returns how many signals were pending (0 if none).
+    pub fn drain(&self) -> u64 {
+        let mut value: u64 = 0;
+        // SAFETY: reads at most 8 bytes into a live u64 from a descriptor we own.
+        let read = unsafe { libc::read(self.fd.as_raw_fd(), (&mut value as *mut u64).cast(), 8) };
+        if read == 8 {
+            value
+        } else {
+            0
+        }
+    }
+}
+
+impl AsRawFd for EventFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// An eventfd shared between the shard that waits on it and the threads that signal it.
+#[derive(Debug, Clone)]
+pub struct SharedEventFd(pub std::sync::Arc<EventFd>);
+
+impl AsRawFd for SharedEventFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// Registers `eventfd` with the current tokio reactor for readability.
+pub fn watch_readable(eventfd: SharedEventFd) -> std::io::Result<tokio::io::unix::AsyncFd<SharedEventFd>> {
+    // SAFETY: the AsyncFd owns a clone of the Arc that owns the descriptor, so the
+    // descriptor stays open (and is not reused) for as long as it is registered.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(eventfd, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+}
+
+/// Pins the calling thread to `core` when it exists; returns whether it did.
+pub fn pin_to_core(core: usize) -> bool {
+    core_affinity::get_core_ids()
+        .and_then(|ids| ids.get(core % ids.len().max(1)).copied())
+        .is_some_and(core_affinity::set_for_current)
+}

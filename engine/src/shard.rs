@@ -1,0 +1,665 @@
+//! Shards: one thread per core, each with its own io_uring runtime, owning a disjoint
+//! set of partitions.
+//!
+//! A shard thread is pinned to its core and runs a `tokio-uring` runtime (a
+//! current-thread tokio executor whose file I/O is io_uring). Its main task drains two
+//! kinds of inboxes, both bounded lock-free rings ([`crate::ring`]):
+//!
+//! * its MPSC **submission ring**, where threads outside the engine (the embedded API)
+//!   put [`Request`]s with a oneshot reply channel;
+//! * one SPSC **mesh ring** from every other shard, carrying requests a shard received
+//!   for a partition it does not own, and the replies to requests it forwarded.
+//!
+//! When every inbox is empty the shard raises its [`Doorbell`] and parks on its eventfd;
+//! producers signal the eventfd only when the doorbell is up.
+//!
+//! **Appends and group commit.** An append is validated and placed by the partition's
+//! [`PartitionLog`] (synchronously, on this thread), written with an io_uring write at
+//! its assigned position, and acknowledged once the flush mode says it is durable:
+//! `os` after the write completes; `group` after an fdatasync that started after the
+//! write completed (appends that finish writing while a sync is in flight share the
+//! next one); `always` after a sync that covers just this request. The high watermark
+//! is published (release) only then, and waiters (appends, long polls) are woken
+//! through a `watch` channel.
+//!
+//! Invariants: only this thread touches its partitions' state and files; no `RefCell`
+//! borrow is held across an `.await`; a failed write makes the partition read-only and
+//! fails every append not yet durable (recovery truncates the tail on restart).
+
+use crate::engine::{EngineConfig, EngineError, FlushMode, TopicPartition};
+use crate::io::SharedEventFd;
+use crate::log::{AppendError, Fetched, LogConfig, PartitionLog, ReadError, RecoveryReport};
+use crate::ring::{mpsc, spsc, Doorbell};
+use bytes::BytesMut;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use tokio::sync::{oneshot, watch};
+
+/// Entries in each shard's submission ring.
+pub const SUBMISSION_RING_ENTRIES: usize = 4096;
+/// Entries in each mesh ring (per ordered pair of shards).
+pub const MESH_RING_ENTRIES: usize = 1024;
+/// Most inbox entries handled before the main task yields to the rest of the shard.
+pub const DRAIN_BATCH_MAX: usize = 256;
+/// Longest a long poll may wait.
+pub const WAIT_MS_MAX: u64 = 60_000;
+
+const _: () = assert!(DRAIN_BATCH_MAX <= SUBMISSION_RING_ENTRIES);
+
+/// A request to the shard that owns a partition.
+#[derive(Debug)]
+pub enum Request {
+    /// Open (creating if needed) a partition on its owner.
+    CreatePartition(TopicPartition),
+    /// Append one RecordBatch v2; the reply comes once it is durable per flush mode.
+    Append {
+        /// Target partition.
+        tp: TopicPartition,
+        /// The batch bytes.
+        batch: BytesMut,
+    },
+    /// Read whole batches from `offset`, at most `max_bytes` (at least one batch).
+    Read {
+        /// Source partition.
+        tp: TopicPartition,
+        /// First offset wanted.
+        offset: i64,
+        /// Byte budget.
+        max_bytes: usize,
+    },
+    /// Resolve once the high watermark is past `offset`, or after `timeout_ms`.
+    WaitFor {
+        /// Partition.
+        tp: TopicPartition,
+        /// Offset to wait past.
+        offset: i64,
+        /// Upper bound on the wait.
+        timeout_ms: u64,
+    },
+    /// First offset with a timestamp at or after `timestamp`.
+    OffsetForTimestamp {
+        /// Partition.
+        tp: TopicPartition,
+        /// Timestamp (ms).
+        timestamp: i64,
+    },
+    /// Offsets of a partition.
+    Info(TopicPartition),
+    /// Finish in-flight work, sync and close every partition, stop the shard.
+    Shutdown,
+}
+
+impl Request {
+    fn partition(&self) -> Option<&TopicPartition> {
+        match self {
+            Request::CreatePartition(tp) | Request::Info(tp) => Some(tp),
+            Request::Append { tp, .. }
+            | Request::Read { tp, .. }
+            | Request::WaitFor { tp, .. }
+            | Request::OffsetForTimestamp { tp, .. } => Some(tp),
+            Request::Shutdown => None,
+        }
+    }
+}
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendResult {
+    /// Offset of the first record.
+    pub base_offset: i64,
+    /// Offset after the last record.
+    pub next_offset: i64,
+}
+
+/// Offsets of a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionInfo {
+    /// First offset kept.
+    pub log_start_offset: i64,
+    /// Last durable offset + 1.
+    pub high_watermark: i64,
+    /// Offset the next append gets.
+    pub next_offset: i64,
+    /// Segments on disk.
+    pub segments: usize,
+}
+
+/// A successful reply.
+#[derive(Debug)]
+pub enum Reply {
+    /// Partition open.
+    Created,
+    /// Batch durable.
+    Appended(AppendResult),
+    /// Bytes read.
+    Read(Fetched),
+    /// The high watermark when the wait ended.
+    Waited(i64),
+    /// Offset and timestamp found, if any.
+    Offset(Option<(i64, i64)>),
+    /// Partition offsets.
+    Info(PartitionInfo),
+    /// The shard stopped.
+    ShutDown,
+}
+
+/// A reply or the error that replaced it.
+pub type Response = Result<Reply, EngineError>;
+
+/// An embedded-API request with its reply channel.
+#[derive(Debug)]
+pub(crate) struct Submission {
+    pub(crate) request: Request,
+    pub(crate) reply: oneshot::Sender<Response>,
+}
+
+/// What crosses the mesh between two shards.
+#[derive(Debug)]
+pub(crate) enum MeshMessage {
+    Request { token: u64, request: Request },
+    Reply { token: u64, response: Response },
+}
+
+/// The parts of a shard other threads use to reach it.
+#[derive(Debug)]
+pub(crate) struct ShardHandle {
+    pub(crate) doorbell: Doorbell,
+    pub(crate) eventfd: SharedEventFd,
+    pub(crate) submit: mpsc::Producer<Submission>,
+}
+
+impl ShardHandle {
+    pub(crate) fn wake(&self) {
+        if self.doorbell.needs_wake() {
+            self.eventfd.0.signal();
+        }
+    }
+}
+
+/// Everything a shard thread starts with.
+pub(crate) struct ShardSetup {
+    pub(crate) id: usize,
+    pub(crate) config: Arc<EngineConfig>,
+    pub(crate) handles: Arc<[ShardHandle]>,
+    pub(crate) submissions: mpsc::Consumer<Submission>,
+    pub(crate) mesh_out: Vec<Option<spsc::Producer<MeshMessage>>>,
+    pub(crate) mesh_in: Vec<Option<spsc::Consumer<MeshMessage>>>,
+    pub(crate) partitions: Vec<TopicPartition>,
+    pub(crate) clean: bool,
+}
+
+/// Durability state published to waiters.
+#[derive(Debug, Clone, Default)]
+struct Durable {
+    offset: i64,
+    failed: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct FlushState {
+    /// Appends placed but not yet written, in offset order: (next_offset, written).
+    writing: VecDeque<(i64, bool)>,
+    /// Every append below this offset is written.
+    written_through: i64,
+    /// Ends of written appends not yet synced.
+    unsynced_ends: VecDeque<i64>,
+    syncing: bool,
+    /// Sealed segment files that may hold unsynced data, with their end offset.
+    dirty_sealed: Vec<(i64, Rc<tokio_uring::fs::File>)>,
+}
+
+struct Partition {
+    tp: TopicPartition,
+    log: RefCell<PartitionLog>,
+    flush: RefCell<FlushState>,
+    active_file: RefCell<Option<(usize, Rc<tokio_uring::fs::File>)>>,
+    durable: watch::Sender<Durable>,
+}
+
+fn storage_error(tp: &TopicPartition, what: impl std::fmt::Display) -> EngineError {
+    EngineError::Storage(format!("{tp}: {what}"))
+}
+
+fn uring_file(file: &std::fs::File) -> std::io::Result<Rc<tokio_uring::fs::File>> {
+    Ok(Rc::new(tokio_uring::fs::File::from_std(file.try_clone()?)))
+}
+
+impl Partition {
+    fn open(
+        tp: TopicPartition,
+        config: &EngineConfig,
+        clean: bool,
+    ) -> Result<(Self, RecoveryReport), EngineError> {
+        let dir = config.data_dir.join(tp.dir_name());
+        let log_config: LogConfig = config.log.clone();
+        let (log, report) = PartitionLog::open(&dir, log_config, clean, crate::engine::now_ms())
+            .map_err(|e| storage_error(&tp, e))?;
+        let offset = log.high_watermark();
+        let partition = Self {
+            tp,
+            log: RefCell::new(log),
+            flush: RefCell::new(FlushState { written_through: offset, ..FlushState::default() }),
+            active_file: RefCell::new(None),
+            durable: watch::Sender::new(Durable { offset, failed: None }),
+        };
+        Ok((partition, report))
+    }
+
+    fn file_for(&self, file: &Arc<std::fs::File>) -> std::io::Result<Rc<tokio_uring::fs::File>> {
+        let key = Arc::as_ptr(file) as usize;
+        let mut active = self.active_file.borrow_mut();
+        match &*active {
+            Some((cached, uring)) if *cached == key => Ok(uring.clone()),
+            _ => {
+                let uring = uring_file(file)?;
+                *active = Some((key, uring.clone()));
+                Ok(uring)
+            }
+        }
+    }
+
+    /// Places, writes and waits for durability of one batch.
+    async fn append(self: Rc<Self>, batch: BytesMut, mode: FlushMode) -> Result<AppendResult, EngineError> {
+        let plan = self.log.borrow_mut().append(batch, crate::engine::now_ms()).map_err(|e| match e {
+            AppendError::Storage(e) => storage_error(&self.tp, e),
+            other => EngineError::Append(other),
+        })?;
+        let result = AppendResult { base_offset: plan.base_offset, next_offset: plan.next_offset };
+        if let Some(sealed) = &plan.sealed_file {
+            let sealed = uring_file(sealed).map_err(|e| storage_error(&self.tp, e))?;
+            self.flush.borrow_mut().dirty_sealed.push((plan.base_offset, sealed));
+        }
+        self.flush.borrow_mut().writing.push_back((plan.next_offset, false));
+        let file = match self.file_for(&plan.file) {
+            Ok(file) => file,
+            Err(error) => return Err(self.fail(format!("open for write: {error}"))),
+        };
+        let (written, _bytes) = file.write_all_at(plan.bytes, plan.position).await;
+        if let Err(error) = written {
+            return Err(self.fail(format!("write at {}: {error}", plan.position)));
+        }
+        self.on_written(plan.next_offset, mode);
+        let mut durable = self.durable.subscribe();
+        let state = durable
+            .wait_for(|d| d.offset >= result.next_offset || d.failed.is_some())
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?;
+        match &state.failed {
+            Some(reason) if state.offset < result.next_offset => Err(storage_error(&self.tp, reason)),
+            _ => Ok(result),
+        }
+    }
+
+    /// Marks the partition failed: read-only, every waiter woken with the error.
+    fn fail(&self, reason: String) -> EngineError {
+        tracing::error!(partition = %self.tp, "storage failure, partition now read-only: {reason}");
+        self.log.borrow_mut().set_read_only(reason.clone());
+        self.durable.send_modify(|d| {
+            d.failed.get_or_insert(reason.clone());
+        });
+        storage_error(&self.tp, reason)
+    }
+
+    fn on_written(self: &Rc<Self>, next_offset: i64, mode: FlushMode) {
+        {
+            let mut flush = self.flush.borrow_mut();
+            let entry = flush.writing.iter_mut().find(|(end, _)| *end == next_offset);
+            entry.expect("every written append was placed").1 = true;
+            while let Some(&(end, true)) = flush.writing.front() {
+                flush.writing.pop_front();
+                assert!(end > flush.written_through, "writes complete in offset order once contiguous");
+                flush.written_through = end;
+                flush.unsynced_ends.push_back(end);
+            }
+        }
+        self.kick_flush(mode);
+    }
+
+    fn publish(&self, offset: i64) {
+        self.log.borrow().publish_high_watermark(offset);
+        self.durable.send_modify(|d| d.offset = d.offset.max(offset));
+    }
+
+    /// Starts a sync when one is due and none is running (group commit).
+    fn kick_flush(self: &Rc<Self>, mode: FlushMode) {
+        let mut flush = self.flush.borrow_mut();
+        let target = match mode {
+            FlushMode::Os => {
+                let written = flush.written_through;
+                flush.unsynced_ends.clear();
+                drop(flush);
+                self.publish(written);
+                return;
+            }
+            _ if flush.syncing || flush.unsynced_ends.is_empty() => return,
+            FlushMode::Always => *flush.unsynced_ends.front().expect("non-empty"),
+            FlushMode::Group => flush.written_through,
+        };
+        flush.syncing = true;
+        let mut files: Vec<_> = flush.dirty_sealed.iter().map(|(_, file)| file.clone()).collect();
+        drop(flush);
+        if let Some((_, active)) = &*self.active_file.borrow() {
+            files.push(active.clone());
+        }
+        let partition = self.clone();
+        tokio_uring::spawn(async move { partition.sync(files, target, mode).await });
+    }
+
+    async fn sync(self: Rc<Self>, files: Vec<Rc<tokio_uring::fs::File>>, target: i64, mode: FlushMode) {
+        let started = std::time::Instant::now();
+        for file in files {
+            if let Err(error) = file.sync_data().await {
+                self.fail(format!("fdatasync: {error}"));
+                self.flush.borrow_mut().syncing = false;
+                return;
+            }
+        }
+        crate::engine::record_fsync(started.elapsed());
+        if let Err(error) = self.log.borrow_mut().flush_indexes() {
+            tracing::warn!(partition = %self.tp, "index write failed (rebuilt on recovery): {error}");
+        }
+        {
+            let mut flush = self.flush.borrow_mut();
+            flush.syncing = false;
+            while flush.unsynced_ends.front().is_some_and(|end| *end <= target) {
+                flush.unsynced_ends.pop_front();
+            }
+            flush.dirty_sealed.retain(|(end, _)| *end > target);
+        }
+        self.publish(target);
+        self.kick_flush(mode);
+    }
+
+    fn info(&self) -> PartitionInfo {
+        let log = self.log.borrow();
+        PartitionInfo {
+            log_start_offset: log.log_start_offset(),
+            high_watermark: log.high_watermark(),
+            next_offset: log.next_offset(),
+            segments: log.segment_count(),
+        }
+    }
+
+    async fn wait_for(&self, offset: i64, timeout_ms: u64) -> i64 {
+        let mut durable = self.durable.subscribe();
+        let wait = durable.wait_for(|d| d.offset > offset || d.failed.is_some());
+        let timeout = std::time::Duration::from_millis(timeout_ms.min(WAIT_MS_MAX));
+        let _ = tokio::time::timeout(timeout, wait).await;
+        self.log.borrow().high_watermark()
+    }
+
+    /// Waits until nothing is in flight, then syncs and closes the log.
+    async fn close(&self) {
+        let next_offset = self.log.borrow().next_offset();
+        let mut durable = self.durable.subscribe();
+        let _ = durable.wait_for(|d| d.offset >= next_offset || d.failed.is_some()).await;
+        if let Err(error) = self.log.borrow_mut().close() {
+            tracing::error!(partition = %self.tp, "close failed: {error}");
+        }
+    }
+
+    fn maintain(&self, now_ms: i64) {
+        let flush_idle = {
+            let flush = self.flush.borrow();
+            !flush.syncing && flush.writing.is_empty() && flush.unsynced_ends.is_empty()
+        };
+        if !flush_idle {
+            return;
+        }
+        let mut log = self.log.borrow_mut();
+        if let Err(error) = log.roll_if_old(now_ms) {
+            tracing::warn!(partition = %self.tp, "time-based roll failed: {error}");
+        }
+        match log.apply_retention(now_ms) {
+            Ok(deleted) if !deleted.is_empty() => {
+                tracing::info!(partition = %self.tp, ?deleted, "retention deleted segments")
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(partition = %self.tp, "retention failed: {error}"),
+        }
+    }
+}
+
+struct Shard {
+    id: usize,
+    config: Arc<EngineConfig>,
+    handles: Arc<[ShardHandle]>,
+    partitions: RefCell<HashMap<TopicPartition, Rc<Partition>>>,
+    submissions: RefCell<mpsc::Consumer<Submission>>,
+    mesh_out: Vec<RefCell<Option<spsc::Producer<MeshMessage>>>>,
+    mesh_in: RefCell<Vec<Option<spsc::Consumer<MeshMessage>>>>,
+    pending: RefCell<HashMap<u64, oneshot::Sender<Response>>>,
+    next_token: Cell<u64>,
+    stopping: Cell<bool>,
+    stopped: Cell<bool>,
+}
+
+/// Runs a shard on the calling thread until it is shut down. `ready` gets the
+/// recovery reports of its partitions (or the first error) once they are open.
+pub(crate) fn run(
+    setup: ShardSetup,
+    ready: std::sync::mpsc::Sender<Result<Vec<(TopicPartition, RecoveryReport)>, EngineError>>,
+) {
+    if setup.config.pin_threads && !crate::io::pin_to_core(setup.id) {
+        tracing::warn!(shard = setup.id, "could not pin shard thread to its core");
+    }
+    let mut builder = tokio_uring::builder();
+    builder.entries(setup.config.uring_entries);
+    builder.start(async move {
+        let ShardSetup { id, config, handles, submissions, mesh_out, mesh_in, partitions, clean } = setup;
+        let shard = Rc::new(Shard {
+            id,
+            config,
+            handles,
+            partitions: RefCell::new(HashMap::new()),
+            submissions: RefCell::new(submissions),
+            mesh_out: mesh_out.into_iter().map(RefCell::new).collect(),
+            mesh_in: RefCell::new(mesh_in),
+            pending: RefCell::new(HashMap::new()),
+            next_token: Cell::new(0),
+            stopping: Cell::new(false),
+            stopped: Cell::new(false),
+        });
+        let mut reports = Vec::new();
+        for tp in partitions {
+            match Partition::open(tp.clone(), &shard.config, clean) {
+                Ok((partition, report)) => {
+                    shard.partitions.borrow_mut().insert(tp.clone(), Rc::new(partition));
+                    reports.push((tp, report));
+                }
+                Err(error) => {
+                    let _ = ready.send(Err(error));
+                    return;
+                }
+            }
+        }
+        let _ = ready.send(Ok(reports));
+        let maintenance = tokio_uring::spawn(shard.clone().maintenance());
+        shard.clone().main_loop().await;
+        maintenance.abort();
+    });
+}
+
+impl Shard {
+    fn me(&self) -> &ShardHandle {
+        &self.handles[self.id]
+    }
+
+    async fn main_loop(self: Rc<Self>) {
+        let readiness = crate::io::watch_readable(self.me().eventfd.clone())
+            .expect("registering an eventfd with the reactor");
+        while !self.stopped.get() {
+            if self.drain() > 0 {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            self.me().doorbell.prepare_park();
+            if self.has_input() {
+                self.me().doorbell.cancel_park();
+                continue;
+            }
+            loop {
+                let Ok(mut guard) = readiness.readable().await else { break };
+                let drained = guard.try_io(|fd| match fd.get_ref().0.drain() {
+                    0 => Err(std::io::ErrorKind::WouldBlock.into()),
+                    n => Ok(n),
+                });
+                if drained.is_ok() {
+                    break;
+                }
+            }
+            self.me().doorbell.cancel_park();
+        }
+    }
+
+    fn has_input(&self) -> bool {
+        let mesh_in = self.mesh_in.borrow();
+        !mesh_in.iter().flatten().all(spsc::Consumer::is_empty) || !self.submissions.borrow().is_empty()
+    }
+
+    fn drain(self: &Rc<Self>) -> usize {
+        let mut handled = 0;
+        while handled < DRAIN_BATCH_MAX {
+            let Some(submission) = self.submissions.borrow_mut().pop() else { break };
+            handled += 1;
+            self.on_submission(submission);
+        }
+        for peer in 0..self.handles.len() {
+            let mut from_peer = 0;
+            while from_peer < DRAIN_BATCH_MAX {
+                let message = self.mesh_in.borrow_mut()[peer].as_mut().and_then(spsc::Consumer::pop);
+                let Some(message) = message else { break };
+                from_peer += 1;
+                self.on_mesh(peer, message);
+            }
+            handled += from_peer;
+        }
+        handled
+    }
+
+    fn owner(&self, request: &Request) -> usize {
+        request.partition().map_or(self.id, |tp| tp.owner(self.handles.len()))
+    }
+
+    fn on_submission(self: &Rc<Self>, Submission { request, reply }: Submission) {
+        let owner = self.owner(&request);
+        if owner == self.id {
+            let shard = self.clone();
+            tokio_uring::spawn(async move {
+                let _ = reply.send(shard.handle(request).await);
+            });
+            return;
+        }
+        let token = self.next_token.get();
+        self.next_token.set(token + 1);
+        self.pending.borrow_mut().insert(token, reply);
+        let shard = self.clone();
+        tokio_uring::spawn(
+            async move { shard.send_mesh(owner, MeshMessage::Request { token, request }).await },
+        );
+    }
+
+    fn on_mesh(self: &Rc<Self>, from: usize, message: MeshMessage) {
+        match message {
+            MeshMessage::Request { token, request } => {
+                let shard = self.clone();
+                tokio_uring::spawn(async move {
+                    let response = shard.clone().handle(request).await;
+                    shard.send_mesh(from, MeshMessage::Reply { token, response }).await;
+                });
+            }
+            MeshMessage::Reply { token, response } => {
+                let reply = self.pending.borrow_mut().remove(&token);
+                match reply {
+                    Some(reply) => drop(reply.send(response)),
+                    None => tracing::error!(shard = self.id, token, "reply for an unknown token"),
+                }
+            }
+        }
+    }
+
+    /// Pushes onto the mesh ring to `target`, yielding while it is full.
+    async fn send_mesh(&self, target: usize, mut message: MeshMessage) {
+        assert_ne!(target, self.id, "no ring to self");
+        loop {
+            let pushed = self.mesh_out[target].borrow_mut().as_mut().expect("mesh ring exists").push(message);
+            self.handles[target].wake();
+            match pushed {
+                Ok(()) => return,
+                Err(back) => {
+                    message = back;
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+    }
+
+    fn partition(&self, tp: &TopicPartition) -> Result<Rc<Partition>, EngineError> {
+        self.partitions.borrow().get(tp).cloned().ok_or_else(|| EngineError::UnknownPartition(tp.clone()))
+    }
+
+    async fn handle(self: Rc<Self>, request: Request) -> Response {
+        if self.stopping.get() && !matches!(request, Request::Shutdown) {
+            return Err(EngineError::ShuttingDown);
+        }
+        match request {
+            Request::CreatePartition(tp) => {
+                if !self.partitions.borrow().contains_key(&tp) {
+                    let (partition, _) = Partition::open(tp.clone(), &self.config, false)?;
+                    self.partitions.borrow_mut().insert(tp, Rc::new(partition));
+                }
+                Ok(Reply::Created)
+            }
+            Request::Append { tp, batch } => {
+                let partition = self.partition(&tp)?;
+                partition.append(batch, self.config.flush).await.map(Reply::Appended)
+            }
+            Request::Read { tp, offset, max_bytes } => {
+                let partition = self.partition(&tp)?;
+                let fetched = partition.log.borrow().read(offset, max_bytes);
+                match fetched {
+                    Ok(fetched) => Ok(Reply::Read(fetched)),
+                    Err(error @ ReadError::Corrupt { .. }) => {
+                        partition.log.borrow_mut().set_read_only(error.to_string());
+                        Err(EngineError::Read(error))
+                    }
+                    Err(error) => Err(EngineError::Read(error)),
+                }
+            }
+            Request::WaitFor { tp, offset, timeout_ms } => {
+                let partition = self.partition(&tp)?;
+                Ok(Reply::Waited(partition.wait_for(offset, timeout_ms).await))
+            }
+            Request::OffsetForTimestamp { tp, timestamp } => {
+                let partition = self.partition(&tp)?;
+                let found = partition.log.borrow().offset_for_timestamp(timestamp);
+                Ok(Reply::Offset(found))
+            }
+            Request::Info(tp) => Ok(Reply::Info(self.partition(&tp)?.info())),
+            Request::Shutdown => {
+                self.stopping.set(true);
+                let partitions: Vec<_> = self.partitions.borrow().values().cloned().collect();
+                for partition in partitions {
+                    partition.close().await;
+                }
+                self.stopped.set(true);
+                self.me().eventfd.0.signal(); // the main task may be parked: let it see `stopped`
+                Ok(Reply::ShutDown)
+            }
+        }
+    }
+
+    async fn maintenance(self: Rc<Self>) {
+        let period = std::time::Duration::from_millis(self.config.maintenance_interval_ms.max(1));
+        loop {
+            tokio::time::sleep(period).await;
+            let now = crate::engine::now_ms();
+            let partitions: Vec<_> = self.partitions.borrow().values().cloned().collect();
+            for partition in partitions {
+                partition.maintain(now);
+            }
+        }
+    }
+}

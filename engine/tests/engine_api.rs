@@ -1,0 +1,169 @@
+//! Specifications of the embedded API on real shard threads and real files.
+
+use bytes::BytesMut;
+use engine::batch::{BatchBuilder, BatchView};
+use engine::{Engine, EngineConfig, EngineError, FlushMode, TopicPartition};
+use std::time::{Duration, Instant};
+
+fn batch(records: usize, tag: &str) -> BytesMut {
+    let mut builder = BatchBuilder::default();
+    for i in 0..records {
+        builder.push(
+            1_700_000_000_000 + i as i64,
+            Some(tag.as_bytes()),
+            Some(format!("{tag}-{i}").as_bytes()),
+        );
+    }
+    builder.finish()
+}
+
+fn config(dir: &std::path::Path, shards: usize, flush: FlushMode) -> EngineConfig {
+    EngineConfig { shards, flush, pin_threads: false, ..EngineConfig::new(dir) }
+}
+
+#[test]
+fn given_an_engine_when_appending_and_reading_then_offsets_are_contiguous_and_bytes_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(config(dir.path(), 2, FlushMode::Group)).unwrap();
+    engine.create_topic("events", 3).unwrap();
+    let pending: Vec<_> =
+        (0..30).map(|i| engine.append("events", i % 3, batch(5, &format!("b{i}")))).collect();
+    let results: Vec<_> = pending.into_iter().map(|p| p.wait().unwrap()).collect();
+    for partition in 0..3 {
+        let mut offsets: Vec<_> =
+            results.iter().skip(partition).step_by(3).map(|r| (r.base_offset, r.next_offset)).collect();
+        offsets.sort();
+        assert_eq!(offsets.first().unwrap().0, 0);
+        assert!(offsets.windows(2).all(|w| w[0].1 == w[1].0), "contiguous: {offsets:?}");
+        let info = engine.partition_info("events", partition as u32).wait().unwrap();
+        assert_eq!((info.log_start_offset, info.high_watermark, info.next_offset), (0, 50, 50));
+    }
+    let fetched = engine.read("events", 1, 0, 1 << 20).wait().unwrap();
+    let mut position = 0;
+    let mut count = 0;
+    while position < fetched.bytes.len() {
+        let view = BatchView::parse(&fetched.bytes[position..]).unwrap();
+        let records = view.records().unwrap();
+        assert_eq!(records.len(), 5);
+        assert_eq!(view.base_offset(), count * 5);
+        position += view.len();
+        count += 1;
+    }
+    assert_eq!(count, 10);
+    assert_eq!(fetched.next_offset, 50);
+    assert_eq!(
+        engine.offset_for_timestamp("events", 0, 1_700_000_000_003).wait().unwrap(),
+        Some((3, 1_700_000_000_003))
+    );
+    engine.shutdown().unwrap();
+}
+
+#[test]
+fn given_clean_shutdown_when_reopened_then_marker_consumed_and_data_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = Engine::open(config(dir.path(), 2, FlushMode::Group)).unwrap();
+        engine.create_topic("t", 2).unwrap();
+        engine.append("t", 1, batch(3, "x")).wait().unwrap();
+        engine.shutdown().unwrap();
+    }
+    assert!(dir.path().join(engine::CLEAN_MARKER_FILE).exists());
+    let engine = Engine::open(config(dir.path(), 2, FlushMode::Group)).unwrap();
+    assert!(!dir.path().join(engine::CLEAN_MARKER_FILE).exists(), "marker removed on open");
+    assert_eq!(engine.topics().get("t"), Some(&2));
+    assert_eq!(engine.partition_info("t", 1).wait().unwrap().high_watermark, 3);
+    assert_eq!(engine.append("t", 1, batch(2, "y")).wait().unwrap().base_offset, 3);
+}
+
+#[test]
+fn given_two_shards_when_requests_enter_through_the_non_owner_then_they_cross_the_rings() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(config(dir.path(), 2, FlushMode::Group)).unwrap();
+    engine.create_topic("routed", 4).unwrap();
+    let mut crossed = 0;
+    for partition in 0..4u32 {
+        let owner = TopicPartition::new("routed", partition).owner(2);
+        let entry = 1 - owner;
+        crossed += 1;
+        let pending: Vec<_> = (0..50)
+            .map(|i| engine.via(entry).append("routed", partition, batch(2, &format!("{partition}-{i}"))))
+            .collect();
+        let mut ends: Vec<_> = pending.into_iter().map(|p| p.wait().unwrap().next_offset).collect();
+        ends.sort();
+        assert_eq!(ends.last(), Some(&100));
+        let fetched = engine.via(entry).read("routed", partition, 0, 1 << 20).wait().unwrap();
+        assert_eq!(fetched.next_offset, 100);
+        let owner_read = engine.via(owner).read("routed", partition, 0, 1 << 20).wait().unwrap();
+        assert_eq!(fetched.bytes, owner_read.bytes, "same bytes whichever shard serves");
+    }
+    assert_eq!(crossed, 4);
+    let owners: std::collections::BTreeSet<_> =
+        (0..4).map(|p| TopicPartition::new("routed", p).owner(2)).collect();
+    assert_eq!(owners.len(), 2, "partitions spread over both shards");
+}
+
+#[test]
+fn given_each_flush_mode_when_appending_concurrently_then_every_ack_is_readable() {
+    for flush in [FlushMode::Group, FlushMode::Always, FlushMode::Os] {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(config(dir.path(), 2, flush)).unwrap();
+        engine.create_topic("f", 2).unwrap();
+        let (syncs_before, _) = engine::fsync_stats();
+        let pending: Vec<_> = (0..400).map(|i| engine.append("f", i % 2, batch(1, "r"))).collect();
+        let acks: Vec<_> = pending.into_iter().map(|p| p.wait().unwrap()).collect();
+        let (syncs_after, _) = engine::fsync_stats();
+        for partition in 0..2 {
+            let info = engine.partition_info("f", partition).wait().unwrap();
+            assert_eq!(info.high_watermark, 200, "{flush}");
+        }
+        assert!(acks.iter().all(|a| a.next_offset == a.base_offset + 1));
+        match flush {
+            FlushMode::Os => {}
+            FlushMode::Always => assert!(syncs_after - syncs_before >= 400, "one sync per append"),
+            FlushMode::Group => assert!(syncs_after - syncs_before < 400, "group commit shares syncs"),
+        }
+    }
+}
+
+#[test]
+fn given_bad_requests_then_precise_errors_and_the_log_is_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(config(dir.path(), 2, FlushMode::Group)).unwrap();
+    engine.create_topic("ok", 1).unwrap();
+    let mut corrupt = batch(2, "c");
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0x10;
+    assert!(matches!(engine.append("ok", 0, corrupt).wait(), Err(EngineError::Append(_))));
+    assert!(matches!(engine.append("ok", 7, batch(1, "x")).wait(), Err(EngineError::UnknownPartition(_))));
+    assert!(matches!(engine.append("nope", 0, batch(1, "x")).wait(), Err(EngineError::UnknownPartition(_))));
+    assert!(matches!(engine.create_topic("bad/name", 1), Err(EngineError::InvalidTopic(_))));
+    assert!(matches!(engine.create_topic("zero", 0), Err(EngineError::InvalidTopic(_))));
+    assert!(matches!(engine.create_topic("ok", 1), Err(EngineError::TopicExists(_))));
+    assert!(matches!(engine.read("ok", 0, 5, 100).wait(), Err(EngineError::Read(_))));
+    assert_eq!(engine.partition_info("ok", 0).wait().unwrap().next_offset, 0);
+    assert_eq!(engine.append("ok", 0, batch(1, "x")).wait().unwrap().base_offset, 0);
+}
+
+#[test]
+fn given_an_open_data_dir_when_opened_again_then_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _engine = Engine::open(config(dir.path(), 1, FlushMode::Group)).unwrap();
+    match Engine::open(config(dir.path(), 1, FlushMode::Group)) {
+        Err(EngineError::DataDir { reason, .. }) => assert!(reason.contains("in use"), "{reason}"),
+        other => panic!("expected a lock error, got {other:?}"),
+    }
+}
+
+#[test]
+fn given_a_long_poll_when_data_arrives_then_it_wakes_and_otherwise_times_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(config(dir.path(), 2, FlushMode::Group)).unwrap();
+    engine.create_topic("lp", 1).unwrap();
+    let started = Instant::now();
+    assert_eq!(engine.wait_for("lp", 0, 0, 50).wait().unwrap(), 0);
+    assert!(started.elapsed() >= Duration::from_millis(45), "waited for the timeout");
+    let waiter = engine.wait_for("lp", 0, 0, 30_000);
+    std::thread::sleep(Duration::from_millis(20));
+    engine.append("lp", 0, batch(4, "w")).wait().unwrap();
+    assert_eq!(waiter.wait().unwrap(), 4);
+}
