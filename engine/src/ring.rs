@@ -10,8 +10,9 @@
 //!   position with a CAS on `tail` and publish the slot by storing `position + 1` into
 //!   its sequence with `Release`; the single consumer frees it by storing
 //!   `position + capacity`.
-//! * [`Doorbell`]: the sleeping flag a shard raises before it parks on its eventfd, so
-//!   producers know when a wake-up is needed (Dekker-style, `SeqCst` on both sides).
+//! * [`Doorbell`]: the parking state a shard sets before it parks on its eventfd, so
+//!   producers know when a wake-up is needed. Read-modify-writes only: loom found a lost
+//!   wake-up in an earlier flag-plus-fences version of this protocol.
 //!
 //! Invariants: capacity is a power of two and at most [`RING_ENTRIES_MAX`]; every ring
 //! is bounded, a full ring returns the value to the caller (`Err(value)`), never
@@ -19,7 +20,7 @@
 //! `tail - head <= capacity` at every instant. Atomics come from [`crate::sync`] so
 //! `loom-tests` checks this exact code.
 
-use crate::sync::{Arc, AtomicBool, AtomicUsize, Ordering, UnsafeCell};
+use crate::sync::{Arc, AtomicUsize, Ordering, UnsafeCell};
 use crossbeam_utils::CachePadded;
 use std::mem::MaybeUninit;
 
@@ -303,34 +304,57 @@ pub mod mpsc {
     }
 }
 
-/// The flag a consumer raises before it parks, so producers know to wake it.
+/// The consumer's parking state, so producers know when a wake-up is needed.
 ///
-/// Consumer: [`Doorbell::prepare_park`], re-check every ring, then either
-/// [`Doorbell::cancel_park`] (work found) or park. Producer: push, then
-/// [`Doorbell::needs_wake`]; when it returns true, signal the consumer (eventfd).
-/// With `SeqCst` on both sides, either the consumer's re-check sees the push or the
-/// producer sees the flag: no wake-up is lost.
+/// One atomic with three states, changed only by read-modify-writes (which are totally
+/// ordered per location, so no store-load fence argument is needed):
+/// * consumer, with every ring empty: [`Doorbell::prepare_park`] moves AWAKE→PARKED and
+///   says "park"; if a producer rang since the consumer last woke (NOTIFIED), it resets
+///   to AWAKE and says "re-check the rings" instead;
+/// * consumer, after its eventfd fired: [`Doorbell::woke`] resets to AWAKE;
+/// * producer, after every push: [`Doorbell::ring`] swaps in NOTIFIED and returns true
+///   when it replaced PARKED, i.e. when this caller must signal the eventfd.
+///
+/// A push whose `ring` precedes the consumer's `prepare_park` makes that CAS fail (and
+/// its Acquire makes the push visible to the re-check); one that follows it sees PARKED
+/// and signals. No wake-up is lost (`loom-tests` checks this).
 #[derive(Debug, Default)]
 pub struct Doorbell {
-    parked: CachePadded<AtomicBool>,
+    state: CachePadded<AtomicUsize>,
 }
+
+const AWAKE: usize = 0;
+const PARKED: usize = 1;
+const NOTIFIED: usize = 2;
 
 impl Doorbell {
     /// A doorbell with the consumer awake.
     pub fn new() -> Self {
-        Self { parked: CachePadded::new(AtomicBool::new(false)) }
+        Self { state: CachePadded::new(AtomicUsize::new(AWAKE)) }
     }
-    /// Consumer: announce the intent to park. Re-check the rings after this.
-    pub fn prepare_park(&self) {
-        self.parked.store(true, Ordering::SeqCst);
+
+    /// Consumer, having found every ring empty: true when it may park now; false when
+    /// a producer rang meanwhile and the rings must be checked again.
+    pub fn prepare_park(&self) -> bool {
+        match self.state.compare_exchange(AWAKE, PARKED, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => true,
+            Err(current) => {
+                assert_eq!(current, NOTIFIED, "only the consumer parks");
+                self.state.swap(AWAKE, Ordering::AcqRel);
+                false
+            }
+        }
     }
-    /// Consumer: found work after [`Doorbell::prepare_park`]; stay awake.
-    pub fn cancel_park(&self) {
-        self.parked.store(false, Ordering::SeqCst);
+
+    /// Consumer, after a wake-up: back to AWAKE before it drains the rings.
+    pub fn woke(&self) {
+        self.state.swap(AWAKE, Ordering::AcqRel);
     }
-    /// Producer, after a push: true when this caller must signal the consumer.
-    pub fn needs_wake(&self) -> bool {
-        self.parked.load(Ordering::SeqCst) && self.parked.swap(false, Ordering::SeqCst)
+
+    /// Producer, after a push: true when the consumer is parked and this caller must
+    /// signal it.
+    pub fn ring(&self) -> bool {
+        self.state.swap(NOTIFIED, Ordering::AcqRel) == PARKED
     }
 }
 

@@ -10,8 +10,8 @@
 //! * one SPSC **mesh ring** from every other shard, carrying requests a shard received
 //!   for a partition it does not own, and the replies to requests it forwarded.
 //!
-//! When every inbox is empty the shard raises its [`Doorbell`] and parks on its eventfd;
-//! producers signal the eventfd only when the doorbell is up.
+//! When every inbox is empty the shard marks its [`Doorbell`] parked and waits on its
+//! eventfd; a producer signals the eventfd only when its push found the shard parked.
 //!
 //! **Appends and group commit.** An append is validated and placed by the partition's
 //! [`PartitionLog`] (synchronously, on this thread), written with an io_uring write at
@@ -172,7 +172,7 @@ pub(crate) struct ShardHandle {
 
 impl ShardHandle {
     pub(crate) fn wake(&self) {
-        if self.doorbell.needs_wake() {
+        if self.doorbell.ring() {
             self.eventfd.0.signal();
         }
     }
@@ -495,10 +495,8 @@ impl Shard {
                 tokio::task::yield_now().await;
                 continue;
             }
-            self.me().doorbell.prepare_park();
-            if self.has_input() {
-                self.me().doorbell.cancel_park();
-                continue;
+            if !self.me().doorbell.prepare_park() {
+                continue; // a producer rang since we last looked
             }
             loop {
                 let Ok(mut guard) = readiness.readable().await else { break };
@@ -510,13 +508,8 @@ impl Shard {
                     break;
                 }
             }
-            self.me().doorbell.cancel_park();
+            self.me().doorbell.woke();
         }
-    }
-
-    fn has_input(&self) -> bool {
-        let mesh_in = self.mesh_in.borrow();
-        !mesh_in.iter().flatten().all(spsc::Consumer::is_empty) || !self.submissions.borrow().is_empty()
     }
 
     fn drain(self: &Rc<Self>) -> usize {
