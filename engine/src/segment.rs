@@ -481,16 +481,34 @@ impl Segment {
     }
 }
 
+/// Decodes raw `.index` bytes (a trailing partial entry is ignored).
+pub fn decode_index(bytes: &[u8]) -> Vec<IndexEntry> {
+    bytes
+        .chunks_exact(INDEX_ENTRY_BYTES)
+        .map(|chunk| IndexEntry {
+            relative_offset: u32::from_be_bytes(chunk[0..4].try_into().expect("4 bytes")),
+            position: u32::from_be_bytes(chunk[4..8].try_into().expect("4 bytes")),
+        })
+        .collect()
+}
+
+/// Decodes raw `.timeindex` bytes (a trailing partial entry is ignored).
+pub fn decode_time_index(bytes: &[u8]) -> Vec<TimeIndexEntry> {
+    bytes
+        .chunks_exact(TIME_INDEX_ENTRY_BYTES)
+        .map(|chunk| TimeIndexEntry {
+            timestamp: i64::from_be_bytes(chunk[0..8].try_into().expect("8 bytes")),
+            relative_offset: u32::from_be_bytes(chunk[8..12].try_into().expect("4 bytes")),
+        })
+        .collect()
+}
+
 /// Reads `.index`, keeping the longest prefix of entries that are strictly increasing,
 /// inside the file and pointing at a valid batch whose last offset matches.
 fn read_index(path: &Path, log: &[u8], base_offset: i64) -> Vec<IndexEntry> {
     let bytes = std::fs::read(path).unwrap_or_default();
     let mut entries: Vec<IndexEntry> = Vec::with_capacity(bytes.len() / INDEX_ENTRY_BYTES);
-    for chunk in bytes.chunks_exact(INDEX_ENTRY_BYTES) {
-        let entry = IndexEntry {
-            relative_offset: u32::from_be_bytes(chunk[0..4].try_into().expect("4 bytes")),
-            position: u32::from_be_bytes(chunk[4..8].try_into().expect("4 bytes")),
-        };
+    for entry in decode_index(&bytes) {
         let increasing = entries.last().is_none_or(|last| {
             entry.relative_offset > last.relative_offset && entry.position > last.position
         });
@@ -510,11 +528,7 @@ fn read_time_index(path: &Path, last_index: Option<&IndexEntry>) -> Vec<TimeInde
     let Some(last_index) = last_index else { return Vec::new() };
     let bytes = std::fs::read(path).unwrap_or_default();
     let mut entries: Vec<TimeIndexEntry> = Vec::new();
-    for chunk in bytes.chunks_exact(TIME_INDEX_ENTRY_BYTES) {
-        let entry = TimeIndexEntry {
-            timestamp: i64::from_be_bytes(chunk[0..8].try_into().expect("8 bytes")),
-            relative_offset: u32::from_be_bytes(chunk[8..12].try_into().expect("4 bytes")),
-        };
+    for entry in decode_time_index(&bytes) {
         let out_of_order = entries.last().is_some_and(|last| {
             entry.timestamp <= last.timestamp || entry.relative_offset < last.relative_offset
         });

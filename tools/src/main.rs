@@ -1,1 +1,57 @@
-fn main() {}
+//! The `corelog` binary: parses the command line and runs a subcommand.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// corelog: a durable, partitioned log with a real-time and a batch path.
+#[derive(Debug, Parser)]
+#[command(name = "corelog", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the embedded engine end to end on generated payments and print a report.
+    Demo(corelog_tools::demo::DemoArgs),
+    /// Dump and check a segment, index or time-index file, or a partition directory.
+    Inspect {
+        /// A .log, .index or .timeindex file, or a partition directory.
+        path: PathBuf,
+        /// Also decode and print every record (uncompressed batches).
+        #[arg(long)]
+        records: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo(args) => corelog_tools::demo::run(&args).map(|_| ExitCode::SUCCESS),
+        Command::Inspect { path, records } => {
+            corelog_tools::inspect::run(&path, records, &mut std::io::stdout().lock()).map(|findings| {
+                if let Some(first) = findings.problems.first() {
+                    eprintln!(
+                        "corelog: inspect found {} problem(s); first: {first}",
+                        findings.problems.len()
+                    );
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                }
+            })
+        }
+    };
+    result.unwrap_or_else(|error| {
+        eprintln!("corelog: error: {error:#}");
+        ExitCode::FAILURE
+    })
+}

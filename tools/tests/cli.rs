@@ -1,0 +1,100 @@
+//! The `corelog` binary as a user runs it: exit codes, reports, one-line errors.
+
+use engine::batch::BatchBuilder;
+use engine::log::{LogConfig, PartitionLog};
+use std::process::Command;
+
+fn corelog(args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_corelog")).args(args).output().expect("run corelog");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn number_after(report: &str, label: &str) -> u64 {
+    let line = report
+        .lines()
+        .find(|l| l.trim_start().starts_with(label))
+        .unwrap_or_else(|| panic!("no {label} line in {report}"));
+    let digits: String = line.trim_start()[label.len()..]
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == ',')
+        .collect();
+    digits.replace(',', "").parse().unwrap()
+}
+
+#[test]
+fn demo_appends_and_reads_back_every_event() {
+    let (ok, stdout, stderr) = corelog(&["demo", "--events", "30000", "--batch-records", "100"]);
+    assert!(ok, "demo failed: {stderr}");
+    assert_eq!(number_after(&stdout, "appended"), 30_000, "{stdout}");
+    assert_eq!(number_after(&stdout, "read back"), 30_000, "{stdout}");
+    let sample = stdout.lines().find(|l| l.trim_start().starts_with("sample")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(sample.trim_start()["sample".len()..].trim()).unwrap();
+    assert!(json["user_id"].as_str().unwrap().starts_with('u'));
+}
+
+#[test]
+fn demo_rejects_bad_flags_with_one_line() {
+    let (ok, _, stderr) = corelog(&["demo", "--flush", "sometimes"]);
+    assert!(!ok);
+    assert!(stderr.contains("unknown flush mode"), "{stderr}");
+    let (ok, _, stderr) = corelog(&["demo", "--events", "0"]);
+    assert!(!ok);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}
+
+fn write_partition(dir: &std::path::Path) {
+    let (mut log, _) =
+        PartitionLog::open(dir, LogConfig { retention_ms: None, ..Default::default() }, false, 0).unwrap();
+    for i in 0..20 {
+        let mut builder = BatchBuilder::default();
+        for j in 0..50 {
+            builder.push(1000 + i * 100 + j, Some(b"key"), Some(format!("value-{i}-{j}").as_bytes()));
+        }
+        log.append_sync(builder.finish(), 0).unwrap();
+    }
+    log.close().unwrap();
+}
+
+#[test]
+fn inspect_reports_intact_files_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    write_partition(dir.path());
+    let (ok, stdout, stderr) = corelog(&["inspect", dir.path().to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("summary: 3 files, 20 intact batches, 0 problems"), "{stdout}");
+    let log = dir.path().join(format!("{:020}.log", 0));
+    let (ok, stdout, _) = corelog(&["inspect", "--records", log.to_str().unwrap()]);
+    assert!(ok);
+    assert!(stdout.contains("offset 999 ts 2949 key key value value-19-49"), "{stdout}");
+}
+
+#[test]
+fn inspect_finds_corruption_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    write_partition(dir.path());
+    let log = dir.path().join(format!("{:020}.log", 0));
+    let mut bytes = std::fs::read(&log).unwrap();
+    let index = dir.path().join(format!("{:020}.index", 0));
+    let entries = engine::segment::decode_index(&std::fs::read(&index).unwrap());
+    let indexed_batch = entries[1].position as usize;
+    bytes[indexed_batch + 40] ^= 0x01; // inside the CRC-covered header of an indexed batch
+    std::fs::write(&log, &bytes).unwrap();
+    let (ok, stdout, stderr) = corelog(&["inspect", log.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(stdout.contains("problem:") && stdout.contains("corrupt at byte"), "{stdout}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    let (ok, stdout, _) = corelog(&["inspect", index.to_str().unwrap()]);
+    assert!(!ok, "an index entry now points at a corrupt batch: {stdout}");
+}
+
+#[test]
+fn inspect_of_a_missing_path_is_a_one_line_error() {
+    let (ok, _, stderr) = corelog(&["inspect", "/nonexistent/00000000000000000000.log"]);
+    assert!(!ok);
+    assert!(stderr.starts_with("corelog: error:") && stderr.trim().lines().count() == 1, "{stderr}");
+}
