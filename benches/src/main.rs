@@ -1,1 +1,42 @@
-fn main() {}
+//! `corelog-bench`: measures corelog against the machine's limits and against peers.
+//!
+//! Each scenario prints its figures as `RESULT` lines (see `report`), with the
+//! reference measured in the same run and the ratio, and writes them to
+//! `target/bench/<scenario>.json`. `--quick` keeps a scenario under a minute.
+//! Scenarios arrive with their issues: `append` (engine core) now; `kafka`, `land`,
+//! `batch` and `e2e` with the Kafka protocol, lander, batch and stream issues.
+
+#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
+
+mod append;
+mod fio;
+mod report;
+
+use clap::{Parser, Subcommand};
+
+/// corelog-bench: figures, references and ratios.
+#[derive(Debug, Parser)]
+#[command(name = "corelog-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Embedded append throughput (1..N partitions, 1 KiB and 100 B records, each flush
+    /// mode) and group-commit latency, against fio on the same disk.
+    Append(append::AppendArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.scenario {
+        Scenario::Append(args) => {
+            let figures = append::bench(&args)?;
+            let path = report::write_json("append", &figures)?;
+            eprintln!("results written to {}", path.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! `corelog-bench append`: embedded append throughput and latency against `fio`.
+//!
+//! Batches are built before the clock starts (the figure is the engine's, not the
+//! encoder's); one driver thread keeps a bounded window of appends in flight per
+//! partition and counts an append when its durable acknowledgement arrives. The
+//! reference is `fio` on the same file system in the same run: sequential O_DIRECT
+//! io_uring writes of the same block size for bandwidth, and `psync` writes with
+//! `fdatasync=1` for sync latency.
+
+use crate::fio::{self, FioReference};
+use crate::report::Figure;
+use anyhow::{Context, Result};
+use bytes::BytesMut;
+use engine::batch::BatchBuilder;
+use engine::{Engine, EngineConfig, FlushMode};
+use hdrhistogram::Histogram;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Target size of one batch (and fio's block size).
+pub const BATCH_BYTES: usize = 256 << 10;
+/// Batch size for the latency run.
+pub const LATENCY_BATCH_BYTES: usize = 64 << 10;
+/// Appends in flight per partition in throughput runs.
+pub const IN_FLIGHT_PER_PARTITION: usize = 8;
+
+/// Options of the append scenario.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AppendArgs {
+    /// Finish in under a minute (smaller runs).
+    #[arg(long)]
+    pub quick: bool,
+    /// Directory for data and fio files (default: target/bench/data).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+struct Run {
+    bytes_per_s: f64,
+    records_per_s: f64,
+    latency_ns: Histogram<u64>,
+}
+
+fn batches(record_bytes: usize, batch_bytes: usize, total_bytes: u64) -> (Vec<BytesMut>, usize) {
+    let mut builder = BatchBuilder::with_capacity(batch_bytes + 4096);
+    let value: Vec<u8> = (0..record_bytes).map(|i| b'a' + (i % 26) as u8).collect();
+    while builder.len_bytes() + record_bytes + 16 <= batch_bytes {
+        builder.push(1_700_000_000_000, None, Some(&value));
+    }
+    let records = builder.record_count();
+    let template = builder.finish();
+    let count = (total_bytes / template.len() as u64).max(1);
+    ((0..count).map(|_| template.clone()).collect(), records)
+}
+
+fn run(
+    dir: &Path,
+    flush: FlushMode,
+    partitions: u32,
+    in_flight: usize,
+    work: Vec<BytesMut>,
+    records_per_batch: usize,
+) -> Result<Run> {
+    let _ = std::fs::remove_dir_all(dir);
+    let config = EngineConfig { flush, ..EngineConfig::new(dir) };
+    let engine = Engine::open(config).context("opening the engine")?;
+    engine.create_topic("bench", partitions)?;
+    let total_bytes: u64 = work.iter().map(|b| b.len() as u64).sum();
+    let batches = work.len();
+    let mut latency_ns = Histogram::<u64>::new(3)?;
+    let mut windows: Vec<VecDeque<(Instant, engine::Pending<engine::AppendResult>)>> =
+        (0..partitions).map(|_| VecDeque::new()).collect();
+    let started = Instant::now();
+    for (i, batch) in work.into_iter().enumerate() {
+        let partition = (i % partitions as usize) as u32;
+        let window = &mut windows[partition as usize];
+        if window.len() >= in_flight {
+            let (submitted, pending) = window.pop_front().expect("non-empty");
+            pending.wait()?;
+            latency_ns.record(submitted.elapsed().as_nanos() as u64)?;
+        }
+        window.push_back((Instant::now(), engine.append("bench", partition, batch)));
+    }
+    for window in &mut windows {
+        while let Some((submitted, pending)) = window.pop_front() {
+            pending.wait()?;
+            latency_ns.record(submitted.elapsed().as_nanos() as u64)?;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    engine.shutdown()?;
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(Run {
+        bytes_per_s: total_bytes as f64 / seconds,
+        records_per_s: (batches * records_per_batch) as f64 / seconds,
+        latency_ns,
+    })
+}
+
+/// Runs the scenario and returns its figures (also printed as RESULT lines).
+pub fn bench(args: &AppendArgs) -> Result<Vec<Figure>> {
+    let base = args.dir.clone().unwrap_or_else(|| crate::report::bench_dir().join("data"));
+    std::fs::create_dir_all(&base)?;
+    let total_bytes: u64 = if args.quick { 1 << 30 } else { 4 << 30 };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let reference = if fio::available() {
+        let fio_bytes = if args.quick { 512 << 20 } else { 2 << 30 };
+        match fio::measure(&base.join("fio"), BATCH_BYTES, fio_bytes, LATENCY_BATCH_BYTES) {
+            Ok(reference) => Some(reference),
+            Err(error) => {
+                eprintln!("note: fio reference failed ({error:#}); figures print without ratios");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if let Some(FioReference { seq_write_bytes_per_s, fdatasync_p50_ns, fdatasync_p99_ns }) = reference {
+        eprintln!(
+            "fio on {}: sequential write {:.0} MB/s; write+fdatasync of {} KiB p50 {:.3} ms p99 {:.3} ms",
+            base.display(),
+            seq_write_bytes_per_s / 1e6,
+            LATENCY_BATCH_BYTES >> 10,
+            fdatasync_p50_ns / 1e6,
+            fdatasync_p99_ns / 1e6
+        );
+    }
+    let fio_mb = reference.map(|r| ("fio-seqwrite".to_string(), r.seq_write_bytes_per_s / 1e6));
+    let data = base.join("engine");
+    let mut figures = Vec::new();
+    let mut emit = |figure: Figure| {
+        println!("{}", figure.line());
+        figures.push(figure);
+    };
+
+    for flush in [FlushMode::Os, FlushMode::Group, FlushMode::Always] {
+        let (work, records) = batches(1024, BATCH_BYTES, total_bytes);
+        let result = run(&data, flush, 1, IN_FLIGHT_PER_PARTITION, work, records)?;
+        emit(Figure {
+            scenario: format!("append-1p-1k-{flush}"),
+            name: "throughput".into(),
+            value: result.bytes_per_s / 1e6,
+            unit: "MB/s".into(),
+            reference: fio_mb.clone(),
+        });
+    }
+    for partitions in 1..=cores as u32 {
+        for (label, record_bytes) in [("1k", 1024), ("100b", 100)] {
+            let (work, records) = batches(record_bytes, BATCH_BYTES, total_bytes);
+            let on_disk_record_bytes = work[0].len() as f64 / records as f64;
+            let result = run(&data, FlushMode::Group, partitions, IN_FLIGHT_PER_PARTITION, work, records)?;
+            let scenario = format!("append-{partitions}p-{label}-group");
+            emit(Figure {
+                scenario: scenario.clone(),
+                name: "throughput".into(),
+                value: result.bytes_per_s / 1e6,
+                unit: "MB/s".into(),
+                reference: fio_mb.clone(),
+            });
+            if record_bytes == 100 {
+                let busy_shards = partitions.min(cores as u32) as f64;
+                emit(Figure {
+                    scenario,
+                    name: "records_per_shard".into(),
+                    value: result.records_per_s / busy_shards / 1e6,
+                    unit: "M/s".into(),
+                    reference: reference.map(|r| {
+                        (
+                            "fio-seqwrite-records".to_string(),
+                            r.seq_write_bytes_per_s / on_disk_record_bytes / busy_shards / 1e6,
+                        )
+                    }),
+                });
+            }
+        }
+    }
+    let appends: u64 = if args.quick { 2_000 } else { 10_000 };
+    let (work, records) = batches(1024, LATENCY_BATCH_BYTES, appends * LATENCY_BATCH_BYTES as u64);
+    let result = run(&data, FlushMode::Group, 1, 1, work, records)?;
+    for (name, quantile, fio_ns) in [
+        ("p50", 0.5, reference.map(|r| r.fdatasync_p50_ns)),
+        ("p99", 0.99, reference.map(|r| r.fdatasync_p99_ns)),
+    ] {
+        emit(Figure {
+            scenario: "append-latency-group".into(),
+            name: name.into(),
+            value: result.latency_ns.value_at_quantile(quantile) as f64 / 1e6,
+            unit: "ms".into(),
+            reference: fio_ns.map(|ns| ("fio-write-fdatasync".to_string(), ns / 1e6)),
+        });
+    }
+    Ok(figures)
+}

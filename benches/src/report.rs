@@ -1,0 +1,100 @@
+//! RESULT lines and the JSON results file.
+//!
+//! Every figure is printed as one machine-readable line,
+//! `RESULT <scenario> <figure>=<value><unit> ref=<reference>:<value><unit> ratio=<figure/ref>`,
+//! and collected into `target/bench/<scenario-group>.json`. A figure whose reference
+//! could not be measured (a peer tool missing) prints `ref=none` and no ratio.
+
+use serde_json::json;
+use std::path::PathBuf;
+
+/// One measured figure and what it is compared with.
+#[derive(Debug, Clone)]
+pub struct Figure {
+    /// Scenario name, e.g. `append-1p-1k-group`.
+    pub scenario: String,
+    /// Figure name, e.g. `throughput`.
+    pub name: String,
+    /// Measured value.
+    pub value: f64,
+    /// Unit, e.g. `MB/s`.
+    pub unit: String,
+    /// Reference name and value (same unit), if measured.
+    pub reference: Option<(String, f64)>,
+}
+
+impl Figure {
+    /// The RESULT line.
+    pub fn line(&self) -> String {
+        let value = format_value(self.value);
+        match &self.reference {
+            Some((name, reference)) if *reference > 0.0 => format!(
+                "RESULT {} {}={value}{} ref={name}:{}{} ratio={:.2}",
+                self.scenario,
+                self.name,
+                self.unit,
+                format_value(*reference),
+                self.unit,
+                self.value / reference
+            ),
+            _ => format!("RESULT {} {}={value}{} ref=none", self.scenario, self.name, self.unit),
+        }
+    }
+}
+
+fn format_value(value: f64) -> String {
+    if value >= 100.0 {
+        format!("{value:.0}")
+    } else if value >= 10.0 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.2}")
+    }
+}
+
+/// Where results go: `$CARGO_TARGET_DIR/bench` or `target/bench`.
+pub fn bench_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from).join("bench")
+}
+
+/// Writes `figures` to `target/bench/<group>.json`.
+pub fn write_json(group: &str, figures: &[Figure]) -> std::io::Result<PathBuf> {
+    let dir = bench_dir();
+    std::fs::create_dir_all(&dir)?;
+    let rows: Vec<_> = figures
+        .iter()
+        .map(|f| {
+            json!({
+                "scenario": f.scenario, "figure": f.name, "value": f.value, "unit": f.unit,
+                "reference": f.reference.as_ref().map(|(n, _)| n.clone()),
+                "reference_value": f.reference.as_ref().map(|(_, v)| *v),
+                "ratio": f.reference.as_ref().filter(|(_, v)| *v > 0.0).map(|(_, v)| f.value / v),
+            })
+        })
+        .collect();
+    let path = dir.join(format!("{group}.json"));
+    std::fs::write(&path, serde_json::to_string_pretty(&rows)? + "\n")?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_line_has_the_documented_shape() {
+        let figure = Figure {
+            scenario: "append-1p".into(),
+            name: "throughput".into(),
+            value: 1450.0,
+            unit: "MB/s".into(),
+            reference: Some(("fio-seqwrite".into(), 2900.0)),
+        };
+        assert_eq!(
+            figure.line(),
+            "RESULT append-1p throughput=1450MB/s ref=fio-seqwrite:2900MB/s ratio=0.50"
+        );
+        let alone = Figure { reference: None, ..figure };
+        assert_eq!(alone.line(), "RESULT append-1p throughput=1450MB/s ref=none");
+    }
+}
