@@ -17,6 +17,21 @@
 //! past the high watermark; a broken invariant in the log is a crash with a message,
 //! bad input is an error. The only `unsafe` code is in `ring`, `io` and `segment`.
 //! This crate never links `parquet`/`arrow`.
+//!
+//! ```
+//! use engine::{batch::BatchBuilder, Engine, EngineConfig, FlushMode};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! let engine = Engine::open(EngineConfig { flush: FlushMode::Group, ..EngineConfig::new(dir.path()) })?;
+//! engine.create_topic("payments", 8)?;
+//! let mut batch = BatchBuilder::default();
+//! batch.push(engine::now_ms(), Some(&b"u1"[..]), Some(&br#"{"amount_cents":1234}"#[..]));
+//! let ack = engine.append("payments", 0, batch.finish()).wait()?; // durable per flush mode
+//! let fetched = engine.read("payments", 0, ack.base_offset, 1 << 20).wait()?; // mmap-backed Bytes
+//! assert_eq!(fetched.next_offset, 1);
+//! engine.shutdown()?;
+//! # Ok(()) }
+//! ```
 
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 #![deny(clippy::await_holding_refcell_ref)]
