@@ -2,7 +2,8 @@
 //!
 //! Each scenario prints its figures as `RESULT` lines (see `report`), with the
 //! reference measured in the same run and the ratio, and writes them to
-//! `target/bench/<scenario>.json`. `--quick` keeps a scenario under a minute.
+//! `target/bench/<scenario>.json`, with a bar chart of the ratios in
+//! `target/bench/<scenario>.svg`. `--quick` keeps a scenario under a minute.
 //! Scenarios arrive with their issues: `append` (engine core) now; `kafka`, `land`,
 //! `batch` and `e2e` with the Kafka protocol, lander, batch and stream issues.
 
@@ -34,8 +35,9 @@ fn main() -> anyhow::Result<()> {
     match cli.scenario {
         Scenario::Append(args) => {
             let figures = append::bench(&args)?;
-            let path = report::write_json("append", &figures)?;
-            eprintln!("results written to {}", path.display());
+            let json = report::write_json("append", &figures)?;
+            let svg = report::write_svg("append", &figures)?;
+            eprintln!("results written to {} and {}", json.display(), svg.display());
         }
     }
     Ok(())

@@ -77,6 +77,51 @@ pub fn write_json(group: &str, figures: &[Figure]) -> std::io::Result<PathBuf> {
     Ok(path)
 }
 
+/// Draws the ratio of every figure that has a reference as a horizontal bar chart
+/// (`target/bench/<group>.svg`); a dashed line marks parity with the reference.
+pub fn write_svg(group: &str, figures: &[Figure]) -> std::io::Result<PathBuf> {
+    const ROW_PX: usize = 22;
+    const LABEL_PX: usize = 420;
+    const BAR_PX: f64 = 360.0;
+    let rows: Vec<(String, f64)> = figures
+        .iter()
+        .filter_map(|f| {
+            let (name, reference) = f.reference.as_ref().filter(|(_, v)| *v > 0.0)?;
+            Some((format!("{} {} vs {name}", f.scenario, f.name), f.value / reference))
+        })
+        .collect();
+    let scale = rows.iter().map(|(_, r)| *r).fold(1.2_f64, f64::max);
+    let height = ROW_PX * (rows.len() + 2);
+    let width = LABEL_PX + BAR_PX as usize + 80;
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"monospace\" font-size=\"12\">\n\
+         <text x=\"4\" y=\"14\">corelog-bench {group}: figure / reference</text>\n"
+    );
+    for (i, (label, ratio)) in rows.iter().enumerate() {
+        let y = ROW_PX * (i + 1);
+        let bar = BAR_PX * ratio / scale;
+        let color = if *ratio >= 1.0 { "#2a7" } else { "#37c" };
+        svg.push_str(&format!(
+            "<text x=\"4\" y=\"{}\">{label}</text><rect x=\"{LABEL_PX}\" y=\"{}\" width=\"{bar:.1}\" height=\"{}\" fill=\"{color}\"/>\
+             <text x=\"{:.1}\" y=\"{}\">{ratio:.2}</text>\n",
+            y + 15,
+            y + 4,
+            ROW_PX - 6,
+            LABEL_PX as f64 + bar + 4.0,
+            y + 15
+        ));
+    }
+    let parity = LABEL_PX as f64 + BAR_PX / scale;
+    svg.push_str(&format!(
+        "<line x1=\"{parity:.1}\" y1=\"{ROW_PX}\" x2=\"{parity:.1}\" y2=\"{}\" stroke=\"#c33\" stroke-dasharray=\"4\"/>\n</svg>\n",
+        height - ROW_PX / 2
+    ));
+    let path = bench_dir().join(format!("{group}.svg"));
+    std::fs::create_dir_all(bench_dir())?;
+    std::fs::write(&path, svg)?;
+    Ok(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

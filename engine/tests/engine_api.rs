@@ -167,3 +167,35 @@ fn given_a_long_poll_when_data_arrives_then_it_wakes_and_otherwise_times_out() {
     engine.append("lp", 0, batch(4, "w")).wait().unwrap();
     assert_eq!(waiter.wait().unwrap(), 4);
 }
+
+#[test]
+fn given_segment_age_and_retention_when_the_shard_maintains_then_old_segments_roll_and_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = engine::log::LogConfig {
+        segment_ms: Some(50),
+        retention_ms: Some(60_000),
+        ..engine::log::LogConfig::default()
+    };
+    let config = EngineConfig { log, maintenance_interval_ms: 20, ..config(dir.path(), 2, FlushMode::Group) };
+    let engine = Engine::open(config).unwrap();
+    engine.create_topic("aged", 1).unwrap();
+    // Records an hour old: once their segment is sealed (by age), retention deletes it.
+    let mut builder = BatchBuilder::default();
+    builder.push(engine::now_ms() - 3_600_000, None, Some(b"old"));
+    engine.append("aged", 0, builder.finish()).wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let info = loop {
+        let info = engine.partition_info("aged", 0).wait().unwrap();
+        if info.log_start_offset == 1 || Instant::now() > deadline {
+            break info;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(info.log_start_offset, 1, "the aged segment rolled and was deleted: {info:?}");
+    assert_eq!((info.high_watermark, info.segments), (1, 1));
+    assert!(!dir.path().join("aged-0").join(format!("{:020}.log", 0)).exists());
+    let mut builder = BatchBuilder::default();
+    builder.push(engine::now_ms(), None, Some(b"new"));
+    assert_eq!(engine.append("aged", 0, builder.finish()).wait().unwrap().base_offset, 1);
+    assert!(matches!(engine.read("aged", 0, 0, 100).wait(), Err(EngineError::Read(_))));
+}
