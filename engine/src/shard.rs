@@ -43,6 +43,11 @@ pub const SUBMISSION_RING_ENTRIES: usize = 4096;
 pub const MESH_RING_ENTRIES: usize = 1024;
 /// Most inbox entries handled before the main task yields to the rest of the shard.
 pub const DRAIN_BATCH_MAX: usize = 256;
+/// fdatasyncs one partition may have running at once. A second sync started while
+/// the first waits for its journal commit lets writeback of newer bytes overlap it;
+/// each sync covers every byte written before it started, so a finished sync may
+/// publish its target whatever the order of completion.
+pub const SYNCS_IN_FLIGHT_MAX: usize = 2;
 /// Longest a long poll may wait.
 pub const WAIT_MS_MAX: u64 = 60_000;
 
@@ -205,7 +210,10 @@ struct FlushState {
     written_through: i64,
     /// Ends of written appends not yet synced.
     unsynced_ends: VecDeque<i64>,
-    syncing: bool,
+    /// Syncs started and not yet finished (at most [`SYNCS_IN_FLIGHT_MAX`]).
+    syncs_in_flight: usize,
+    /// Largest target of any sync started so far.
+    sync_requested_through: i64,
     /// Sealed segment files that may hold unsynced data, with their end offset.
     dirty_sealed: Vec<(i64, Rc<tokio_uring::fs::File>)>,
 }
@@ -240,7 +248,11 @@ impl Partition {
         let partition = Self {
             tp,
             log: RefCell::new(log),
-            flush: RefCell::new(FlushState { written_through: offset, ..FlushState::default() }),
+            flush: RefCell::new(FlushState {
+                written_through: offset,
+                sync_requested_through: offset,
+                ..FlushState::default()
+            }),
             active_file: RefCell::new(None),
             durable: watch::Sender::new(Durable { offset, failed: None }),
         };
@@ -322,22 +334,28 @@ impl Partition {
         self.durable.send_modify(|d| d.offset = d.offset.max(offset));
     }
 
-    /// Starts a sync when one is due and none is running (group commit).
+    /// Starts a sync when written bytes are not yet covered by one and fewer than
+    /// [`SYNCS_IN_FLIGHT_MAX`] are running (group commit).
     fn kick_flush(self: &Rc<Self>, mode: FlushMode) {
         let mut flush = self.flush.borrow_mut();
-        let target = match mode {
-            FlushMode::Os => {
+        let requested = flush.sync_requested_through;
+        let uncovered = flush.unsynced_ends.iter().find(|end| **end > requested).copied();
+        let target = match (mode, uncovered) {
+            (FlushMode::Os, _) => {
                 let written = flush.written_through;
                 flush.unsynced_ends.clear();
                 drop(flush);
                 self.publish(written);
                 return;
             }
-            _ if flush.syncing || flush.unsynced_ends.is_empty() => return,
-            FlushMode::Always => *flush.unsynced_ends.front().expect("non-empty"),
-            FlushMode::Group => flush.written_through,
+            (_, None) => return,
+            _ if flush.syncs_in_flight >= SYNCS_IN_FLIGHT_MAX => return,
+            (FlushMode::Always, Some(end)) => end,
+            (FlushMode::Group, Some(_)) => flush.written_through,
         };
-        flush.syncing = true;
+        assert!(target > requested && target <= flush.written_through, "a sync covers only written bytes");
+        flush.syncs_in_flight += 1;
+        flush.sync_requested_through = target;
         let mut files: Vec<_> = flush.dirty_sealed.iter().map(|(_, file)| file.clone()).collect();
         drop(flush);
         if let Some((_, active)) = &*self.active_file.borrow() {
@@ -352,7 +370,7 @@ impl Partition {
         for file in files {
             if let Err(error) = file.sync_data().await {
                 self.fail(format!("fdatasync: {error}"));
-                self.flush.borrow_mut().syncing = false;
+                self.flush.borrow_mut().syncs_in_flight -= 1;
                 return;
             }
         }
@@ -362,13 +380,15 @@ impl Partition {
         }
         {
             let mut flush = self.flush.borrow_mut();
-            flush.syncing = false;
+            flush.syncs_in_flight -= 1;
             while flush.unsynced_ends.front().is_some_and(|end| *end <= target) {
                 flush.unsynced_ends.pop_front();
             }
             flush.dirty_sealed.retain(|(end, _)| *end > target);
         }
-        self.publish(target);
+        // A later sync may have finished first and published a larger offset.
+        let published = self.log.borrow().high_watermark();
+        self.publish(target.max(published));
         self.kick_flush(mode);
     }
 
@@ -403,7 +423,7 @@ impl Partition {
     fn maintain(&self, now_ms: i64) {
         let flush_idle = {
             let flush = self.flush.borrow();
-            !flush.syncing && flush.writing.is_empty() && flush.unsynced_ends.is_empty()
+            flush.syncs_in_flight == 0 && flush.writing.is_empty() && flush.unsynced_ends.is_empty()
         };
         if !flush_idle {
             return;
