@@ -10,6 +10,14 @@ step() { printf '\n==> %s\n' "$*"; }
 step "toolchain components"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
+step "interop clients (kcat, librdkafka's CLI)"
+if ! command -v kcat >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq kcat >/dev/null
+fi
+kcat -V | head -1
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

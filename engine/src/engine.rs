@@ -46,6 +46,8 @@ pub const LOCK_FILE: &str = ".lock";
 pub const LAYOUT_VERSION: u32 = 1;
 /// Longest topic name (Kafka's limit).
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;
+/// Default bound on one Kafka request frame (`--max-request-bytes`).
+pub const MAX_REQUEST_BYTES_DEFAULT: usize = 100 << 20;
 /// Most partitions per topic.
 pub const PARTITIONS_MAX: u32 = 10_000;
 
@@ -100,6 +102,14 @@ pub struct EngineConfig {
     pub uring_entries: u32,
     /// How often shards run time-based roll and retention.
     pub maintenance_interval_ms: u64,
+    /// Where every shard accepts Kafka-protocol connections (SO_REUSEPORT); `None`
+    /// for a purely embedded engine.
+    pub listen: Option<std::net::SocketAddr>,
+    /// Largest Kafka request frame accepted.
+    pub max_request_bytes: usize,
+    /// Partitions of topics created on first use (Metadata with auto-creation,
+    /// Produce); `None` disables auto-creation.
+    pub auto_create_partitions: Option<u32>,
 }
 
 impl EngineConfig {
@@ -113,6 +123,9 @@ impl EngineConfig {
             pin_threads: true,
             uring_entries: 256,
             maintenance_interval_ms: 1000,
+            listen: None,
+            max_request_bytes: MAX_REQUEST_BYTES_DEFAULT,
+            auto_create_partitions: Some(1),
         }
     }
 }
@@ -186,6 +199,9 @@ pub enum EngineError {
         /// What is wrong.
         reason: String,
     },
+    /// A shard could not listen for Kafka connections.
+    #[error("cannot listen on {0}")]
+    Listen(String),
     /// The engine is shutting down or a shard stopped.
     #[error("engine is shutting down")]
     ShuttingDown,
@@ -260,7 +276,7 @@ pub struct Engine {
     config: Arc<EngineConfig>,
     handles: Arc<[ShardHandle]>,
     threads: Vec<std::thread::JoinHandle<()>>,
-    topics: Mutex<BTreeMap<String, u32>>,
+    catalog: Arc<Catalog>,
     recovery: Vec<(TopicPartition, RecoveryReport)>,
     _lock: DirLock,
 }
@@ -283,6 +299,7 @@ impl Engine {
         crate::segment::sync_dir(&data_dir).map_err(|e| dir_error(e.to_string()))?;
 
         let shards = config.shards;
+        let catalog = Arc::new(Catalog { data_dir: data_dir.clone(), topics: Mutex::new(topics.clone()) });
         let config = Arc::new(config);
         let mut consumers = Vec::with_capacity(shards);
         let mut handles = Vec::with_capacity(shards);
@@ -316,6 +333,7 @@ impl Engine {
             let setup = shard::ShardSetup {
                 id,
                 config: config.clone(),
+                catalog: catalog.clone(),
                 handles: handles.clone(),
                 submissions,
                 mesh_out,
@@ -331,8 +349,7 @@ impl Engine {
             threads.push(thread);
             ready.push(ready_rx);
         }
-        let mut engine =
-            Self { config, handles, threads, topics: Mutex::new(topics), recovery: Vec::new(), _lock: lock };
+        let mut engine = Self { config, handles, threads, catalog, recovery: Vec::new(), _lock: lock };
         for ready_rx in ready {
             match ready_rx.recv() {
                 Ok(Ok(reports)) => engine.recovery.extend(reports),
@@ -361,34 +378,23 @@ impl Engine {
 
     /// Topics and their partition counts.
     pub fn topics(&self) -> BTreeMap<String, u32> {
-        self.topics.lock().expect("topic map lock").clone()
+        self.catalog.topics()
     }
 
     /// Partition count of `topic`, if it exists.
     pub fn partition_count(&self, topic: &str) -> Option<u32> {
-        self.topics.lock().expect("topic map lock").get(topic).copied()
+        self.catalog.partition_count(topic)
     }
 
     /// Creates a topic and opens its partitions on their owners.
     pub fn create_topic(&self, name: &str, partitions: u32) -> Result<(), EngineError> {
-        validate_topic(name, partitions)?;
-        let pending: Vec<_> = {
-            let mut topics = self.topics.lock().expect("topic map lock");
-            if topics.contains_key(name) {
-                return Err(EngineError::TopicExists(name.to_string()));
-            }
-            let mut next = topics.clone();
-            next.insert(name.to_string(), partitions);
-            write_meta(&self.config.data_dir, &next)
-                .map_err(|reason| EngineError::DataDir { path: self.config.data_dir.clone(), reason })?;
-            *topics = next;
-            (0..partitions)
-                .map(|p| {
-                    let tp = TopicPartition::new(name, p);
-                    self.submit(tp.owner(self.shard_count()), Request::CreatePartition(tp), |_| ())
-                })
-                .collect()
-        };
+        self.catalog.add(name, partitions)?;
+        let pending: Vec<_> = (0..partitions)
+            .map(|p| {
+                let tp = TopicPartition::new(name, p);
+                self.submit(tp.owner(self.shard_count()), Request::CreatePartition(tp), |_| ())
+            })
+            .collect();
         pending.into_iter().try_for_each(Pending::wait)
     }
 
@@ -506,6 +512,42 @@ impl Via<'_> {
     pub fn read(&self, topic: &str, partition: u32, offset: i64, max_bytes: usize) -> Pending<Fetched> {
         let tp = TopicPartition::new(topic, partition);
         self.engine.submit(self.shard, Request::Read { tp, offset, max_bytes }, reply_as!(Read))
+    }
+}
+
+/// The topics of a data directory, shared by the engine handle and every shard. This is
+/// control-plane state behind a mutex; the data path never takes it.
+#[derive(Debug)]
+pub(crate) struct Catalog {
+    data_dir: PathBuf,
+    topics: Mutex<BTreeMap<String, u32>>,
+}
+
+impl Catalog {
+    /// All topics and their partition counts.
+    pub(crate) fn topics(&self) -> BTreeMap<String, u32> {
+        self.topics.lock().expect("topic map lock").clone()
+    }
+
+    /// Partition count of `topic`, if it exists.
+    pub(crate) fn partition_count(&self, topic: &str) -> Option<u32> {
+        self.topics.lock().expect("topic map lock").get(topic).copied()
+    }
+
+    /// Records a new topic durably in the metadata file. The caller then opens its
+    /// partitions on their owners.
+    pub(crate) fn add(&self, name: &str, partitions: u32) -> Result<(), EngineError> {
+        validate_topic(name, partitions)?;
+        let mut topics = self.topics.lock().expect("topic map lock");
+        if topics.contains_key(name) {
+            return Err(EngineError::TopicExists(name.to_string()));
+        }
+        let mut next = topics.clone();
+        next.insert(name.to_string(), partitions);
+        write_meta(&self.data_dir, &next)
+            .map_err(|reason| EngineError::DataDir { path: self.data_dir.clone(), reason })?;
+        *topics = next;
+        Ok(())
     }
 }
 

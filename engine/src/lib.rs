@@ -39,6 +39,7 @@
 pub mod batch;
 mod engine;
 pub mod io;
+mod kafka;
 pub mod log;
 pub mod ring;
 pub mod segment;
@@ -48,6 +49,6 @@ pub mod watermark;
 
 pub use engine::{
     fsync_stats, now_ms, Engine, EngineConfig, EngineError, FlushMode, Pending, TopicPartition, Via,
-    CLEAN_MARKER_FILE, LAYOUT_VERSION, META_FILE,
+    CLEAN_MARKER_FILE, LAYOUT_VERSION, MAX_REQUEST_BYTES_DEFAULT, META_FILE,
 };
 pub use shard::{AppendResult, PartitionInfo};

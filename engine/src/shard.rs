@@ -26,7 +26,7 @@
 //! borrow is held across an `.await`; a failed write makes the partition read-only and
 //! fails every append not yet durable (recovery truncates the tail on restart).
 
-use crate::engine::{EngineConfig, EngineError, FlushMode, TopicPartition};
+use crate::engine::{Catalog, EngineConfig, EngineError, FlushMode, TopicPartition};
 use crate::io::SharedEventFd;
 use crate::log::{AppendError, Fetched, LogConfig, PartitionLog, ReadError, RecoveryReport};
 use crate::ring::{mpsc, spsc, Doorbell};
@@ -187,6 +187,7 @@ impl ShardHandle {
 pub(crate) struct ShardSetup {
     pub(crate) id: usize,
     pub(crate) config: Arc<EngineConfig>,
+    pub(crate) catalog: Arc<Catalog>,
     pub(crate) handles: Arc<[ShardHandle]>,
     pub(crate) submissions: mpsc::Consumer<Submission>,
     pub(crate) mesh_out: Vec<Option<spsc::Producer<MeshMessage>>>,
@@ -442,9 +443,11 @@ impl Partition {
     }
 }
 
-struct Shard {
+/// A shard's state, owned by its thread.
+pub(crate) struct Shard {
     id: usize,
-    config: Arc<EngineConfig>,
+    pub(crate) config: Arc<EngineConfig>,
+    pub(crate) catalog: Arc<Catalog>,
     handles: Arc<[ShardHandle]>,
     partitions: RefCell<HashMap<TopicPartition, Rc<Partition>>>,
     submissions: RefCell<mpsc::Consumer<Submission>>,
@@ -468,10 +471,12 @@ pub(crate) fn run(
     let mut builder = tokio_uring::builder();
     builder.entries(setup.config.uring_entries);
     builder.start(async move {
-        let ShardSetup { id, config, handles, submissions, mesh_out, mesh_in, partitions, clean } = setup;
+        let ShardSetup { id, config, catalog, handles, submissions, mesh_out, mesh_in, partitions, clean } =
+            setup;
         let shard = Rc::new(Shard {
             id,
             config,
+            catalog,
             handles,
             partitions: RefCell::new(HashMap::new()),
             submissions: RefCell::new(submissions),
@@ -491,6 +496,15 @@ pub(crate) fn run(
                 }
                 Err(error) => {
                     let _ = ready.send(Err(error));
+                    return;
+                }
+            }
+        }
+        if let Some(address) = shard.config.listen {
+            match crate::kafka::bind(address) {
+                Ok(listener) => drop(tokio_uring::spawn(crate::kafka::accept_loop(shard.clone(), listener))),
+                Err(error) => {
+                    let _ = ready.send(Err(EngineError::Listen(format!("{address}: {error}"))));
                     return;
                 }
             }
@@ -554,6 +568,19 @@ impl Shard {
 
     fn owner(&self, request: &Request) -> usize {
         request.partition().map_or(self.id, |tp| tp.owner(self.handles.len()))
+    }
+
+    /// Runs `request` on its owner (here, or across the mesh) and returns the reply:
+    /// what a connection task on this shard uses.
+    pub(crate) async fn route(self: &Rc<Self>, request: Request) -> Response {
+        let (reply, receiver) = oneshot::channel();
+        self.on_submission(Submission { request, reply });
+        receiver.await.unwrap_or(Err(EngineError::ShuttingDown))
+    }
+
+    /// True once shutdown began.
+    pub(crate) fn stopping(&self) -> bool {
+        self.stopping.get()
     }
 
     fn on_submission(self: &Rc<Self>, Submission { request, reply }: Submission) {

@@ -13,3 +13,4 @@
 pub mod demo;
 pub mod inspect;
 pub mod payments;
+pub mod serve;

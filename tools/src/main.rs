@@ -16,6 +16,8 @@ struct Cli {
 enum Command {
     /// Run the embedded engine end to end on generated payments and print a report.
     Demo(corelog_tools::demo::DemoArgs),
+    /// Run the engine as a Kafka-protocol broker until SIGTERM/SIGINT.
+    Serve(corelog_tools::serve::ServeArgs),
     /// Dump and check a segment, index or time-index file, or a partition directory.
     Inspect {
         /// A .log, .index or .timeindex file, or a partition directory.
@@ -36,6 +38,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => corelog_tools::demo::run(&args).map(|_| ExitCode::SUCCESS),
+        Command::Serve(args) => corelog_tools::serve::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Inspect { path, records } => {
             corelog_tools::inspect::run(&path, records, &mut std::io::stdout().lock()).map(|findings| {
                 if let Some(first) = findings.problems.first() {

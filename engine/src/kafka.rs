@@ -1,0 +1,454 @@
+//! The Kafka wire protocol: every shard accepts connections on the same address
+//! (SO_REUSEPORT, so the kernel spreads connections over shards) and serves them on its
+//! own thread. Requests for partitions another shard owns cross the mesh
+//! ([`Shard::route`]) and come back.
+//!
+//! Message codecs are the `kafka-protocol` crate's; record bytes pass through untouched
+//! (a produced batch goes to the log as is, a fetch answers with mapped segment bytes).
+//!
+//! Framing: a request is a big-endian `i32` size, then a request header and body; a
+//! frame larger than `max_request_bytes` or one that does not decode closes the
+//! connection with a log line (Kafka does the same for malformed frames). Responses go
+//! out in request order. `acks=0` produce requests get no response.
+//!
+//! APIs in this first step: ApiVersions, Metadata (with auto-creation), Produce,
+//! Fetch (long poll), ListOffsets. The rest of the list follows.
+
+use crate::batch;
+use crate::engine::{EngineError, TopicPartition};
+use crate::log::{AppendError, ReadError};
+use crate::shard::{Reply, Request, Shard};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_util::future::{join_all, select_all};
+use kafka_protocol::messages::{
+    api_versions_response, fetch_response, list_offsets_response, metadata_response, produce_response,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, FetchRequest, FetchResponse,
+    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest,
+    ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The one broker id corelog answers as.
+pub const NODE_ID: i32 = 0;
+/// Backlog of each shard's listening socket.
+pub const LISTEN_BACKLOG: i32 = 1024;
+/// Longest a fetch may wait for `min_bytes`.
+pub const FETCH_WAIT_MS_MAX: u64 = 30_000;
+
+/// Kafka error codes corelog answers with.
+mod code {
+    pub const NONE: i16 = 0;
+    pub const OFFSET_OUT_OF_RANGE: i16 = 1;
+    pub const CORRUPT_MESSAGE: i16 = 2;
+    pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    pub const MESSAGE_TOO_LARGE: i16 = 10;
+    pub const UNSUPPORTED_VERSION: i16 = 35;
+    pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
+    pub const KAFKA_STORAGE_ERROR: i16 = 56;
+    pub const UNKNOWN_SERVER_ERROR: i16 = -1;
+}
+
+/// API keys and the version ranges corelog serves (what librdkafka 2.x negotiates).
+const SUPPORTED: [(ApiKey, i16, i16); 5] = [
+    (ApiKey::Produce, 3, 9),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 7),
+    (ApiKey::Metadata, 1, 12),
+    (ApiKey::ApiVersions, 0, 3),
+];
+
+fn supported(api_key: ApiKey, version: i16) -> bool {
+    SUPPORTED.iter().any(|(key, min, max)| *key == api_key && (*min..=*max).contains(&version))
+}
+
+/// Binds a non-blocking SO_REUSEPORT listener on `address` for the calling shard.
+pub(crate) fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(address), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Accepts connections until the shard stops, serving each on its own task.
+pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    let advertised = listener.local_addr().ok();
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let shard = shard.clone();
+                tokio_uring::spawn(async move {
+                    if let Err(reason) = serve(shard, stream, advertised).await {
+                        tracing::info!(%peer, "closing Kafka connection: {reason}");
+                    }
+                });
+            }
+            Err(error) => {
+                tracing::warn!("accept failed: {error}");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+        if shard.stopping() {
+            return;
+        }
+    }
+}
+
+async fn serve(
+    shard: Rc<Shard>,
+    mut stream: TcpStream,
+    advertised: Option<SocketAddr>,
+) -> Result<(), String> {
+    let max = shard.config.max_request_bytes;
+    let mut out = BytesMut::with_capacity(64 << 10);
+    loop {
+        let size = match stream.read_i32().await {
+            Ok(size) => size,
+            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(error) => return Err(error.to_string()),
+        };
+        if size < 8 || size as usize > max {
+            return Err(format!("frame of {size} bytes outside 8..={max}"));
+        }
+        let mut frame = BytesMut::zeroed(size as usize);
+        stream.read_exact(&mut frame).await.map_err(|e| e.to_string())?;
+        let mut frame = frame.freeze();
+        let api_key = ApiKey::try_from(frame.clone().get_i16()).map_err(|_| "unknown API key".to_string())?;
+        let version = frame.clone().slice(2..).get_i16();
+        if !supported(api_key, version) && api_key != ApiKey::ApiVersions {
+            return Err(format!("unsupported {api_key:?} v{version}"));
+        }
+        let header = RequestHeader::decode(&mut frame, api_key.request_header_version(version))
+            .map_err(|e| format!("bad request header: {e}"))?;
+        let body = handle(&shard, api_key, version, &mut frame, advertised).await?;
+        let Some((response_version, body)) = body else { continue }; // acks=0
+        out.clear();
+        out.put_i32(0);
+        let header_version = api_key.response_header_version(response_version);
+        ResponseHeader::default()
+            .with_correlation_id(header.correlation_id)
+            .encode(&mut out, header_version)
+            .map_err(|e| e.to_string())?;
+        out.extend_from_slice(&body);
+        let length = (out.len() - 4) as i32;
+        out[0..4].copy_from_slice(&length.to_be_bytes());
+        stream.write_all(&out).await.map_err(|e| e.to_string())?;
+    }
+}
+
+fn encode(message: &impl Encodable, version: i16) -> Result<BytesMut, String> {
+    let mut body = BytesMut::new();
+    message.encode(&mut body, version).map_err(|e| format!("encoding a response: {e}"))?;
+    Ok(body)
+}
+
+/// Decodes and answers one request; `None` when no response is due (acks=0).
+async fn handle(
+    shard: &Rc<Shard>,
+    api_key: ApiKey,
+    version: i16,
+    body: &mut Bytes,
+    advertised: Option<SocketAddr>,
+) -> Result<Option<(i16, BytesMut)>, String> {
+    let bad = |e: anyhow::Error| format!("malformed {api_key:?} v{version}: {e}");
+    let encoded = match api_key {
+        ApiKey::ApiVersions => {
+            if !supported(api_key, version) {
+                // Kafka answers an unknown ApiVersions version in v0 with the error.
+                let response = ApiVersionsResponse::default()
+                    .with_error_code(code::UNSUPPORTED_VERSION)
+                    .with_api_keys(api_versions());
+                return Ok(Some((0, encode(&response, 0)?)));
+            }
+            let _request = ApiVersionsRequest::decode(body, version).map_err(bad)?;
+            encode(&ApiVersionsResponse::default().with_api_keys(api_versions()), version)?
+        }
+        ApiKey::Metadata => {
+            let request = MetadataRequest::decode(body, version).map_err(bad)?;
+            encode(&metadata(shard, request, advertised).await, version)?
+        }
+        ApiKey::Produce => {
+            let request = ProduceRequest::decode(body, version).map_err(bad)?;
+            let acks = request.acks;
+            let response = produce(shard, request).await;
+            if acks == 0 {
+                return Ok(None);
+            }
+            encode(&response, version)?
+        }
+        ApiKey::Fetch => {
+            let request = FetchRequest::decode(body, version).map_err(bad)?;
+            encode(&fetch(shard, request).await, version)?
+        }
+        ApiKey::ListOffsets => {
+            let request = ListOffsetsRequest::decode(body, version).map_err(bad)?;
+            encode(&list_offsets(shard, request).await, version)?
+        }
+        other => return Err(format!("unsupported API {other:?}")),
+    };
+    Ok(Some((version, encoded)))
+}
+
+fn api_versions() -> Vec<api_versions_response::ApiVersion> {
+    SUPPORTED
+        .iter()
+        .map(|(key, min, max)| {
+            api_versions_response::ApiVersion::default()
+                .with_api_key(*key as i16)
+                .with_min_version(*min)
+                .with_max_version(*max)
+        })
+        .collect()
+}
+
+fn topic_name(name: &str) -> TopicName {
+    TopicName(StrBytes::from_string(name.to_string()))
+}
+
+/// Creates `topic` with the auto-create partition count, if allowed; returns its
+/// partition count.
+async fn ensure_topic(shard: &Rc<Shard>, topic: &str, allow_create: bool) -> Result<u32, i16> {
+    if let Some(count) = shard.catalog.partition_count(topic) {
+        return Ok(count);
+    }
+    let Some(partitions) = shard.config.auto_create_partitions.filter(|_| allow_create) else {
+        return Err(code::UNKNOWN_TOPIC_OR_PARTITION);
+    };
+    match shard.catalog.add(topic, partitions) {
+        Ok(()) | Err(EngineError::TopicExists(_)) => {}
+        Err(EngineError::InvalidTopic(_)) => return Err(code::INVALID_TOPIC_EXCEPTION),
+        Err(_) => return Err(code::UNKNOWN_SERVER_ERROR),
+    }
+    let opened = join_all(
+        (0..partitions).map(|p| shard.route(Request::CreatePartition(TopicPartition::new(topic, p)))),
+    )
+    .await;
+    if opened.iter().any(Result::is_err) {
+        return Err(code::KAFKA_STORAGE_ERROR);
+    }
+    Ok(shard.catalog.partition_count(topic).unwrap_or(partitions))
+}
+
+async fn metadata(
+    shard: &Rc<Shard>,
+    request: MetadataRequest,
+    advertised: Option<SocketAddr>,
+) -> MetadataResponse {
+    let address = advertised.or(shard.config.listen);
+    let broker = metadata_response::MetadataResponseBroker::default()
+        .with_node_id(BrokerId(NODE_ID))
+        .with_host(StrBytes::from_string(address.map_or("127.0.0.1".into(), |a| a.ip().to_string())))
+        .with_port(address.map_or(9092, |a| i32::from(a.port())));
+    let names: Vec<String> = match &request.topics {
+        None => shard.catalog.topics().into_keys().collect(),
+        Some(topics) => topics.iter().filter_map(|t| t.name.as_ref().map(|n| n.0.to_string())).collect(),
+    };
+    let mut topics = Vec::with_capacity(names.len());
+    for name in names {
+        let topic = metadata_response::MetadataResponseTopic::default().with_name(Some(topic_name(&name)));
+        let topic = match ensure_topic(shard, &name, request.allow_auto_topic_creation).await {
+            Ok(count) => topic.with_partitions(
+                (0..count as i32)
+                    .map(|p| {
+                        metadata_response::MetadataResponsePartition::default()
+                            .with_partition_index(p)
+                            .with_leader_id(BrokerId(NODE_ID))
+                            .with_replica_nodes(vec![BrokerId(NODE_ID)])
+                            .with_isr_nodes(vec![BrokerId(NODE_ID)])
+                    })
+                    .collect(),
+            ),
+            Err(error) => topic.with_error_code(error),
+        };
+        topics.push(topic);
+    }
+    MetadataResponse::default()
+        .with_brokers(vec![broker])
+        .with_cluster_id(Some(StrBytes::from_static_str("corelog")))
+        .with_controller_id(BrokerId(NODE_ID))
+        .with_topics(topics)
+}
+
+fn error_code(error: &EngineError) -> i16 {
+    match error {
+        EngineError::UnknownPartition(_) => code::UNKNOWN_TOPIC_OR_PARTITION,
+        EngineError::Append(AppendError::Corrupt(_) | AppendError::NotOneBatch { .. }) => {
+            code::CORRUPT_MESSAGE
+        }
+        EngineError::Append(AppendError::TooLarge { .. }) => code::MESSAGE_TOO_LARGE,
+        EngineError::Append(AppendError::ReadOnly(_) | AppendError::Storage(_)) | EngineError::Storage(_) => {
+            code::KAFKA_STORAGE_ERROR
+        }
+        EngineError::Read(ReadError::OffsetOutOfRange { .. }) => code::OFFSET_OUT_OF_RANGE,
+        EngineError::Read(ReadError::Corrupt { .. }) => code::KAFKA_STORAGE_ERROR,
+        _ => code::UNKNOWN_SERVER_ERROR,
+    }
+}
+
+/// Appends every batch of one partition's records in order; returns the first base
+/// offset or the error code of the first failure.
+async fn produce_partition(shard: &Rc<Shard>, tp: TopicPartition, records: Option<Bytes>) -> (i16, i64) {
+    let Some(records) = records else { return (code::CORRUPT_MESSAGE, -1) };
+    let mut rest = records;
+    let mut first = None;
+    while !rest.is_empty() {
+        let len = match batch::frame_len(&rest) {
+            Some(Ok(len)) if len <= rest.len() => len,
+            _ => return (code::CORRUPT_MESSAGE, -1),
+        };
+        let frame = rest.split_to(len);
+        let batch = frame.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+        match shard.route(Request::Append { tp: tp.clone(), batch }).await {
+            Ok(Reply::Appended(result)) => {
+                first.get_or_insert(result.base_offset);
+            }
+            Ok(other) => unreachable!("append answered {other:?}"),
+            Err(error) => return (error_code(&error), -1),
+        }
+    }
+    (code::NONE, first.unwrap_or(-1))
+}
+
+async fn produce(shard: &Rc<Shard>, request: ProduceRequest) -> ProduceResponse {
+    let mut responses = Vec::with_capacity(request.topic_data.len());
+    for topic in request.topic_data {
+        let name = topic.name.0.to_string();
+        let known = ensure_topic(shard, &name, true).await;
+        let results = join_all(topic.partition_data.into_iter().map(|partition| {
+            let tp = TopicPartition::new(&name, partition.index.max(0) as u32);
+            let index = partition.index;
+            async move {
+                let (error_code, base_offset) = match known {
+                    Err(code) => (code, -1),
+                    Ok(count) if index < 0 || index as u32 >= count => (code::UNKNOWN_TOPIC_OR_PARTITION, -1),
+                    Ok(_) => produce_partition(shard, tp, partition.records).await,
+                };
+                produce_response::PartitionProduceResponse::default()
+                    .with_index(index)
+                    .with_error_code(error_code)
+                    .with_base_offset(base_offset)
+                    .with_log_append_time_ms(-1)
+            }
+        }))
+        .await;
+        responses.push(
+            produce_response::TopicProduceResponse::default()
+                .with_name(topic.name)
+                .with_partition_responses(results),
+        );
+    }
+    ProduceResponse::default().with_responses(responses)
+}
+
+struct FetchSlot {
+    topic: usize,
+    tp: TopicPartition,
+    offset: i64,
+    max_bytes: usize,
+}
+
+async fn read_partition(shard: &Rc<Shard>, slot: &FetchSlot) -> fetch_response::PartitionData {
+    let partition = fetch_response::PartitionData::default().with_partition_index(slot.tp.partition as i32);
+    let request = Request::Read { tp: slot.tp.clone(), offset: slot.offset, max_bytes: slot.max_bytes };
+    match shard.route(request).await {
+        Ok(Reply::Read(fetched)) => partition
+            .with_high_watermark(fetched.high_watermark)
+            .with_last_stable_offset(fetched.high_watermark)
+            .with_log_start_offset(fetched.log_start_offset)
+            .with_records(Some(fetched.bytes)),
+        Ok(other) => unreachable!("read answered {other:?}"),
+        Err(error) => {
+            let code = error_code(&error);
+            let info = match shard.route(Request::Info(slot.tp.clone())).await {
+                Ok(Reply::Info(info)) => Some(info),
+                _ => None,
+            };
+            partition
+                .with_error_code(code)
+                .with_high_watermark(info.map_or(-1, |i| i.high_watermark))
+                .with_log_start_offset(info.map_or(-1, |i| i.log_start_offset))
+        }
+    }
+}
+
+async fn fetch(shard: &Rc<Shard>, request: FetchRequest) -> FetchResponse {
+    let mut slots = Vec::new();
+    for (topic_index, topic) in request.topics.iter().enumerate() {
+        for partition in &topic.partitions {
+            slots.push(FetchSlot {
+                topic: topic_index,
+                tp: TopicPartition::new(&topic.topic.0, partition.partition.max(0) as u32),
+                offset: partition.fetch_offset,
+                max_bytes: partition.partition_max_bytes.max(0) as usize,
+            });
+        }
+    }
+    let mut partitions = join_all(slots.iter().map(|slot| read_partition(shard, slot))).await;
+    let bytes: usize = partitions.iter().map(|p| p.records.as_ref().map_or(0, Bytes::len)).sum();
+    let wait_ms = (request.max_wait_ms.max(0) as u64).min(FETCH_WAIT_MS_MAX);
+    if bytes < request.min_bytes.max(1) as usize && wait_ms > 0 && !slots.is_empty() {
+        let waits = slots.iter().map(|slot| {
+            Box::pin(shard.route(Request::WaitFor {
+                tp: slot.tp.clone(),
+                offset: slot.offset,
+                timeout_ms: wait_ms,
+            }))
+        });
+        let _ = select_all(waits).await;
+        partitions = join_all(slots.iter().map(|slot| read_partition(shard, slot))).await;
+    }
+    let mut responses: Vec<fetch_response::FetchableTopicResponse> = request
+        .topics
+        .iter()
+        .map(|t| fetch_response::FetchableTopicResponse::default().with_topic(t.topic.clone()))
+        .collect();
+    for (slot, partition) in slots.iter().zip(partitions) {
+        responses[slot.topic].partitions.push(partition);
+    }
+    FetchResponse::default().with_responses(responses)
+}
+
+async fn list_offsets(shard: &Rc<Shard>, request: ListOffsetsRequest) -> ListOffsetsResponse {
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for topic in request.topics {
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for partition in topic.partitions {
+            let tp = TopicPartition::new(&topic.name.0, partition.partition_index.max(0) as u32);
+            let response = list_offsets_response::ListOffsetsPartitionResponse::default()
+                .with_partition_index(partition.partition_index);
+            let answer = match partition.timestamp {
+                -1 | -2 => shard.route(Request::Info(tp)).await.map(|reply| match reply {
+                    Reply::Info(info) if partition.timestamp == -1 => (-1, info.high_watermark),
+                    Reply::Info(info) => (-1, info.log_start_offset),
+                    other => unreachable!("info answered {other:?}"),
+                }),
+                timestamp => {
+                    shard.route(Request::OffsetForTimestamp { tp, timestamp }).await.map(
+                        |reply| match reply {
+                            Reply::Offset(Some((offset, timestamp))) => (timestamp, offset),
+                            Reply::Offset(None) => (-1, -1),
+                            other => unreachable!("offset lookup answered {other:?}"),
+                        },
+                    )
+                }
+            };
+            partitions.push(match answer {
+                Ok((timestamp, offset)) => response.with_timestamp(timestamp).with_offset(offset),
+                Err(error) => response.with_error_code(error_code(&error)).with_timestamp(-1).with_offset(-1),
+            });
+        }
+        topics.push(
+            list_offsets_response::ListOffsetsTopicResponse::default()
+                .with_name(topic.name)
+                .with_partitions(partitions),
+        );
+    }
+    ListOffsetsResponse::default().with_topics(topics)
+}

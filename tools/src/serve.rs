@@ -1,0 +1,109 @@
+//! `corelog serve`: the engine as a Kafka-protocol broker.
+//!
+//! Opens the data directory, starts one shard per core, each accepting connections on
+//! `--listen` (SO_REUSEPORT), and runs until SIGTERM or SIGINT, then shuts down
+//! cleanly: in-flight appends finish, every partition is synced and closed, and the
+//! clean-shutdown marker is written.
+
+use anyhow::{bail, Context, Result};
+use engine::{Engine, EngineConfig, FlushMode};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Flags of `corelog serve` (DESIGN.md's CLI contract).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Data directory (created if missing).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Address every shard accepts Kafka connections on.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    pub listen: SocketAddr,
+    /// Shard threads (default: all cores).
+    #[arg(long)]
+    pub cores: Option<usize>,
+    /// Durability of acknowledged appends: group, always or os.
+    #[arg(long, default_value_t = FlushMode::Group)]
+    pub flush: FlushMode,
+    /// Delete sealed segments older than this (e.g. 7d, 12h, 30m, 90s; 0 keeps forever).
+    #[arg(long, default_value = "7d")]
+    pub retention: String,
+    /// Roll segments at this size in bytes.
+    #[arg(long, default_value_t = engine::log::SEGMENT_BYTES_DEFAULT)]
+    pub segment_bytes: u64,
+    /// Largest request frame accepted, in bytes.
+    #[arg(long, default_value_t = engine::MAX_REQUEST_BYTES_DEFAULT)]
+    pub max_request_bytes: usize,
+    /// Partitions of topics created on first use (0 disables auto-creation).
+    #[arg(long, default_value_t = 1)]
+    pub default_partitions: u32,
+}
+
+/// Parses `7d`, `12h`, `30m`, `90s`, `250ms` (or `0`) into milliseconds.
+pub fn parse_duration_ms(text: &str) -> Result<i64> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: i64 = number
+        .parse()
+        .with_context(|| format!("{text:?}: expected a number with a unit (7d, 12h, 30m, 90s, 250ms)"))?;
+    let scale = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        "" if number == 0 => 0,
+        other => bail!("{text:?}: unknown unit {other:?} (ms, s, m, h, d)"),
+    };
+    number.checked_mul(scale).with_context(|| format!("{text:?} is too long"))
+}
+
+/// Runs the broker until a termination signal.
+pub fn run(args: &ServeArgs) -> Result<()> {
+    let retention_ms = parse_duration_ms(&args.retention)?;
+    let mut config = EngineConfig::new(&args.data_dir);
+    config.flush = args.flush;
+    config.listen = Some(args.listen);
+    config.max_request_bytes = args.max_request_bytes;
+    config.auto_create_partitions = (args.default_partitions > 0).then_some(args.default_partitions);
+    config.log.retention_ms = (retention_ms > 0).then_some(retention_ms);
+    config.log.segment_bytes = args.segment_bytes;
+    if let Some(cores) = args.cores {
+        if cores == 0 {
+            bail!("--cores must be positive");
+        }
+        config.shards = cores;
+    }
+    let mut signals =
+        signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
+            .context("installing signal handlers")?;
+    let engine = Engine::open(config).context("starting the engine")?;
+    eprintln!(
+        "corelog serve: {} shards listening on {}, data in {}, flush={}",
+        engine.shard_count(),
+        args.listen,
+        args.data_dir.display(),
+        args.flush
+    );
+    let signal = signals.forever().next();
+    eprintln!("corelog serve: signal {signal:?}, shutting down");
+    engine.shutdown().context("shutting down")?;
+    eprintln!("corelog serve: clean shutdown");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units_and_reject_garbage() {
+        assert_eq!(parse_duration_ms("7d").unwrap(), 7 * 86_400_000);
+        assert_eq!(parse_duration_ms("90s").unwrap(), 90_000);
+        assert_eq!(parse_duration_ms("250ms").unwrap(), 250);
+        assert_eq!(parse_duration_ms("0").unwrap(), 0);
+        assert!(parse_duration_ms("7").is_err());
+        assert!(parse_duration_ms("d").is_err());
+        assert!(parse_duration_ms("3w").is_err());
+    }
+}
