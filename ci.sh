@@ -18,6 +18,13 @@ if ! command -v kcat >/dev/null 2>&1; then
 fi
 kcat -V | head -1
 
+step "interop clients (Python: confluent-kafka, kafka-python into target/py)"
+if [ ! -x target/py/bin/python ] || ! target/py/bin/python -c "import confluent_kafka, kafka" 2>/dev/null; then
+  python3 -m venv target/py
+  target/py/bin/pip install -q --disable-pip-version-check confluent-kafka==2.16.1 kafka-python==2.3.3
+fi
+target/py/bin/python -c "import confluent_kafka, kafka; print('confluent-kafka', confluent_kafka.version()[0], 'librdkafka', confluent_kafka.libversion()[0], 'kafka-python', kafka.__version__)"
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

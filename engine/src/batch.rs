@@ -257,6 +257,18 @@ impl<'a> BatchView<'a> {
     }
 }
 
+/// Producer id, epoch, base sequence and record count read from a header in place,
+/// without validating the batch (the append validates it).
+pub fn producer_fields(bytes: &[u8]) -> Option<(i64, i16, i32, i32)> {
+    let (header, _) = BatchHeader::ref_from_prefix(bytes).ok()?;
+    Some((
+        header.producer_id.get(),
+        header.producer_epoch.get(),
+        header.base_sequence.get(),
+        header.record_count.get(),
+    ))
+}
+
 /// Stamps `base_offset` (and the leader epoch) into the batch in place. The CRC does
 /// not cover these fields, so it stays valid.
 pub fn assign_base_offset(bytes: &mut [u8], base_offset: i64) {

@@ -25,7 +25,7 @@ use crate::io::{self, EventFd, ProbeError, SharedEventFd};
 use crate::log::{AppendError, Fetched, LogConfig, ReadError, RecoveryReport};
 use crate::ring::{mpsc, spsc, Doorbell};
 use crate::shard::{self, AppendResult, PartitionInfo, Reply, Request, Response, ShardHandle, Submission};
-use crate::sync::{AtomicU64, Ordering};
+use crate::sync::{AtomicI64, AtomicU64, Ordering};
 use bytes::BytesMut;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -199,6 +199,26 @@ pub enum EngineError {
         /// What is wrong.
         reason: String,
     },
+    /// An idempotent producer's batch does not follow its previous one (a gap).
+    #[error("out-of-order sequence {found} from producer {producer_id} (expected {expected})")]
+    OutOfOrderSequence {
+        /// The producer.
+        producer_id: i64,
+        /// The next sequence the partition expects.
+        expected: i32,
+        /// The batch's base sequence.
+        found: i32,
+    },
+    /// An idempotent producer's epoch is older than one already seen.
+    #[error("producer {producer_id} epoch {found} is older than {current}")]
+    InvalidProducerEpoch {
+        /// The producer.
+        producer_id: i64,
+        /// The newest epoch seen.
+        current: i16,
+        /// The batch's epoch.
+        found: i16,
+    },
     /// A shard could not listen for Kafka connections.
     #[error("cannot listen on {0}")]
     Listen(String),
@@ -299,7 +319,7 @@ impl Engine {
         crate::segment::sync_dir(&data_dir).map_err(|e| dir_error(e.to_string()))?;
 
         let shards = config.shards;
-        let catalog = Arc::new(Catalog { data_dir: data_dir.clone(), topics: Mutex::new(topics.clone()) });
+        let catalog = Arc::new(Catalog::new(data_dir.clone(), topics.clone()));
         let config = Arc::new(config);
         let mut consumers = Vec::with_capacity(shards);
         let mut handles = Vec::with_capacity(shards);
@@ -521,9 +541,22 @@ impl Via<'_> {
 pub(crate) struct Catalog {
     data_dir: PathBuf,
     topics: Mutex<BTreeMap<String, u32>>,
+    next_producer_id: AtomicI64,
 }
 
 impl Catalog {
+    fn new(data_dir: PathBuf, topics: BTreeMap<String, u32>) -> Self {
+        // Producer ids only need to be unique across restarts: start from the clock
+        // (ms × 256), which leaves 256 ids per millisecond of uptime before overlap.
+        let next_producer_id = AtomicI64::new(now_ms().max(1) << 8);
+        Self { data_dir, topics: Mutex::new(topics), next_producer_id }
+    }
+
+    /// A producer id no other producer of this data directory got.
+    pub(crate) fn allocate_producer_id(&self) -> i64 {
+        self.next_producer_id.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// All topics and their partition counts.
     pub(crate) fn topics(&self) -> BTreeMap<String, u32> {
         self.topics.lock().expect("topic map lock").clone()

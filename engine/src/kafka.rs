@@ -11,8 +11,10 @@
 //! connection with a log line (Kafka does the same for malformed frames). Responses go
 //! out in request order. `acks=0` produce requests get no response.
 //!
-//! APIs in this first step: ApiVersions, Metadata (with auto-creation), Produce,
-//! Fetch (long poll), ListOffsets. The rest of the list follows.
+//! APIs so far: ApiVersions, Metadata (with auto-creation), Produce (idempotent
+//! producers' sequences checked per partition), Fetch (long poll), ListOffsets,
+//! CreateTopics, InitProducerId (no transactions). The rest of the list
+//! (DeleteTopics, consumer groups, committed offsets) follows.
 
 use crate::batch;
 use crate::engine::{EngineError, TopicPartition};
@@ -21,10 +23,11 @@ use crate::shard::{Reply, Request, Shard};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::future::{join_all, select_all};
 use kafka_protocol::messages::{
-    api_versions_response, fetch_response, list_offsets_response, metadata_response, produce_response,
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, FetchRequest, FetchResponse,
+    api_versions_response, create_topics_response, fetch_response, list_offsets_response, metadata_response,
+    produce_response, ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, CreateTopicsRequest,
+    CreateTopicsResponse, FetchRequest, FetchResponse, InitProducerIdRequest, InitProducerIdResponse,
     ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest,
-    ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+    ProduceResponse, ProducerId, RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use std::net::SocketAddr;
@@ -48,17 +51,24 @@ mod code {
     pub const MESSAGE_TOO_LARGE: i16 = 10;
     pub const UNSUPPORTED_VERSION: i16 = 35;
     pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
+    pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+    pub const INVALID_PARTITIONS: i16 = 37;
+    pub const TOPIC_ALREADY_EXISTS: i16 = 36;
+    pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+    pub const INVALID_PRODUCER_EPOCH: i16 = 47;
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
     pub const UNKNOWN_SERVER_ERROR: i16 = -1;
 }
 
 /// API keys and the version ranges corelog serves (what librdkafka 2.x negotiates).
-const SUPPORTED: [(ApiKey, i16, i16); 5] = [
+const SUPPORTED: [(ApiKey, i16, i16); 7] = [
     (ApiKey::Produce, 3, 9),
     (ApiKey::Fetch, 4, 12),
     (ApiKey::ListOffsets, 1, 7),
     (ApiKey::Metadata, 1, 12),
     (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::InitProducerId, 0, 4),
 ];
 
 fn supported(api_key: ApiKey, version: i16) -> bool {
@@ -191,6 +201,22 @@ async fn handle(
             let request = ListOffsetsRequest::decode(body, version).map_err(bad)?;
             encode(&list_offsets(shard, request).await, version)?
         }
+        ApiKey::CreateTopics => {
+            let request = CreateTopicsRequest::decode(body, version).map_err(bad)?;
+            encode(&create_topics(shard, request).await, version)?
+        }
+        ApiKey::InitProducerId => {
+            let request = InitProducerIdRequest::decode(body, version).map_err(bad)?;
+            let response = if request.transactional_id.is_some() {
+                // Transactions are not supported: there is no transaction coordinator.
+                InitProducerIdResponse::default().with_error_code(code::COORDINATOR_NOT_AVAILABLE)
+            } else {
+                InitProducerIdResponse::default()
+                    .with_producer_id(ProducerId(shard.catalog.allocate_producer_id()))
+                    .with_producer_epoch(0)
+            };
+            encode(&response, version)?
+        }
         other => return Err(format!("unsupported API {other:?}")),
     };
     Ok(Some((version, encoded)))
@@ -288,6 +314,9 @@ fn error_code(error: &EngineError) -> i16 {
         }
         EngineError::Read(ReadError::OffsetOutOfRange { .. }) => code::OFFSET_OUT_OF_RANGE,
         EngineError::Read(ReadError::Corrupt { .. }) => code::KAFKA_STORAGE_ERROR,
+        EngineError::OutOfOrderSequence { .. } => code::OUT_OF_ORDER_SEQUENCE_NUMBER,
+        EngineError::InvalidProducerEpoch { .. } => code::INVALID_PRODUCER_EPOCH,
+        EngineError::TopicExists(_) => code::TOPIC_ALREADY_EXISTS,
         _ => code::UNKNOWN_SERVER_ERROR,
     }
 }
@@ -451,4 +480,52 @@ async fn list_offsets(shard: &Rc<Shard>, request: ListOffsetsRequest) -> ListOff
         );
     }
     ListOffsetsResponse::default().with_topics(topics)
+}
+
+async fn create_topics(shard: &Rc<Shard>, request: CreateTopicsRequest) -> CreateTopicsResponse {
+    let mut results = Vec::with_capacity(request.topics.len());
+    for topic in request.topics {
+        let name = topic.name.0.to_string();
+        let partitions = match topic.num_partitions {
+            -1 => shard.config.auto_create_partitions.unwrap_or(1) as i32,
+            n => n,
+        };
+        let result = create_topics_response::CreatableTopicResult::default()
+            .with_name(topic.name.clone())
+            .with_num_partitions(partitions)
+            .with_replication_factor(1);
+        let outcome = if partitions <= 0 || partitions as u32 > crate::engine::PARTITIONS_MAX {
+            Err((code::INVALID_PARTITIONS, format!("{partitions} partitions")))
+        } else if request.validate_only {
+            match shard.catalog.partition_count(&name) {
+                Some(_) => Err((code::TOPIC_ALREADY_EXISTS, format!("topic {name} already exists"))),
+                None => Ok(()),
+            }
+        } else {
+            match shard.catalog.add(&name, partitions as u32) {
+                Ok(()) => {
+                    let opened = join_all(
+                        (0..partitions as u32)
+                            .map(|p| shard.route(Request::CreatePartition(TopicPartition::new(&name, p)))),
+                    )
+                    .await;
+                    match opened.into_iter().find_map(Result::err) {
+                        Some(error) => Err((error_code(&error), error.to_string())),
+                        None => Ok(()),
+                    }
+                }
+                Err(error @ EngineError::InvalidTopic(_)) => {
+                    Err((code::INVALID_TOPIC_EXCEPTION, error.to_string()))
+                }
+                Err(error) => Err((error_code(&error), error.to_string())),
+            }
+        };
+        results.push(match outcome {
+            Ok(()) => result,
+            Err((error_code, message)) => {
+                result.with_error_code(error_code).with_error_message(Some(StrBytes::from_string(message)))
+            }
+        });
+    }
+    CreateTopicsResponse::default().with_topics(results)
 }

@@ -219,8 +219,28 @@ struct FlushState {
     dirty_sealed: Vec<(i64, Rc<tokio_uring::fs::File>)>,
 }
 
+/// Batches of one idempotent producer remembered for duplicate detection (Kafka keeps 5).
+pub const PRODUCER_BATCHES_REMEMBERED: usize = 5;
+
+/// What a partition remembers of an idempotent producer: its epoch and its last
+/// batches as (first sequence, last sequence, result).
+#[derive(Debug, Default)]
+struct ProducerState {
+    epoch: i16,
+    recent: VecDeque<(i32, i32, AppendResult)>,
+}
+
+/// The verdict on an idempotent batch.
+enum Sequenced {
+    /// Not idempotent, or the next batch: append it.
+    Append,
+    /// A retry of a batch already placed: answer with its result.
+    Duplicate(AppendResult),
+}
+
 struct Partition {
     tp: TopicPartition,
+    producers: RefCell<HashMap<i64, ProducerState>>,
     log: RefCell<PartitionLog>,
     flush: RefCell<FlushState>,
     active_file: RefCell<Option<(usize, Rc<tokio_uring::fs::File>)>>,
@@ -248,6 +268,7 @@ impl Partition {
         let offset = log.high_watermark();
         let partition = Self {
             tp,
+            producers: RefCell::new(HashMap::new()),
             log: RefCell::new(log),
             flush: RefCell::new(FlushState {
                 written_through: offset,
@@ -273,13 +294,79 @@ impl Partition {
         }
     }
 
+    /// Checks an idempotent producer's sequence (Kafka's rules: the next batch follows
+    /// the last one; a retry of one of the last five is a duplicate; a newer epoch
+    /// starts over). A producer the partition has not seen since it opened is accepted
+    /// at any sequence: producer state is not persisted across restarts yet.
+    fn check_sequence(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        base_sequence: i32,
+    ) -> Result<Sequenced, EngineError> {
+        let producers = self.producers.borrow();
+        let Some(state) = producers.get(&producer_id) else { return Ok(Sequenced::Append) };
+        if epoch < state.epoch {
+            return Err(EngineError::InvalidProducerEpoch {
+                producer_id,
+                current: state.epoch,
+                found: epoch,
+            });
+        }
+        if epoch > state.epoch {
+            return Ok(Sequenced::Append);
+        }
+        if let Some((_, _, result)) = state.recent.iter().find(|(first, _, _)| *first == base_sequence) {
+            return Ok(Sequenced::Duplicate(*result));
+        }
+        let expected = state.recent.back().map_or(0, |(_, last, _)| last.wrapping_add(1) & i32::MAX);
+        if base_sequence != expected {
+            return Err(EngineError::OutOfOrderSequence { producer_id, expected, found: base_sequence });
+        }
+        Ok(Sequenced::Append)
+    }
+
+    fn remember(&self, producer_id: i64, epoch: i16, base_sequence: i32, records: i32, result: AppendResult) {
+        let mut producers = self.producers.borrow_mut();
+        let state = producers.entry(producer_id).or_default();
+        if epoch != state.epoch {
+            *state = ProducerState { epoch, recent: VecDeque::new() };
+        }
+        let last = base_sequence.wrapping_add(records - 1) & i32::MAX;
+        state.recent.push_back((base_sequence, last, result));
+        if state.recent.len() > PRODUCER_BATCHES_REMEMBERED {
+            state.recent.pop_front();
+        }
+    }
+
+    async fn wait_durable(&self, result: AppendResult) -> Result<AppendResult, EngineError> {
+        let mut durable = self.durable.subscribe();
+        let state = durable
+            .wait_for(|d| d.offset >= result.next_offset || d.failed.is_some())
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?;
+        match &state.failed {
+            Some(reason) if state.offset < result.next_offset => Err(storage_error(&self.tp, reason)),
+            _ => Ok(result),
+        }
+    }
+
     /// Places, writes and waits for durability of one batch.
     async fn append(self: Rc<Self>, batch: BytesMut, mode: FlushMode) -> Result<AppendResult, EngineError> {
+        let producer = crate::batch::producer_fields(&batch).filter(|(producer_id, ..)| *producer_id >= 0);
+        if let Some((producer_id, epoch, base_sequence, _)) = producer {
+            if let Sequenced::Duplicate(result) = self.check_sequence(producer_id, epoch, base_sequence)? {
+                return self.wait_durable(result).await;
+            }
+        }
         let plan = self.log.borrow_mut().append(batch, crate::engine::now_ms()).map_err(|e| match e {
             AppendError::Storage(e) => storage_error(&self.tp, e),
             other => EngineError::Append(other),
         })?;
         let result = AppendResult { base_offset: plan.base_offset, next_offset: plan.next_offset };
+        if let Some((producer_id, epoch, base_sequence, records)) = producer {
+            self.remember(producer_id, epoch, base_sequence, records, result);
+        }
         if let Some(sealed) = &plan.sealed_file {
             let sealed = uring_file(sealed).map_err(|e| storage_error(&self.tp, e))?;
             self.flush.borrow_mut().dirty_sealed.push((plan.base_offset, sealed));
@@ -294,15 +381,7 @@ impl Partition {
             return Err(self.fail(format!("write at {}: {error}", plan.position)));
         }
         self.on_written(plan.next_offset, mode);
-        let mut durable = self.durable.subscribe();
-        let state = durable
-            .wait_for(|d| d.offset >= result.next_offset || d.failed.is_some())
-            .await
-            .map_err(|_| EngineError::ShuttingDown)?;
-        match &state.failed {
-            Some(reason) if state.offset < result.next_offset => Err(storage_error(&self.tp, reason)),
-            _ => Ok(result),
-        }
+        self.wait_durable(result).await
     }
 
     /// Marks the partition failed: read-only, every waiter woken with the error.

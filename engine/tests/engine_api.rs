@@ -199,3 +199,36 @@ fn given_segment_age_and_retention_when_the_shard_maintains_then_old_segments_ro
     assert_eq!(engine.append("aged", 0, builder.finish()).wait().unwrap().base_offset, 1);
     assert!(matches!(engine.read("aged", 0, 0, 100).wait(), Err(EngineError::Read(_))));
 }
+
+#[test]
+fn given_an_idempotent_producer_then_retries_are_deduplicated_and_gaps_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(config(dir.path(), 2, FlushMode::Group)).unwrap();
+    engine.create_topic("idem", 1).unwrap();
+    let idempotent = |epoch: i16, sequence: i32, records: usize| {
+        let mut builder = BatchBuilder::default();
+        builder.producer(77, epoch, sequence);
+        for i in 0..records {
+            builder.push(1, None, Some(format!("{sequence}-{i}").as_bytes()));
+        }
+        builder.finish()
+    };
+    let first = engine.append("idem", 0, idempotent(0, 0, 3)).wait().unwrap();
+    let second = engine.append("idem", 0, idempotent(0, 3, 2)).wait().unwrap();
+    assert_eq!((first.base_offset, second.base_offset), (0, 3));
+    // A retry of either batch answers with its original offsets and appends nothing.
+    assert_eq!(engine.append("idem", 0, idempotent(0, 0, 3)).wait().unwrap(), first);
+    assert_eq!(engine.append("idem", 0, idempotent(0, 3, 2)).wait().unwrap(), second);
+    assert_eq!(engine.partition_info("idem", 0).wait().unwrap().next_offset, 5);
+    // A gap is refused; so is an older epoch; a newer epoch starts over.
+    match engine.append("idem", 0, idempotent(0, 9, 1)).wait() {
+        Err(EngineError::OutOfOrderSequence { expected: 5, found: 9, .. }) => {}
+        other => panic!("expected an out-of-order error, got {other:?}"),
+    }
+    assert_eq!(engine.append("idem", 0, idempotent(1, 0, 1)).wait().unwrap().base_offset, 5);
+    assert!(matches!(
+        engine.append("idem", 0, idempotent(0, 5, 1)).wait(),
+        Err(EngineError::InvalidProducerEpoch { .. })
+    ));
+    assert_eq!(engine.partition_info("idem", 0).wait().unwrap().next_offset, 6);
+}

@@ -1,0 +1,95 @@
+//! Interop with Python clients we did not write: confluent-kafka (librdkafka) produces
+//! with acks=all and idempotence; kafka-python consumes from earliest and from a
+//! timestamp. `ci.sh` installs both into `target/py`; set `CORELOG_PYTHON` to use
+//! another interpreter that has them.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+fn python() -> PathBuf {
+    std::env::var_os("CORELOG_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/py/bin/python"))
+}
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(name)
+}
+
+fn run_python(args: &[&str]) -> serde_json::Value {
+    let interpreter = python();
+    let output = Command::new(&interpreter).args(args).output().unwrap_or_else(|e| {
+        panic!("{}: {e} (run ./ci.sh to install the Python clients)", interpreter.display())
+    });
+    assert!(output.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e})"))
+}
+
+struct Server(Child, SocketAddr);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(dir: &Path) -> Server {
+    let address = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_corelog"))
+        .args(["serve", "--data-dir", dir.to_str().unwrap(), "--listen", &address.to_string()])
+        .args(["--cores", "2", "--default-partitions", "4"])
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(address).is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Server(child, address)
+}
+
+#[test]
+fn confluent_kafka_produces_idempotently_and_kafka_python_reads_from_earliest_and_from_a_timestamp() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let brokers = server.1.to_string();
+    let produce = script("confluent_produce.py");
+    let first = run_python(&[produce.to_str().unwrap(), &brokers, "orders", "300", "0"]);
+    assert_eq!(first["delivered"], 300, "{first}");
+    assert_eq!(first["errors"].as_array().unwrap().len(), 0, "{first}");
+    std::thread::sleep(Duration::from_millis(150));
+    let boundary_ms = engine::now_ms();
+    std::thread::sleep(Duration::from_millis(150));
+    let second = run_python(&[produce.to_str().unwrap(), &brokers, "orders", "200", "300"]);
+    assert_eq!(second["delivered"], 200, "{second}");
+    // Per partition, the acknowledged offsets of both runs are 0..n without gaps.
+    for partition in 0..4 {
+        let key = partition.to_string();
+        let mut offsets: Vec<i64> = [&first, &second]
+            .iter()
+            .flat_map(|run| run["offsets"][&key].as_array().cloned().unwrap_or_default())
+            .map(|o| o.as_i64().unwrap())
+            .collect();
+        offsets.sort_unstable();
+        assert!(
+            offsets.iter().enumerate().all(|(i, o)| *o == i as i64),
+            "partition {partition}: {offsets:?}"
+        );
+    }
+    let consume = script("kafka_python_consume.py");
+    let read = run_python(&[consume.to_str().unwrap(), &brokers, "orders", "500", &boundary_ms.to_string()]);
+    let earliest: Vec<i64> =
+        read["earliest"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+    assert_eq!(earliest, (0..500).collect::<Vec<_>>(), "every value exactly once");
+    let mut after: Vec<i64> = read["from_time"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|p| p["values"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect::<Vec<_>>())
+        .collect();
+    after.sort_unstable();
+    assert_eq!(after, (300..500).collect::<Vec<_>>(), "offsets_for_times lands on the second run: {read}");
+}
