@@ -319,7 +319,10 @@ impl Engine {
         crate::segment::sync_dir(&data_dir).map_err(|e| dir_error(e.to_string()))?;
 
         let shards = config.shards;
-        let catalog = Arc::new(Catalog::new(data_dir.clone(), topics.clone()));
+        let catalog = Arc::new(
+            Catalog::new(data_dir.clone(), topics.clone())
+                .map_err(|e| dir_error(format!("consumer groups: {e}")))?,
+        );
         let config = Arc::new(config);
         let mut consumers = Vec::with_capacity(shards);
         let mut handles = Vec::with_capacity(shards);
@@ -542,14 +545,17 @@ pub(crate) struct Catalog {
     data_dir: PathBuf,
     topics: Mutex<BTreeMap<String, u32>>,
     next_producer_id: AtomicI64,
+    /// Consumer groups and their committed offsets.
+    pub(crate) groups: crate::groups::Coordinator,
 }
 
 impl Catalog {
-    fn new(data_dir: PathBuf, topics: BTreeMap<String, u32>) -> Self {
+    fn new(data_dir: PathBuf, topics: BTreeMap<String, u32>) -> std::io::Result<Self> {
         // Producer ids only need to be unique across restarts: start from the clock
         // (ms × 256), which leaves 256 ids per millisecond of uptime before overlap.
         let next_producer_id = AtomicI64::new(now_ms().max(1) << 8);
-        Self { data_dir, topics: Mutex::new(topics), next_producer_id }
+        let groups = crate::groups::Coordinator::open(&data_dir)?;
+        Ok(Self { data_dir, topics: Mutex::new(topics), next_producer_id, groups })
     }
 
     /// A producer id no other producer of this data directory got.

@@ -23,11 +23,16 @@ use crate::shard::{Reply, Request, Shard};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::future::{join_all, select_all};
 use kafka_protocol::messages::{
-    api_versions_response, create_topics_response, fetch_response, list_offsets_response, metadata_response,
-    produce_response, ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, CreateTopicsRequest,
-    CreateTopicsResponse, FetchRequest, FetchResponse, InitProducerIdRequest, InitProducerIdResponse,
-    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest,
-    ProduceResponse, ProducerId, RequestHeader, ResponseHeader, TopicName,
+    api_versions_response, create_topics_response, fetch_response, find_coordinator_response,
+    join_group_response, leave_group_response, list_offsets_response, metadata_response,
+    offset_commit_response, offset_fetch_response, produce_response, ApiKey, ApiVersionsRequest,
+    ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse, FetchRequest, FetchResponse,
+    FindCoordinatorRequest, FindCoordinatorResponse, HeartbeatRequest, HeartbeatResponse,
+    InitProducerIdRequest, InitProducerIdResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
+    LeaveGroupResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
+    OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, ProduceRequest,
+    ProduceResponse, ProducerId, RequestHeader, ResponseHeader, SyncGroupRequest, SyncGroupResponse,
+    TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use std::net::SocketAddr;
@@ -61,7 +66,14 @@ mod code {
 }
 
 /// API keys and the version ranges corelog serves (what librdkafka 2.x negotiates).
-const SUPPORTED: [(ApiKey, i16, i16); 7] = [
+const SUPPORTED: [(ApiKey, i16, i16); 14] = [
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 7),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 4),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 7),
     (ApiKey::Produce, 3, 9),
     (ApiKey::Fetch, 4, 12),
     (ApiKey::ListOffsets, 1, 7),
@@ -137,7 +149,8 @@ async fn serve(
         }
         let header = RequestHeader::decode(&mut frame, api_key.request_header_version(version))
             .map_err(|e| format!("bad request header: {e}"))?;
-        let body = handle(&shard, api_key, version, &mut frame, advertised).await?;
+        let client_id = header.client_id.as_ref().map_or(String::new(), |c| c.to_string());
+        let body = handle(&shard, api_key, version, &mut frame, advertised, &client_id).await?;
         let Some((response_version, body)) = body else { continue }; // acks=0
         out.clear();
         out.put_i32(0);
@@ -166,6 +179,7 @@ async fn handle(
     version: i16,
     body: &mut Bytes,
     advertised: Option<SocketAddr>,
+    client_id: &str,
 ) -> Result<Option<(i16, BytesMut)>, String> {
     let bad = |e: anyhow::Error| format!("malformed {api_key:?} v{version}: {e}");
     let encoded = match api_key {
@@ -182,7 +196,11 @@ async fn handle(
         }
         ApiKey::Metadata => {
             let request = MetadataRequest::decode(body, version).map_err(bad)?;
-            encode(&metadata(shard, request, advertised).await, version)?
+            let mut response = metadata(shard, request, advertised).await;
+            if version < 2 {
+                response.cluster_id = None;
+            }
+            encode(&response, version)?
         }
         ApiKey::Produce => {
             let request = ProduceRequest::decode(body, version).map_err(bad)?;
@@ -195,7 +213,13 @@ async fn handle(
         }
         ApiKey::Fetch => {
             let request = FetchRequest::decode(body, version).map_err(bad)?;
-            encode(&fetch(shard, request).await, version)?
+            let mut response = fetch(shard, request).await;
+            if version < 5 {
+                for partition in response.responses.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
+                    partition.log_start_offset = -1;
+                }
+            }
+            encode(&response, version)?
         }
         ApiKey::ListOffsets => {
             let request = ListOffsetsRequest::decode(body, version).map_err(bad)?;
@@ -203,7 +227,14 @@ async fn handle(
         }
         ApiKey::CreateTopics => {
             let request = CreateTopicsRequest::decode(body, version).map_err(bad)?;
-            encode(&create_topics(shard, request).await, version)?
+            let mut response = create_topics(shard, request).await;
+            if version < 5 {
+                for topic in &mut response.topics {
+                    topic.num_partitions = -1;
+                    topic.replication_factor = -1;
+                }
+            }
+            encode(&response, version)?
         }
         ApiKey::InitProducerId => {
             let request = InitProducerIdRequest::decode(body, version).map_err(bad)?;
@@ -216,6 +247,73 @@ async fn handle(
                     .with_producer_epoch(0)
             };
             encode(&response, version)?
+        }
+        ApiKey::FindCoordinator => {
+            let request = FindCoordinatorRequest::decode(body, version).map_err(bad)?;
+            encode(&find_coordinator(shard, request, version, advertised), version)?
+        }
+        ApiKey::JoinGroup => {
+            let request = JoinGroupRequest::decode(body, version).map_err(bad)?;
+            encode(&join_group(shard, request, version, client_id).await, version)?
+        }
+        ApiKey::SyncGroup => {
+            let request = SyncGroupRequest::decode(body, version).map_err(bad)?;
+            let assignments =
+                request.assignments.into_iter().map(|a| (a.member_id.to_string(), a.assignment)).collect();
+            let (error_code, assignment) = shard
+                .catalog
+                .groups
+                .sync(&request.group_id.0, request.generation_id, &request.member_id, assignments)
+                .await;
+            let mut response =
+                SyncGroupResponse::default().with_error_code(error_code).with_assignment(assignment);
+            if version >= 5 {
+                response = response
+                    .with_protocol_type(request.protocol_type)
+                    .with_protocol_name(request.protocol_name);
+            }
+            encode(&response, version)?
+        }
+        ApiKey::Heartbeat => {
+            let request = HeartbeatRequest::decode(body, version).map_err(bad)?;
+            let error_code = shard.catalog.groups.heartbeat(
+                &request.group_id.0,
+                request.generation_id,
+                &request.member_id,
+            );
+            encode(&HeartbeatResponse::default().with_error_code(error_code), version)?
+        }
+        ApiKey::LeaveGroup => {
+            let request = LeaveGroupRequest::decode(body, version).map_err(bad)?;
+            let ids: Vec<String> = if version >= 3 {
+                request.members.iter().map(|m| m.member_id.to_string()).collect()
+            } else {
+                vec![request.member_id.to_string()]
+            };
+            let errors = shard.catalog.groups.leave(&request.group_id.0, &ids);
+            let members = ids
+                .iter()
+                .zip(&errors)
+                .map(|(id, error)| {
+                    leave_group_response::MemberResponse::default()
+                        .with_member_id(StrBytes::from_string(id.clone()))
+                        .with_error_code(*error)
+                })
+                .collect();
+            let response = if version >= 3 {
+                LeaveGroupResponse::default().with_members(members)
+            } else {
+                LeaveGroupResponse::default().with_error_code(errors[0])
+            };
+            encode(&response, version)?
+        }
+        ApiKey::OffsetCommit => {
+            let request = OffsetCommitRequest::decode(body, version).map_err(bad)?;
+            encode(&offset_commit(shard, request), version)?
+        }
+        ApiKey::OffsetFetch => {
+            let request = OffsetFetchRequest::decode(body, version).map_err(bad)?;
+            encode(&offset_fetch(shard, request), version)?
         }
         other => return Err(format!("unsupported API {other:?}")),
     };
@@ -528,4 +626,154 @@ async fn create_topics(shard: &Rc<Shard>, request: CreateTopicsRequest) -> Creat
         });
     }
     CreateTopicsResponse::default().with_topics(results)
+}
+
+fn find_coordinator(
+    shard: &Rc<Shard>,
+    request: FindCoordinatorRequest,
+    version: i16,
+    advertised: Option<SocketAddr>,
+) -> FindCoordinatorResponse {
+    let address = advertised.or(shard.config.listen);
+    let host = StrBytes::from_string(address.map_or("127.0.0.1".into(), |a| a.ip().to_string()));
+    let port = address.map_or(9092, |a| i32::from(a.port()));
+    let coordinators = request
+        .coordinator_keys
+        .iter()
+        .map(|key| {
+            find_coordinator_response::Coordinator::default()
+                .with_key(key.clone())
+                .with_node_id(BrokerId(NODE_ID))
+                .with_host(host.clone())
+                .with_port(port)
+        })
+        .collect();
+    if version >= 4 {
+        FindCoordinatorResponse::default().with_coordinators(coordinators)
+    } else {
+        FindCoordinatorResponse::default().with_node_id(BrokerId(NODE_ID)).with_host(host).with_port(port)
+    }
+}
+
+async fn join_group(
+    shard: &Rc<Shard>,
+    request: JoinGroupRequest,
+    version: i16,
+    client_id: &str,
+) -> JoinGroupResponse {
+    let join = crate::groups::JoinRequest {
+        group: request.group_id.0.to_string(),
+        member_id: request.member_id.to_string(),
+        client_id: if client_id.is_empty() { "client".into() } else { client_id.to_string() },
+        session_timeout_ms: request.session_timeout_ms,
+        rebalance_timeout_ms: if request.rebalance_timeout_ms > 0 {
+            request.rebalance_timeout_ms
+        } else {
+            request.session_timeout_ms
+        },
+        protocol_type: request.protocol_type.to_string(),
+        protocols: request.protocols.into_iter().map(|p| (p.name.to_string(), p.metadata)).collect(),
+    };
+    let result = shard.catalog.groups.join(join).await;
+    let protocol_name = match (version, result.protocol) {
+        (7.., name) => name.map(StrBytes::from_string),
+        (_, name) => Some(StrBytes::from_string(name.unwrap_or_default())),
+    };
+    let protocol_type = if version >= 7 { result.protocol_type.map(StrBytes::from_string) } else { None };
+    JoinGroupResponse::default()
+        .with_error_code(result.error_code)
+        .with_generation_id(result.generation)
+        .with_protocol_type(protocol_type)
+        .with_protocol_name(protocol_name)
+        .with_leader(StrBytes::from_string(result.leader))
+        .with_member_id(StrBytes::from_string(result.member_id))
+        .with_members(
+            result
+                .members
+                .into_iter()
+                .map(|(id, metadata)| {
+                    join_group_response::JoinGroupResponseMember::default()
+                        .with_member_id(StrBytes::from_string(id))
+                        .with_metadata(metadata)
+                })
+                .collect(),
+        )
+}
+
+fn offset_commit(shard: &Rc<Shard>, request: OffsetCommitRequest) -> OffsetCommitResponse {
+    let offsets: Vec<(String, i32, i64, Option<String>)> = request
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions.iter().map(|p| {
+                (
+                    t.name.0.to_string(),
+                    p.partition_index,
+                    p.committed_offset,
+                    p.committed_metadata.as_ref().map(|m| m.to_string()),
+                )
+            })
+        })
+        .collect();
+    let error_code = shard.catalog.groups.commit(
+        &request.group_id.0,
+        request.generation_id_or_member_epoch,
+        &request.member_id,
+        &offsets,
+    );
+    let topics = request
+        .topics
+        .into_iter()
+        .map(|t| {
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    offset_commit_response::OffsetCommitResponsePartition::default()
+                        .with_partition_index(p.partition_index)
+                        .with_error_code(error_code)
+                })
+                .collect();
+            offset_commit_response::OffsetCommitResponseTopic::default()
+                .with_name(t.name)
+                .with_partitions(partitions)
+        })
+        .collect();
+    OffsetCommitResponse::default().with_topics(topics)
+}
+
+fn offset_fetch(shard: &Rc<Shard>, request: OffsetFetchRequest) -> OffsetFetchResponse {
+    let group = request.group_id.0.to_string();
+    let wanted: Vec<(TopicName, Vec<i32>)> = match request.topics {
+        Some(topics) => topics.into_iter().map(|t| (t.name, t.partition_indexes)).collect(),
+        None => {
+            let mut by_topic: std::collections::BTreeMap<String, Vec<i32>> = Default::default();
+            for (topic, partition) in shard.catalog.groups.committed_partitions(&group) {
+                by_topic.entry(topic).or_default().push(partition);
+            }
+            by_topic.into_iter().map(|(t, p)| (topic_name(&t), p)).collect()
+        }
+    };
+    let topics = wanted
+        .into_iter()
+        .map(|(name, partitions)| {
+            let partitions = partitions
+                .into_iter()
+                .map(|partition| {
+                    let committed = shard.catalog.groups.committed(&group, &name.0, partition);
+                    offset_fetch_response::OffsetFetchResponsePartition::default()
+                        .with_partition_index(partition)
+                        .with_committed_offset(committed.as_ref().map_or(-1, |c| c.0))
+                        .with_committed_leader_epoch(-1)
+                        .with_metadata(Some(StrBytes::from_string(
+                            committed.and_then(|c| c.1).unwrap_or_default(),
+                        )))
+                })
+                .collect();
+            offset_fetch_response::OffsetFetchResponseTopic::default()
+                .with_name(name)
+                .with_partitions(partitions)
+        })
+        .collect();
+    OffsetFetchResponse::default().with_topics(topics)
 }

@@ -38,6 +38,7 @@
 
 pub mod batch;
 mod engine;
+pub mod groups;
 pub mod io;
 mod kafka;
 pub mod log;

@@ -774,6 +774,9 @@ impl Shard {
         let period = std::time::Duration::from_millis(self.config.maintenance_interval_ms.max(1));
         loop {
             tokio::time::sleep(period).await;
+            if self.id == 0 {
+                self.catalog.groups.tick();
+            }
             let now = crate::engine::now_ms();
             let partitions: Vec<_> = self.partitions.borrow().values().cloned().collect();
             for partition in partitions {

@@ -29,6 +29,14 @@ fn run_python(args: &[&str]) -> serde_json::Value {
 
 struct Server(Child, SocketAddr);
 
+impl Server {
+    /// SIGTERM and wait: a clean shutdown.
+    fn stop(mut self) {
+        Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status().unwrap();
+        assert!(self.0.wait().unwrap().success(), "clean exit on SIGTERM");
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -37,7 +45,10 @@ impl Drop for Server {
 }
 
 fn start(dir: &Path) -> Server {
-    let address = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    start_at(dir, TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap())
+}
+
+fn start_at(dir: &Path, address: SocketAddr) -> Server {
     let child = Command::new(env!("CARGO_BIN_EXE_corelog"))
         .args(["serve", "--data-dir", dir.to_str().unwrap(), "--listen", &address.to_string()])
         .args(["--cores", "2", "--default-partitions", "4"])
@@ -92,4 +103,59 @@ fn confluent_kafka_produces_idempotently_and_kafka_python_reads_from_earliest_an
         .collect();
     after.sort_unstable();
     assert_eq!(after, (300..500).collect::<Vec<_>>(), "offsets_for_times lands on the second run: {read}");
+}
+
+#[test]
+fn two_confluent_consumers_in_a_group_split_partitions_commit_and_hand_over_without_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let brokers = server.1.to_string();
+    let produced =
+        run_python(&[script("confluent_produce.py").to_str().unwrap(), &brokers, "events", "300", "0"]);
+    assert_eq!(produced["delivered"], 300);
+    let run = run_python(&[
+        script("group_consumers.py").to_str().unwrap(),
+        &brokers,
+        "events",
+        "grp",
+        "300",
+        "200",
+    ]);
+    let partitions = |key: &str| -> Vec<i64> {
+        run[key].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect()
+    };
+    let (a, b) = (partitions("assignment_a"), partitions("assignment_b"));
+    let mut both: Vec<i64> = a.iter().chain(&b).copied().collect();
+    both.sort_unstable();
+    assert_eq!(both, vec![0, 1, 2, 3], "the two members split the partitions: {a:?} / {b:?}");
+    assert!(!a.is_empty() && !b.is_empty());
+    assert_eq!(partitions("final_assignment_a"), vec![0, 1, 2, 3], "after b leaves, a owns everything");
+    let values = |who: &str| -> Vec<i64> {
+        run["consumed"][who].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect()
+    };
+    let uncommitted: Vec<i64> =
+        run["uncommitted"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+    let mut counts = std::collections::BTreeMap::new();
+    for value in values("a").into_iter().chain(values("b")) {
+        *counts.entry(value).or_insert(0) += 1;
+    }
+    assert_eq!(counts.keys().copied().collect::<Vec<_>>(), (0..500).collect::<Vec<_>>(), "nothing lost");
+    let repeated: Vec<i64> =
+        counts.iter().filter(|(v, n)| **n > 1 && !uncommitted.contains(v)).map(|(v, _)| *v).collect();
+    assert!(repeated.is_empty(), "only records whose commit failed are read again: {repeated:?}");
+    // Committed offsets survive a restart.
+    let query = [
+        script("committed.py").to_str().unwrap().to_string(),
+        brokers.clone(),
+        "grp".into(),
+        "events".into(),
+        "4".into(),
+    ];
+    let query: Vec<&str> = query.iter().map(String::as_str).collect();
+    let before = run_python(&query);
+    assert!(before.as_object().unwrap().values().all(|o| o.as_i64().unwrap() > 0), "{before}");
+    let address = server.1;
+    server.stop();
+    let _server = start_at(dir.path(), address);
+    assert_eq!(run_python(&query), before, "committed offsets are durable");
 }

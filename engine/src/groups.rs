@@ -1,0 +1,576 @@
+//! Consumer groups: Kafka's classic group protocol (JoinGroup, SyncGroup, Heartbeat,
+//! LeaveGroup) and committed offsets (OffsetCommit, OffsetFetch).
+//!
+//! The coordinator is control-plane state shared by every shard (a mutex per engine,
+//! never taken on the append or fetch path); members wait for rebalances on a `watch`
+//! channel, so a JoinGroup arriving on shard 0 and one arriving on shard 1 meet in the
+//! same generation. Partition assignment is done by the clients (the leader's
+//! SyncGroup carries it), as in Kafka.
+//!
+//! Rebalance: a join (or a leave, or an expired session) moves the group to
+//! PreparingRebalance; it completes when every known member has rejoined or the
+//! rebalance deadline passes (members that did not rejoin are dropped). Completion bumps
+//! the generation and picks the leader and a protocol every member supports; then the
+//! leader's SyncGroup publishes the assignment and the group is Stable.
+//!
+//! Committed offsets are durable: each commit rewrites `DATA/__groups/<group>.offsets`
+//! (write temp, fsync, rename, fsync dir), format `corelog-offsets 1` then one
+//! `topic partition offset metadata-hex` line per partition (see docs/FORMATS.md).
+//!
+//! Invariants: a member's generation equals the group's only after a completed join;
+//! generations only grow; an offset commit with a generation is accepted only from a
+//! current member of that generation.
+
+use bytes::Bytes;
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Kafka error codes the coordinator answers with.
+pub mod code {
+    /// No error.
+    pub const NONE: i16 = 0;
+    /// The generation is not the group's current one.
+    pub const ILLEGAL_GENERATION: i16 = 22;
+    /// The protocol type or protocols do not match the group's.
+    pub const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
+    /// The group id is empty or invalid.
+    pub const INVALID_GROUP_ID: i16 = 24;
+    /// The member is not in the group.
+    pub const UNKNOWN_MEMBER_ID: i16 = 25;
+    /// The session timeout is out of range.
+    pub const INVALID_SESSION_TIMEOUT: i16 = 26;
+    /// The group is rebalancing: rejoin.
+    pub const REBALANCE_IN_PROGRESS: i16 = 27;
+    /// Writing committed offsets failed.
+    pub const KAFKA_STORAGE_ERROR: i16 = 56;
+}
+
+/// Delay before the first rebalance of an empty group completes, so that members
+/// starting together land in one generation (Kafka's group.initial.rebalance.delay.ms
+/// is 3 s; consumers in tests start within milliseconds).
+pub const INITIAL_REBALANCE_DELAY_MS: u64 = 300;
+/// Session timeouts accepted (Kafka's group.min/max.session.timeout.ms).
+pub const SESSION_TIMEOUT_MS_MIN: i32 = 1_000;
+/// Upper bound of session timeouts.
+pub const SESSION_TIMEOUT_MS_MAX: i32 = 1_800_000;
+/// Longest a JoinGroup waits for a rebalance to complete.
+pub const REBALANCE_TIMEOUT_MS_MAX: u64 = 300_000;
+/// Members per group.
+pub const GROUP_MEMBERS_MAX: usize = 10_000;
+/// Directory under the data dir holding committed offsets.
+pub const GROUPS_DIR: &str = "__groups";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Empty,
+    PreparingRebalance,
+    CompletingRebalance,
+    Stable,
+}
+
+#[derive(Debug)]
+struct Member {
+    session_timeout: Duration,
+    rebalance_timeout: Duration,
+    protocols: Vec<(String, Bytes)>,
+    /// Rejoined during the current rebalance.
+    joined: bool,
+    generation: i32,
+    last_heartbeat: Instant,
+    assignment: Bytes,
+}
+
+#[derive(Debug)]
+struct Group {
+    state: State,
+    generation: i32,
+    protocol_type: Option<String>,
+    protocol: Option<String>,
+    leader: Option<String>,
+    members: BTreeMap<String, Member>,
+    rebalance_deadline: Instant,
+    offsets: BTreeMap<(String, i32), (i64, Option<String>)>,
+    changed: watch::Sender<u64>,
+}
+
+impl Group {
+    fn new() -> Self {
+        Self {
+            state: State::Empty,
+            generation: 0,
+            protocol_type: None,
+            protocol: None,
+            leader: None,
+            members: BTreeMap::new(),
+            rebalance_deadline: Instant::now(),
+            offsets: BTreeMap::new(),
+            changed: watch::Sender::new(0),
+        }
+    }
+
+    fn notify(&self) {
+        self.changed.send_modify(|version| *version += 1);
+    }
+
+    fn prepare_rebalance(&mut self, now: Instant) {
+        let longest = self.members.values().map(|m| m.rebalance_timeout).max().unwrap_or_default();
+        let delay = if self.state == State::Empty {
+            Duration::from_millis(INITIAL_REBALANCE_DELAY_MS)
+        } else {
+            longest.min(Duration::from_millis(REBALANCE_TIMEOUT_MS_MAX))
+        };
+        if self.state != State::PreparingRebalance {
+            for member in self.members.values_mut() {
+                member.joined = false;
+            }
+            self.rebalance_deadline = now + delay;
+        }
+        self.state = State::PreparingRebalance;
+        tracing::debug!(generation = self.generation, members = self.members.len(), "group rebalancing");
+        self.notify();
+    }
+
+    /// Completes the rebalance when every member rejoined, or the deadline passed.
+    fn maybe_complete(&mut self, now: Instant) {
+        if self.state != State::PreparingRebalance {
+            return;
+        }
+        let all_joined = self.members.values().all(|m| m.joined);
+        let initial_delay_over = now >= self.rebalance_deadline || self.generation > 0;
+        if !(all_joined && initial_delay_over) && now < self.rebalance_deadline {
+            return;
+        }
+        self.members.retain(|_, m| m.joined);
+        if self.members.is_empty() {
+            self.state = State::Empty;
+            self.leader = None;
+            self.notify();
+            return;
+        }
+        self.generation += 1;
+        self.protocol = self.select_protocol();
+        if self.leader.as_ref().is_none_or(|l| !self.members.contains_key(l)) {
+            self.leader = self.members.keys().next().cloned();
+        }
+        let generation = self.generation;
+        for member in self.members.values_mut() {
+            member.generation = generation;
+            member.assignment = Bytes::new();
+            member.last_heartbeat = now;
+        }
+        self.state = State::CompletingRebalance;
+        tracing::debug!(generation = self.generation, members = self.members.len(), leader = ?self.leader, "group rebalanced");
+        self.notify();
+    }
+
+    /// The leader's first protocol that every member supports.
+    fn select_protocol(&self) -> Option<String> {
+        let leader = self
+            .leader
+            .as_ref()
+            .and_then(|l| self.members.get(l))
+            .or_else(|| self.members.values().next())?;
+        leader
+            .protocols
+            .iter()
+            .map(|(name, _)| name)
+            .find(|name| self.members.values().all(|m| m.protocols.iter().any(|(n, _)| n == *name)))
+            .cloned()
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let before = self.members.len();
+        let rebalancing = self.state == State::PreparingRebalance;
+        self.members.retain(|_, m| {
+            (rebalancing && m.joined) || now.duration_since(m.last_heartbeat) <= m.session_timeout
+        });
+        if self.members.len() != before {
+            self.prepare_rebalance(now);
+        }
+        self.maybe_complete(now);
+    }
+
+    fn check_member(&self, member_id: &str, generation: i32) -> i16 {
+        match self.members.get(member_id) {
+            None => code::UNKNOWN_MEMBER_ID,
+            Some(_) if self.state == State::PreparingRebalance => code::REBALANCE_IN_PROGRESS,
+            Some(member) if member.generation != generation || generation != self.generation => {
+                code::ILLEGAL_GENERATION
+            }
+            Some(_) => code::NONE,
+        }
+    }
+}
+
+/// What JoinGroup answers.
+#[derive(Debug, Clone, Default)]
+pub struct JoinResult {
+    /// Kafka error code.
+    pub error_code: i16,
+    /// The new generation.
+    pub generation: i32,
+    /// The chosen protocol.
+    pub protocol: Option<String>,
+    /// The protocol type.
+    pub protocol_type: Option<String>,
+    /// The leader's member id.
+    pub leader: String,
+    /// This member's id.
+    pub member_id: String,
+    /// Every member and its metadata (only for the leader).
+    pub members: Vec<(String, Bytes)>,
+}
+
+/// A JoinGroup request, decoded.
+#[derive(Debug, Clone)]
+pub struct JoinRequest {
+    /// Group id.
+    pub group: String,
+    /// Member id ("" for a new member).
+    pub member_id: String,
+    /// Client id from the request header.
+    pub client_id: String,
+    /// Session timeout.
+    pub session_timeout_ms: i32,
+    /// Rebalance timeout.
+    pub rebalance_timeout_ms: i32,
+    /// Protocol type, e.g. "consumer".
+    pub protocol_type: String,
+    /// Supported protocols and their metadata.
+    pub protocols: Vec<(String, Bytes)>,
+}
+
+/// The group coordinator of one engine.
+#[derive(Debug)]
+pub struct Coordinator {
+    dir: PathBuf,
+    groups: Mutex<HashMap<String, Group>>,
+    next_member: std::sync::atomic::AtomicU64,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| text.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect()
+}
+
+impl Coordinator {
+    /// Opens the coordinator, loading committed offsets from `data_dir/__groups`.
+    pub fn open(data_dir: &Path) -> std::io::Result<Self> {
+        let dir = data_dir.join(GROUPS_DIR);
+        std::fs::create_dir_all(&dir)?;
+        let mut groups = HashMap::new();
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            let Some(name) =
+                path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".offsets"))
+            else {
+                continue;
+            };
+            let Some(group_id) = unhex(name).and_then(|b| String::from_utf8(b).ok()) else { continue };
+            let text = std::fs::read_to_string(&path)?;
+            let mut lines = text.lines();
+            if lines.next() != Some("corelog-offsets 1") {
+                return Err(std::io::Error::other(format!("{}: unknown format", path.display())));
+            }
+            let mut group = Group::new();
+            for line in lines {
+                let fields: Vec<&str> = line.split(' ').collect();
+                if let [topic, partition, offset, metadata] = fields.as_slice() {
+                    let (Ok(partition), Ok(offset)) = (partition.parse(), offset.parse()) else { continue };
+                    let metadata = (*metadata != "-")
+                        .then(|| unhex(metadata).and_then(|b| String::from_utf8(b).ok()))
+                        .flatten();
+                    group.offsets.insert((topic.to_string(), partition), (offset, metadata));
+                }
+            }
+            groups.insert(group_id, group);
+        }
+        Ok(Self { dir, groups: Mutex::new(groups), next_member: std::sync::atomic::AtomicU64::new(0) })
+    }
+
+    fn with_group<R>(&self, group: &str, f: impl FnOnce(&mut Group) -> R) -> R {
+        let mut groups = self.groups.lock().expect("group map lock");
+        f(groups.entry(group.to_string()).or_insert_with(Group::new))
+    }
+
+    /// Joins (or rejoins) a member and waits for the rebalance to complete.
+    pub async fn join(&self, request: JoinRequest) -> JoinResult {
+        tracing::debug!(group = request.group, member = request.member_id, "join");
+        let failed = |error_code| JoinResult {
+            error_code,
+            member_id: request.member_id.clone(),
+            ..JoinResult::default()
+        };
+        if request.group.is_empty() {
+            return failed(code::INVALID_GROUP_ID);
+        }
+        if !(SESSION_TIMEOUT_MS_MIN..=SESSION_TIMEOUT_MS_MAX).contains(&request.session_timeout_ms) {
+            return failed(code::INVALID_SESSION_TIMEOUT);
+        }
+        let now = Instant::now();
+        let joined = self.with_group(&request.group, |group| {
+            if group.protocol_type.as_ref().is_some_and(|t| *t != request.protocol_type)
+                && !group.members.is_empty()
+            {
+                return Err(code::INCONSISTENT_GROUP_PROTOCOL);
+            }
+            let member_id = if request.member_id.is_empty() {
+                let n = self.next_member.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                format!("{}-{n}-{}", request.client_id, crate::engine::now_ms())
+            } else if group.members.contains_key(&request.member_id) {
+                request.member_id.clone()
+            } else {
+                return Err(code::UNKNOWN_MEMBER_ID);
+            };
+            if !group.members.contains_key(&member_id) && group.members.len() >= GROUP_MEMBERS_MAX {
+                return Err(code::INVALID_GROUP_ID);
+            }
+            let member = group.members.entry(member_id.clone()).or_insert_with(|| Member {
+                session_timeout: Duration::ZERO,
+                rebalance_timeout: Duration::ZERO,
+                protocols: Vec::new(),
+                joined: false,
+                generation: -1,
+                last_heartbeat: now,
+                assignment: Bytes::new(),
+            });
+            member.session_timeout = Duration::from_millis(request.session_timeout_ms as u64);
+            member.rebalance_timeout = Duration::from_millis(request.rebalance_timeout_ms.max(0) as u64);
+            member.protocols = request.protocols.clone();
+            member.last_heartbeat = now;
+            group.protocol_type = Some(request.protocol_type.clone());
+            group.prepare_rebalance(now);
+            group.members.get_mut(&member_id).expect("inserted above").joined = true;
+            group.maybe_complete(now);
+            Ok((member_id, group.changed.subscribe()))
+        });
+        let (member_id, mut changed) = match joined {
+            Ok(joined) => joined,
+            Err(error_code) => return failed(error_code),
+        };
+        loop {
+            let (result, deadline) = self.with_group(&request.group, |group| {
+                let now = Instant::now();
+                group.maybe_complete(now);
+                let Some(member) = group.members.get(&member_id) else {
+                    return (
+                        Some(JoinResult {
+                            error_code: code::UNKNOWN_MEMBER_ID,
+                            member_id: member_id.clone(),
+                            ..JoinResult::default()
+                        }),
+                        now,
+                    );
+                };
+                if group.state == State::PreparingRebalance || member.generation != group.generation {
+                    return (None, group.rebalance_deadline);
+                }
+                let leader = group.leader.clone().unwrap_or_default();
+                let protocol = group.protocol.clone();
+                let members = if leader == member_id {
+                    group
+                        .members
+                        .iter()
+                        .map(|(id, m)| {
+                            let metadata = m
+                                .protocols
+                                .iter()
+                                .find(|(n, _)| Some(n) == protocol.as_ref())
+                                .map(|(_, b)| b.clone());
+                            (id.clone(), metadata.unwrap_or_default())
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                let result = JoinResult {
+                    error_code: if protocol.is_some() {
+                        code::NONE
+                    } else {
+                        code::INCONSISTENT_GROUP_PROTOCOL
+                    },
+                    generation: group.generation,
+                    protocol,
+                    protocol_type: group.protocol_type.clone(),
+                    leader,
+                    member_id: member_id.clone(),
+                    members,
+                };
+                (Some(result), now)
+            });
+            if let Some(result) = result {
+                return result;
+            }
+            let wait = deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(1);
+            let _ = tokio::time::timeout(wait, changed.changed()).await;
+        }
+    }
+
+    /// Stores the leader's assignment (if this is the leader) and waits for it.
+    pub async fn sync(
+        &self,
+        group_id: &str,
+        generation: i32,
+        member_id: &str,
+        assignments: Vec<(String, Bytes)>,
+    ) -> (i16, Bytes) {
+        let mut changed = match self.with_group(group_id, |group| {
+            let error = group.check_member(member_id, generation);
+            if error != code::NONE {
+                return Err(error);
+            }
+            if group.leader.as_deref() == Some(member_id) && group.state == State::CompletingRebalance {
+                for (member, assignment) in assignments {
+                    if let Some(m) = group.members.get_mut(&member) {
+                        m.assignment = assignment;
+                    }
+                }
+                group.state = State::Stable;
+                group.notify();
+            }
+            Ok(group.changed.subscribe())
+        }) {
+            Ok(changed) => changed,
+            Err(error) => return (error, Bytes::new()),
+        };
+        loop {
+            let done = self.with_group(group_id, |group| {
+                if group.generation != generation || group.state == State::PreparingRebalance {
+                    return Some((code::REBALANCE_IN_PROGRESS, Bytes::new()));
+                }
+                match group.members.get(member_id) {
+                    None => Some((code::UNKNOWN_MEMBER_ID, Bytes::new())),
+                    Some(member) if group.state == State::Stable => {
+                        Some((code::NONE, member.assignment.clone()))
+                    }
+                    Some(_) => None,
+                }
+            });
+            if let Some(done) = done {
+                return done;
+            }
+            if tokio::time::timeout(Duration::from_secs(60), changed.changed()).await.is_err() {
+                return (code::REBALANCE_IN_PROGRESS, Bytes::new());
+            }
+        }
+    }
+
+    /// Records a heartbeat; tells the member to rejoin when a rebalance started.
+    pub fn heartbeat(&self, group_id: &str, generation: i32, member_id: &str) -> i16 {
+        tracing::trace!(group = group_id, member = member_id, generation, "heartbeat");
+        self.with_group(group_id, |group| {
+            let now = Instant::now();
+            group.expire(now);
+            let error = group.check_member(member_id, generation);
+            if let Some(member) = group.members.get_mut(member_id) {
+                member.last_heartbeat = now;
+            }
+            error
+        })
+    }
+
+    /// Removes members; the rest rebalance.
+    pub fn leave(&self, group_id: &str, member_ids: &[String]) -> Vec<i16> {
+        tracing::debug!(group = group_id, ?member_ids, "leave");
+        self.with_group(group_id, |group| {
+            let errors: Vec<i16> =
+                member_ids
+                    .iter()
+                    .map(|id| {
+                        if group.members.remove(id).is_some() {
+                            code::NONE
+                        } else {
+                            code::UNKNOWN_MEMBER_ID
+                        }
+                    })
+                    .collect();
+            if errors.contains(&code::NONE) {
+                if group.leader.as_ref().is_some_and(|l| !group.members.contains_key(l)) {
+                    group.leader = None;
+                }
+                if group.members.is_empty() {
+                    group.state = State::Empty;
+                    group.notify();
+                } else {
+                    group.prepare_rebalance(Instant::now());
+                }
+            }
+            errors
+        })
+    }
+
+    /// Expires members whose sessions ran out and completes overdue rebalances.
+    pub fn tick(&self) {
+        let now = Instant::now();
+        let mut groups = self.groups.lock().expect("group map lock");
+        for group in groups.values_mut() {
+            group.expire(now);
+        }
+    }
+
+    /// Commits offsets durably. `generation < 0` with an empty member id is a simple
+    /// (group-less) commit, as Kafka allows.
+    pub fn commit(
+        &self,
+        group_id: &str,
+        generation: i32,
+        member_id: &str,
+        offsets: &[(String, i32, i64, Option<String>)],
+    ) -> i16 {
+        let mut groups = self.groups.lock().expect("group map lock");
+        let group = groups.entry(group_id.to_string()).or_insert_with(Group::new);
+        if generation >= 0 || !member_id.is_empty() {
+            let error = group.check_member(member_id, generation);
+            if error != code::NONE {
+                return error;
+            }
+        }
+        for (topic, partition, offset, metadata) in offsets {
+            group.offsets.insert((topic.clone(), *partition), (*offset, metadata.clone()));
+        }
+        match self.persist(group_id, group) {
+            Ok(()) => code::NONE,
+            Err(error) => {
+                tracing::error!(group = group_id, "committing offsets failed: {error}");
+                code::KAFKA_STORAGE_ERROR
+            }
+        }
+    }
+
+    /// Committed offset and metadata of one partition, if any.
+    pub fn committed(&self, group_id: &str, topic: &str, partition: i32) -> Option<(i64, Option<String>)> {
+        let groups = self.groups.lock().expect("group map lock");
+        groups.get(group_id)?.offsets.get(&(topic.to_string(), partition)).cloned()
+    }
+
+    /// Every committed (topic, partition) of a group.
+    pub fn committed_partitions(&self, group_id: &str) -> Vec<(String, i32)> {
+        let groups = self.groups.lock().expect("group map lock");
+        groups.get(group_id).map(|g| g.offsets.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    fn persist(&self, group_id: &str, group: &Group) -> std::io::Result<()> {
+        let mut text = String::from("corelog-offsets 1\n");
+        for ((topic, partition), (offset, metadata)) in &group.offsets {
+            let metadata = metadata.as_ref().map_or("-".to_string(), |m| hex(m.as_bytes()));
+            text.push_str(&format!("{topic} {partition} {offset} {metadata}\n"));
+        }
+        let path = self.dir.join(format!("{}.offsets", hex(group_id.as_bytes())));
+        let temp = path.with_extension("tmp");
+        let mut file = std::fs::File::create(&temp)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&temp, &path)?;
+        std::fs::File::open(&self.dir)?.sync_all()
+    }
+}
