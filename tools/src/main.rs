@@ -18,6 +18,10 @@ enum Command {
     Demo(corelog_tools::demo::DemoArgs),
     /// Run the engine as a Kafka-protocol broker until SIGTERM/SIGINT.
     Serve(corelog_tools::serve::ServeArgs),
+    /// Produce one record per stdin line (acks=all, idempotent).
+    Produce(corelog_tools::client::ProduceArgs),
+    /// Print records, one value per line, optionally as a consumer-group member.
+    Consume(corelog_tools::client::ConsumeArgs),
     /// Dump and check a segment, index or time-index file, or a partition directory.
     Inspect {
         /// A .log, .index or .timeindex file, or a partition directory.
@@ -39,6 +43,13 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => corelog_tools::demo::run(&args).map(|_| ExitCode::SUCCESS),
         Command::Serve(args) => corelog_tools::serve::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Produce(args) => corelog_tools::client::produce(&args).map(|sent| {
+            eprintln!("corelog produce: {sent} records acknowledged");
+            ExitCode::SUCCESS
+        }),
+        Command::Consume(args) => {
+            corelog_tools::client::consume(&args, &mut std::io::stdout().lock()).map(|_| ExitCode::SUCCESS)
+        }
         Command::Inspect { path, records } => {
             corelog_tools::inspect::run(&path, records, &mut std::io::stdout().lock()).map(|findings| {
                 if let Some(first) = findings.problems.first() {

@@ -1,0 +1,186 @@
+//! `corelog produce` and `corelog consume`: line-oriented Kafka clients built on
+//! `rdkafka` (librdkafka), so they work against corelog or any Kafka-compatible broker.
+//!
+//! `produce` sends one record per stdin line (acks=all, idempotent), keyed by a JSON
+//! field when `--key-field` names one; `consume` prints one value per line, from
+//! `earliest`, `latest` or an offset, either on assigned partitions or as a member of
+//! a consumer group (`--group`, committing what it printed).
+
+use anyhow::{bail, Context, Result};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use std::io::{BufRead, Write};
+use std::time::{Duration, Instant};
+
+/// Flags of `corelog produce`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProduceArgs {
+    /// Broker address(es), HOST:PORT[,HOST:PORT].
+    #[arg(long)]
+    pub brokers: String,
+    /// Topic to produce to (created on first use when the broker allows it).
+    #[arg(long)]
+    pub topic: String,
+    /// Use this JSON field of each line as the record key.
+    #[arg(long)]
+    pub key_field: Option<String>,
+}
+
+/// Where `consume` starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum From {
+    /// The first offset kept.
+    Earliest,
+    /// The end of each partition.
+    Latest,
+    /// This offset in every partition.
+    Offset(i64),
+}
+
+impl std::str::FromStr for From {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "earliest" => Ok(Self::Earliest),
+            "latest" => Ok(Self::Latest),
+            offset => offset
+                .parse::<i64>()
+                .ok()
+                .filter(|o| *o >= 0)
+                .map(Self::Offset)
+                .ok_or_else(|| format!("{offset:?}: expected earliest, latest or an offset")),
+        }
+    }
+}
+
+/// Flags of `corelog consume`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConsumeArgs {
+    /// Broker address(es), HOST:PORT[,HOST:PORT].
+    #[arg(long)]
+    pub brokers: String,
+    /// Topic to consume.
+    #[arg(long)]
+    pub topic: String,
+    /// Start at earliest, latest or OFFSET (with --group: where to start without a commit).
+    #[arg(long, default_value = "earliest")]
+    pub from: From,
+    /// Join this consumer group and commit what was printed.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Stop after this many records (default: run until interrupted).
+    #[arg(long)]
+    pub count: Option<u64>,
+}
+
+/// Longest `produce` waits for outstanding deliveries at the end.
+pub const FLUSH_TIMEOUT_MS: u64 = 30_000;
+/// How long `consume` blocks in one poll.
+pub const POLL_TIMEOUT_MS: u64 = 200;
+
+fn key_of(line: &str, field: &str, number: usize) -> Result<String> {
+    let value: serde_json::Value = serde_json::from_str(line)
+        .with_context(|| format!("line {number}: not JSON, so no field {field:?} to key by"))?;
+    match &value[field] {
+        serde_json::Value::String(text) => Ok(text.clone()),
+        serde_json::Value::Null => bail!("line {number}: no field {field:?} to key by"),
+        other => Ok(other.to_string()),
+    }
+}
+
+/// Produces stdin lines; returns how many were acknowledged.
+pub fn produce(args: &ProduceArgs) -> Result<u64> {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &args.brokers)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .context("creating the producer")?;
+    let stdin = std::io::stdin();
+    let mut sent = 0u64;
+    for (index, line) in stdin.lock().lines().enumerate() {
+        let line = line.context("reading stdin")?;
+        let key = args.key_field.as_deref().map(|field| key_of(&line, field, index + 1)).transpose()?;
+        let mut record: BaseRecord<'_, String, String> = BaseRecord::to(&args.topic).payload(&line);
+        if let Some(key) = &key {
+            record = record.key(key);
+        }
+        let mut pending = record;
+        loop {
+            match producer.send(pending) {
+                Ok(()) => break,
+                Err((error, back))
+                    if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
+                {
+                    producer.poll(Duration::from_millis(10));
+                    pending = back;
+                }
+                Err((error, _)) => bail!("line {}: {error}", index + 1),
+            }
+        }
+        sent += 1;
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_millis(FLUSH_TIMEOUT_MS)).context("waiting for acknowledgements")?;
+    Ok(sent)
+}
+
+/// Prints records to `out` until `--count` is reached (or forever).
+pub fn consume(args: &ConsumeArgs, out: &mut impl Write) -> Result<u64> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &args.brokers)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", if args.from == From::Latest { "latest" } else { "earliest" });
+    config.set("group.id", args.group.as_deref().unwrap_or("corelog-consume"));
+    let consumer: BaseConsumer = config.create().context("creating the consumer")?;
+    if args.group.is_some() {
+        consumer.subscribe(&[&args.topic]).context("subscribing")?;
+    } else {
+        let metadata = consumer
+            .fetch_metadata(Some(&args.topic), Duration::from_secs(10))
+            .context("fetching topic metadata")?;
+        let topic = metadata.topics().first().context("no metadata for the topic")?;
+        if let Some(error) = topic.error() {
+            bail!("topic {}: {:?}", args.topic, rdkafka::types::RDKafkaRespErr::from(error));
+        }
+        let mut assignment = TopicPartitionList::new();
+        let offset = match args.from {
+            From::Earliest => Offset::Beginning,
+            From::Latest => Offset::End,
+            From::Offset(offset) => Offset::Offset(offset),
+        };
+        for partition in topic.partitions() {
+            assignment
+                .add_partition_offset(&args.topic, partition.id(), offset)
+                .context("building the assignment")?;
+        }
+        consumer.assign(&assignment).context("assigning partitions")?;
+    }
+    let mut printed = 0u64;
+    let mut last_commit = Instant::now();
+    while args.count.is_none_or(|count| printed < count) {
+        let Some(message) = consumer.poll(Duration::from_millis(POLL_TIMEOUT_MS)) else { continue };
+        let message = message.context("consuming")?;
+        out.write_all(message.payload().unwrap_or_default())?;
+        out.write_all(b"\n")?;
+        printed += 1;
+        if args.group.is_some() {
+            consumer.store_offset_from_message(&message).ok();
+            if last_commit.elapsed() > Duration::from_secs(1) {
+                let _ = consumer.commit_consumer_state(CommitMode::Async);
+                last_commit = Instant::now();
+            }
+        }
+    }
+    out.flush()?;
+    if args.group.is_some() && printed > 0 {
+        consumer.commit_consumer_state(CommitMode::Sync).context("committing offsets")?;
+    }
+    Ok(printed)
+}
