@@ -147,7 +147,7 @@ pub fn consume(args: &ConsumeArgs, out: &mut impl Write) -> Result<u64> {
             .context("fetching topic metadata")?;
         let topic = metadata.topics().first().context("no metadata for the topic")?;
         if let Some(error) = topic.error() {
-            bail!("topic {}: {:?}", args.topic, rdkafka::types::RDKafkaRespErr::from(error));
+            bail!("topic {}: {error:?}", args.topic);
         }
         let mut assignment = TopicPartitionList::new();
         let offset = match args.from {
