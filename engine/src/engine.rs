@@ -528,7 +528,8 @@ impl Via<'_> {
     /// As [`Engine::append`], entering through this shard.
     pub fn append(&self, topic: &str, partition: u32, batch: BytesMut) -> Pending<AppendResult> {
         let tp = TopicPartition::new(topic, partition);
-        self.engine.submit(self.shard, Request::Append { tp, batch }, reply_as!(Appended))
+        let ack = crate::shard::AckLevel::Durable;
+        self.engine.submit(self.shard, Request::Append { tp, batch, ack }, reply_as!(Appended))
     }
 
     /// As [`Engine::read`], entering through this shard.

@@ -19,7 +19,7 @@
 use crate::batch;
 use crate::engine::{EngineError, TopicPartition};
 use crate::log::{AppendError, ReadError};
-use crate::shard::{Reply, Request, Shard};
+use crate::shard::{AckLevel, Reply, Request, Shard};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::future::{join_all, select_all};
 use kafka_protocol::messages::{
@@ -421,7 +421,12 @@ fn error_code(error: &EngineError) -> i16 {
 
 /// Appends every batch of one partition's records in order; returns the first base
 /// offset or the error code of the first failure.
-async fn produce_partition(shard: &Rc<Shard>, tp: TopicPartition, records: Option<Bytes>) -> (i16, i64) {
+async fn produce_partition(
+    shard: &Rc<Shard>,
+    tp: TopicPartition,
+    records: Option<Bytes>,
+    ack: AckLevel,
+) -> (i16, i64) {
     let Some(records) = records else { return (code::CORRUPT_MESSAGE, -1) };
     let mut rest = records;
     let mut first = None;
@@ -432,7 +437,7 @@ async fn produce_partition(shard: &Rc<Shard>, tp: TopicPartition, records: Optio
         };
         let frame = rest.split_to(len);
         let batch = frame.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]));
-        match shard.route(Request::Append { tp: tp.clone(), batch }).await {
+        match shard.route(Request::Append { tp: tp.clone(), batch, ack }).await {
             Ok(Reply::Appended(result)) => {
                 first.get_or_insert(result.base_offset);
             }
@@ -444,6 +449,8 @@ async fn produce_partition(shard: &Rc<Shard>, tp: TopicPartition, records: Optio
 }
 
 async fn produce(shard: &Rc<Shard>, request: ProduceRequest) -> ProduceResponse {
+    // acks=all (-1) waits for the flush mode's durability; acks=1 and acks=0 for the write.
+    let ack = if request.acks == -1 { AckLevel::Durable } else { AckLevel::Written };
     let mut responses = Vec::with_capacity(request.topic_data.len());
     for topic in request.topic_data {
         let name = topic.name.0.to_string();
@@ -455,7 +462,7 @@ async fn produce(shard: &Rc<Shard>, request: ProduceRequest) -> ProduceResponse 
                 let (error_code, base_offset) = match known {
                     Err(code) => (code, -1),
                     Ok(count) if index < 0 || index as u32 >= count => (code::UNKNOWN_TOPIC_OR_PARTITION, -1),
-                    Ok(_) => produce_partition(shard, tp, partition.records).await,
+                    Ok(_) => produce_partition(shard, tp, partition.records, ack).await,
                 };
                 produce_response::PartitionProduceResponse::default()
                     .with_index(index)

@@ -58,12 +58,15 @@ const _: () = assert!(DRAIN_BATCH_MAX <= SUBMISSION_RING_ENTRIES);
 pub enum Request {
     /// Open (creating if needed) a partition on its owner.
     CreatePartition(TopicPartition),
-    /// Append one RecordBatch v2; the reply comes once it is durable per flush mode.
+    /// Append one RecordBatch v2; the reply comes once it is durable per flush mode
+    /// (or only written, with [`AckLevel::Written`]).
     Append {
         /// Target partition.
         tp: TopicPartition,
         /// The batch bytes.
         batch: BytesMut,
+        /// When to answer.
+        ack: AckLevel,
     },
     /// Read whole batches from `offset`, at most `max_bytes` (at least one batch).
     Read {
@@ -107,6 +110,17 @@ impl Request {
             Request::Shutdown => None,
         }
     }
+}
+
+/// When an append is answered: Kafka's `acks=1` waits for the write, `acks=all` for
+/// the engine's flush mode. Consumers see the records only once they are durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AckLevel {
+    /// After the write reached the page cache (Kafka `acks=1`).
+    Written,
+    /// After the flush mode's durability point (Kafka `acks=all`, the embedded API).
+    #[default]
+    Durable,
 }
 
 /// Where an append landed.
@@ -200,6 +214,8 @@ pub(crate) struct ShardSetup {
 #[derive(Debug, Clone, Default)]
 struct Durable {
     offset: i64,
+    /// Every append below this offset is written (not necessarily synced).
+    written: i64,
     failed: Option<String>,
 }
 
@@ -276,7 +292,7 @@ impl Partition {
                 ..FlushState::default()
             }),
             active_file: RefCell::new(None),
-            durable: watch::Sender::new(Durable { offset, failed: None }),
+            durable: watch::Sender::new(Durable { offset, written: offset, failed: None }),
         };
         Ok((partition, report))
     }
@@ -339,24 +355,33 @@ impl Partition {
         }
     }
 
-    async fn wait_durable(&self, result: AppendResult) -> Result<AppendResult, EngineError> {
+    async fn wait_durable(&self, result: AppendResult, ack: AckLevel) -> Result<AppendResult, EngineError> {
         let mut durable = self.durable.subscribe();
+        let reached = |d: &Durable| match ack {
+            AckLevel::Durable => d.offset >= result.next_offset,
+            AckLevel::Written => d.written >= result.next_offset,
+        };
         let state = durable
-            .wait_for(|d| d.offset >= result.next_offset || d.failed.is_some())
+            .wait_for(|d| reached(d) || d.failed.is_some())
             .await
             .map_err(|_| EngineError::ShuttingDown)?;
         match &state.failed {
-            Some(reason) if state.offset < result.next_offset => Err(storage_error(&self.tp, reason)),
+            Some(reason) if !reached(&state) => Err(storage_error(&self.tp, reason)),
             _ => Ok(result),
         }
     }
 
     /// Places, writes and waits for durability of one batch.
-    async fn append(self: Rc<Self>, batch: BytesMut, mode: FlushMode) -> Result<AppendResult, EngineError> {
+    async fn append(
+        self: Rc<Self>,
+        batch: BytesMut,
+        mode: FlushMode,
+        ack: AckLevel,
+    ) -> Result<AppendResult, EngineError> {
         let producer = crate::batch::producer_fields(&batch).filter(|(producer_id, ..)| *producer_id >= 0);
         if let Some((producer_id, epoch, base_sequence, _)) = producer {
             if let Sequenced::Duplicate(result) = self.check_sequence(producer_id, epoch, base_sequence)? {
-                return self.wait_durable(result).await;
+                return self.wait_durable(result, ack).await;
             }
         }
         let plan = self.log.borrow_mut().append(batch, crate::engine::now_ms()).map_err(|e| match e {
@@ -381,7 +406,7 @@ impl Partition {
             return Err(self.fail(format!("write at {}: {error}", plan.position)));
         }
         self.on_written(plan.next_offset, mode);
-        self.wait_durable(result).await
+        self.wait_durable(result, ack).await
     }
 
     /// Marks the partition failed: read-only, every waiter woken with the error.
@@ -405,6 +430,12 @@ impl Partition {
                 flush.written_through = end;
                 flush.unsynced_ends.push_back(end);
             }
+            let written = flush.written_through;
+            self.durable.send_if_modified(|d| {
+                let advanced = written > d.written;
+                d.written = d.written.max(written);
+                advanced
+            });
         }
         self.kick_flush(mode);
     }
@@ -731,9 +762,9 @@ impl Shard {
                 }
                 Ok(Reply::Created)
             }
-            Request::Append { tp, batch } => {
+            Request::Append { tp, batch, ack } => {
                 let partition = self.partition(&tp)?;
-                partition.append(batch, self.config.flush).await.map(Reply::Appended)
+                partition.append(batch, self.config.flush, ack).await.map(Reply::Appended)
             }
             Request::Read { tp, offset, max_bytes } => {
                 let partition = self.partition(&tp)?;

@@ -77,9 +77,14 @@ fn messages(count: usize) -> Vec<(String, String)> {
 }
 
 fn produce(server: &Server, topic: &str, messages: &[(String, String)]) {
+    produce_with_acks(server, topic, messages, "all");
+}
+
+fn produce_with_acks(server: &Server, topic: &str, messages: &[(String, String)], acks: &str) {
     let input: String = messages.iter().map(|(k, v)| format!("{k}\t{v}\n")).collect();
+    let acks = format!("acks={acks}");
     let (ok, _, stderr) =
-        kcat(&["-P", "-b", &server.brokers(), "-t", topic, "-K", "\t", "-X", "acks=all"], input.as_bytes());
+        kcat(&["-P", "-b", &server.brokers(), "-t", topic, "-K", "\t", "-X", &acks], input.as_bytes());
     assert!(ok, "kcat produce failed: {stderr}");
 }
 
@@ -136,7 +141,7 @@ fn data_survives_a_restart_and_offsets_are_queryable_by_time() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
     let sent = messages(100);
-    produce(&server, "t", &sent);
+    produce_with_acks(&server, "t", &sent, "1"); // acks=1: answered once written
     let (ok, stderr) = server.stop();
     assert!(ok, "{stderr}");
     let server = Server::start(dir.path(), &[]);
