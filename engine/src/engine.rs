@@ -421,6 +421,20 @@ impl Engine {
         pending.into_iter().try_for_each(Pending::wait)
     }
 
+    /// Deletes a topic: forgets it durably, then closes its partitions and deletes
+    /// their files. Readers holding fetched bytes keep them (the mappings outlive the
+    /// files).
+    pub fn delete_topic(&self, name: &str) -> Result<(), EngineError> {
+        let partitions = self.catalog.remove(name)?;
+        let pending: Vec<_> = (0..partitions)
+            .map(|p| {
+                let tp = TopicPartition::new(name, p);
+                self.submit(tp.owner(self.shard_count()), Request::DeletePartition(tp), |_| ())
+            })
+            .collect();
+        pending.into_iter().try_for_each(Pending::wait)
+    }
+
     fn submit<T>(&self, shard: usize, request: Request, map: fn(Reply) -> T) -> Pending<T> {
         let (reply, receiver) = oneshot::channel();
         let handle = &self.handles[shard];
@@ -562,6 +576,20 @@ impl Catalog {
     /// A producer id no other producer of this data directory got.
     pub(crate) fn allocate_producer_id(&self) -> i64 {
         self.next_producer_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Forgets a topic durably; returns its partition count.
+    pub(crate) fn remove(&self, name: &str) -> Result<u32, EngineError> {
+        let mut topics = self.topics.lock().expect("topic map lock");
+        let Some(&partitions) = topics.get(name) else {
+            return Err(EngineError::UnknownPartition(TopicPartition::new(name, 0)));
+        };
+        let mut next = topics.clone();
+        next.remove(name);
+        write_meta(&self.data_dir, &next)
+            .map_err(|reason| EngineError::DataDir { path: self.data_dir.clone(), reason })?;
+        *topics = next;
+        Ok(partitions)
     }
 
     /// All topics and their partition counts.

@@ -23,16 +23,16 @@ use crate::shard::{AckLevel, Reply, Request, Shard};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::future::{join_all, select_all};
 use kafka_protocol::messages::{
-    api_versions_response, create_topics_response, fetch_response, find_coordinator_response,
-    join_group_response, leave_group_response, list_offsets_response, metadata_response,
-    offset_commit_response, offset_fetch_response, produce_response, ApiKey, ApiVersionsRequest,
-    ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse, FetchRequest, FetchResponse,
-    FindCoordinatorRequest, FindCoordinatorResponse, HeartbeatRequest, HeartbeatResponse,
-    InitProducerIdRequest, InitProducerIdResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
-    LeaveGroupResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
-    OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, ProduceRequest,
-    ProduceResponse, ProducerId, RequestHeader, ResponseHeader, SyncGroupRequest, SyncGroupResponse,
-    TopicName,
+    api_versions_response, create_topics_response, delete_topics_response, fetch_response,
+    find_coordinator_response, join_group_response, leave_group_response, list_offsets_response,
+    metadata_response, offset_commit_response, offset_fetch_response, produce_response, ApiKey,
+    ApiVersionsRequest, ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse,
+    DeleteTopicsRequest, DeleteTopicsResponse, FetchRequest, FetchResponse, FindCoordinatorRequest,
+    FindCoordinatorResponse, HeartbeatRequest, HeartbeatResponse, InitProducerIdRequest,
+    InitProducerIdResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse,
+    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, OffsetCommitRequest,
+    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, ProduceRequest, ProduceResponse,
+    ProducerId, RequestHeader, ResponseHeader, SyncGroupRequest, SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use std::net::SocketAddr;
@@ -66,7 +66,8 @@ mod code {
 }
 
 /// API keys and the version ranges corelog serves (what librdkafka 2.x negotiates).
-const SUPPORTED: [(ApiKey, i16, i16); 14] = [
+const SUPPORTED: [(ApiKey, i16, i16); 15] = [
+    (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::FindCoordinator, 0, 4),
     (ApiKey::JoinGroup, 0, 7),
     (ApiKey::SyncGroup, 0, 5),
@@ -235,6 +236,34 @@ async fn handle(
                 }
             }
             encode(&response, version)?
+        }
+        ApiKey::DeleteTopics => {
+            let request = DeleteTopicsRequest::decode(body, version).map_err(bad)?;
+            let names: Vec<String> = if version >= 6 {
+                request.topics.iter().filter_map(|t| t.name.as_ref().map(|n| n.0.to_string())).collect()
+            } else {
+                request.topic_names.iter().map(|n| n.0.to_string()).collect()
+            };
+            let mut responses = Vec::with_capacity(names.len());
+            for name in names {
+                let error_code = match shard.catalog.remove(&name) {
+                    Ok(partitions) => {
+                        let deleted =
+                            join_all((0..partitions).map(|p| {
+                                shard.route(Request::DeletePartition(TopicPartition::new(&name, p)))
+                            }))
+                            .await;
+                        deleted.iter().find_map(|r| r.as_ref().err()).map_or(code::NONE, error_code)
+                    }
+                    Err(error) => error_code(&error),
+                };
+                responses.push(
+                    delete_topics_response::DeletableTopicResult::default()
+                        .with_name(Some(topic_name(&name)))
+                        .with_error_code(error_code),
+                );
+            }
+            encode(&DeleteTopicsResponse::default().with_responses(responses), version)?
         }
         ApiKey::InitProducerId => {
             let request = InitProducerIdRequest::decode(body, version).map_err(bad)?;

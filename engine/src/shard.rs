@@ -58,6 +58,8 @@ const _: () = assert!(DRAIN_BATCH_MAX <= SUBMISSION_RING_ENTRIES);
 pub enum Request {
     /// Open (creating if needed) a partition on its owner.
     CreatePartition(TopicPartition),
+    /// Close a partition and delete its files.
+    DeletePartition(TopicPartition),
     /// Append one RecordBatch v2; the reply comes once it is durable per flush mode
     /// (or only written, with [`AckLevel::Written`]).
     Append {
@@ -102,7 +104,7 @@ pub enum Request {
 impl Request {
     fn partition(&self) -> Option<&TopicPartition> {
         match self {
-            Request::CreatePartition(tp) | Request::Info(tp) => Some(tp),
+            Request::CreatePartition(tp) | Request::DeletePartition(tp) | Request::Info(tp) => Some(tp),
             Request::Append { tp, .. }
             | Request::Read { tp, .. }
             | Request::WaitFor { tp, .. }
@@ -150,6 +152,8 @@ pub struct PartitionInfo {
 pub enum Reply {
     /// Partition open.
     Created,
+    /// Partition gone.
+    Deleted,
     /// Batch durable.
     Appended(AppendResult),
     /// Bytes read.
@@ -761,6 +765,17 @@ impl Shard {
                     self.partitions.borrow_mut().insert(tp, Rc::new(partition));
                 }
                 Ok(Reply::Created)
+            }
+            Request::DeletePartition(tp) => {
+                let partition = self.partitions.borrow_mut().remove(&tp);
+                if let Some(partition) = partition {
+                    partition.close().await;
+                    let dir = partition.log.borrow().dir().to_path_buf();
+                    std::fs::remove_dir_all(&dir)
+                        .map_err(|e| storage_error(&tp, format!("deleting {}: {e}", dir.display())))?;
+                    crate::segment::sync_dir(&self.config.data_dir).map_err(|e| storage_error(&tp, e))?;
+                }
+                Ok(Reply::Deleted)
             }
             Request::Append { tp, batch, ack } => {
                 let partition = self.partition(&tp)?;

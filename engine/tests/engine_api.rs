@@ -232,3 +232,23 @@ fn given_an_idempotent_producer_then_retries_are_deduplicated_and_gaps_refused()
     ));
     assert_eq!(engine.partition_info("idem", 0).wait().unwrap().next_offset, 6);
 }
+
+#[test]
+fn given_a_deleted_topic_then_its_files_are_gone_and_the_name_can_be_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(config(dir.path(), 2, FlushMode::Group)).unwrap();
+    engine.create_topic("gone", 3).unwrap();
+    engine.append("gone", 2, batch(4, "x")).wait().unwrap();
+    let kept = engine.read("gone", 2, 0, 1 << 20).wait().unwrap();
+    engine.delete_topic("gone").unwrap();
+    assert!(engine.topics().get("gone").is_none());
+    assert!((0..3).all(|p| !dir.path().join(format!("gone-{p}")).exists()));
+    assert!(matches!(engine.append("gone", 2, batch(1, "y")).wait(), Err(EngineError::UnknownPartition(_))));
+    assert!(engine::batch::BatchView::parse(&kept.bytes).is_ok(), "fetched bytes outlive the files");
+    assert!(matches!(engine.delete_topic("gone"), Err(EngineError::UnknownPartition(_))));
+    engine.create_topic("gone", 1).unwrap();
+    assert_eq!(engine.append("gone", 0, batch(1, "z")).wait().unwrap().base_offset, 0);
+    drop(engine);
+    let engine = Engine::open(config(dir.path(), 2, FlushMode::Group)).unwrap();
+    assert_eq!(engine.topics().get("gone"), Some(&1), "the deletion and re-creation are durable");
+}

@@ -159,3 +159,15 @@ fn two_confluent_consumers_in_a_group_split_partitions_commit_and_hand_over_with
     let _server = start_at(dir.path(), address);
     assert_eq!(run_python(&query), before, "committed offsets are durable");
 }
+
+#[test]
+fn confluent_admin_client_creates_lists_and_deletes_topics() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let seen = run_python(&[script("admin.py").to_str().unwrap(), &server.1.to_string()]);
+    assert_eq!(seen["created"]["admin-a"], 5, "{seen}");
+    assert_eq!(seen["created"]["admin-b"], 2, "{seen}");
+    assert_eq!(seen["duplicate"], "TOPIC_ALREADY_EXISTS", "{seen}");
+    assert_eq!(seen["after_delete"], serde_json::json!(["admin-b"]), "{seen}");
+    assert!(!dir.path().join("admin-a-0").exists());
+}
