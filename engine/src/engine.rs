@@ -231,6 +231,7 @@ static FSYNC_COUNT: AtomicU64 = AtomicU64::new(0);
 static FSYNC_NANOS: AtomicU64 = AtomicU64::new(0);
 
 pub(crate) fn record_fsync(elapsed: std::time::Duration) {
+    metrics::histogram!("corelog_fsync_seconds").record(elapsed.as_secs_f64());
     FSYNC_COUNT.fetch_add(1, Ordering::Relaxed);
     FSYNC_NANOS.fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
 }

@@ -151,7 +151,13 @@ async fn serve(
         let header = RequestHeader::decode(&mut frame, api_key.request_header_version(version))
             .map_err(|e| format!("bad request header: {e}"))?;
         let client_id = header.client_id.as_ref().map_or(String::new(), |c| c.to_string());
+        let api = api_name(api_key);
+        metrics::counter!("corelog_kafka_requests_total", "api" => api).increment(1);
+        metrics::counter!("corelog_kafka_request_bytes_total", "api" => api).increment(size as u64 + 4);
+        let started = std::time::Instant::now();
         let body = handle(&shard, api_key, version, &mut frame, advertised, &client_id).await?;
+        metrics::histogram!("corelog_kafka_request_seconds", "api" => api)
+            .record(started.elapsed().as_secs_f64());
         let Some((response_version, body)) = body else { continue }; // acks=0
         out.clear();
         out.put_i32(0);
@@ -161,9 +167,32 @@ async fn serve(
             .encode(&mut out, header_version)
             .map_err(|e| e.to_string())?;
         out.extend_from_slice(&body);
+        metrics::counter!("corelog_kafka_response_bytes_total", "api" => api).increment(out.len() as u64);
         let length = (out.len() - 4) as i32;
         out[0..4].copy_from_slice(&length.to_be_bytes());
         stream.write_all(&out).await.map_err(|e| e.to_string())?;
+    }
+}
+
+/// A static label for an API key.
+fn api_name(api_key: ApiKey) -> &'static str {
+    match api_key {
+        ApiKey::Produce => "Produce",
+        ApiKey::Fetch => "Fetch",
+        ApiKey::ListOffsets => "ListOffsets",
+        ApiKey::Metadata => "Metadata",
+        ApiKey::ApiVersions => "ApiVersions",
+        ApiKey::CreateTopics => "CreateTopics",
+        ApiKey::DeleteTopics => "DeleteTopics",
+        ApiKey::InitProducerId => "InitProducerId",
+        ApiKey::FindCoordinator => "FindCoordinator",
+        ApiKey::JoinGroup => "JoinGroup",
+        ApiKey::SyncGroup => "SyncGroup",
+        ApiKey::Heartbeat => "Heartbeat",
+        ApiKey::LeaveGroup => "LeaveGroup",
+        ApiKey::OffsetCommit => "OffsetCommit",
+        ApiKey::OffsetFetch => "OffsetFetch",
+        _ => "other",
     }
 }
 
@@ -338,7 +367,9 @@ async fn handle(
         }
         ApiKey::OffsetCommit => {
             let request = OffsetCommitRequest::decode(body, version).map_err(bad)?;
-            encode(&offset_commit(shard, request), version)?
+            let response = offset_commit(shard, &request);
+            record_lag(shard, &request).await;
+            encode(&response, version)?
         }
         ApiKey::OffsetFetch => {
             let request = OffsetFetchRequest::decode(body, version).map_err(bad)?;
@@ -736,7 +767,27 @@ async fn join_group(
         )
 }
 
-fn offset_commit(shard: &Rc<Shard>, request: OffsetCommitRequest) -> OffsetCommitResponse {
+/// Publishes `corelog_consumer_group_lag` (high watermark − committed offset) for the
+/// partitions a commit names.
+async fn record_lag(shard: &Rc<Shard>, request: &OffsetCommitRequest) {
+    for topic in &request.topics {
+        for partition in &topic.partitions {
+            let tp = TopicPartition::new(&topic.name.0, partition.partition_index.max(0) as u32);
+            if let Ok(Reply::Info(info)) = shard.route(Request::Info(tp)).await {
+                let lag = (info.high_watermark - partition.committed_offset).max(0);
+                metrics::gauge!(
+                    "corelog_consumer_group_lag",
+                    "group" => request.group_id.0.to_string(),
+                    "topic" => topic.name.0.to_string(),
+                    "partition" => partition.partition_index.to_string()
+                )
+                .set(lag as f64);
+            }
+        }
+    }
+}
+
+fn offset_commit(shard: &Rc<Shard>, request: &OffsetCommitRequest) -> OffsetCommitResponse {
     let offsets: Vec<(String, i32, i64, Option<String>)> = request
         .topics
         .iter()
@@ -759,7 +810,7 @@ fn offset_commit(shard: &Rc<Shard>, request: OffsetCommitRequest) -> OffsetCommi
     );
     let topics = request
         .topics
-        .into_iter()
+        .iter()
         .map(|t| {
             let partitions = t
                 .partitions
@@ -771,7 +822,7 @@ fn offset_commit(shard: &Rc<Shard>, request: OffsetCommitRequest) -> OffsetCommi
                 })
                 .collect();
             offset_commit_response::OffsetCommitResponseTopic::default()
-                .with_name(t.name)
+                .with_name(t.name.clone())
                 .with_partitions(partitions)
         })
         .collect();

@@ -677,6 +677,11 @@ impl Shard {
             }
             handled += from_peer;
         }
+        if handled > 0 {
+            // How many requests were waiting in this shard's rings when it looked.
+            metrics::histogram!("corelog_ring_drained_entries", "shard" => self.id.to_string())
+                .record(handled as f64);
+        }
         handled
     }
 

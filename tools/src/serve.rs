@@ -7,6 +7,7 @@
 
 use anyhow::{bail, Context, Result};
 use engine::{Engine, EngineConfig, FlushMode};
+use metrics_exporter_prometheus::Matcher;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -34,10 +35,20 @@ pub struct ServeArgs {
     /// Largest request frame accepted, in bytes.
     #[arg(long, default_value_t = engine::MAX_REQUEST_BYTES_DEFAULT)]
     pub max_request_bytes: usize,
+    /// Serve Prometheus metrics (text format) at http://ADDR/metrics.
+    #[arg(long)]
+    pub metrics: Option<SocketAddr>,
     /// Partitions of topics created on first use (0 disables auto-creation).
     #[arg(long, default_value_t = 1)]
     pub default_partitions: u32,
 }
+
+/// Histogram buckets for every latency metric, 50 µs to 5 s.
+pub const LATENCY_BUCKETS_SECONDS: [f64; 12] =
+    [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0, 5.0];
+
+/// Histogram buckets for ring occupancy (entries found per drain).
+pub const RING_ENTRIES_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
 /// Parses `7d`, `12h`, `30m`, `90s`, `250ms` (or `0`) into milliseconds.
 pub fn parse_duration_ms(text: &str) -> Result<i64> {
@@ -73,6 +84,16 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             bail!("--cores must be positive");
         }
         config.shards = cores;
+    }
+    if let Some(address) = args.metrics {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(address)
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS_SECONDS)
+            .context("configuring metrics")?
+            .set_buckets_for_metric(Matcher::Suffix("_entries".into()), &RING_ENTRIES_BUCKETS)
+            .context("configuring metrics")?
+            .install()
+            .with_context(|| format!("serving metrics on {address}"))?;
     }
     let mut signals =
         signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])

@@ -176,3 +176,54 @@ fn malformed_and_oversized_frames_close_the_connection_and_the_broker_keeps_serv
     produce(&server, "after", &messages(3));
     assert_eq!(consume(&server, "after").len(), 3);
 }
+
+fn scrape(address: SocketAddr) -> String {
+    let mut stream = TcpStream::connect(address).expect("metrics endpoint listening");
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
+}
+
+fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn metrics_endpoint_reports_requests_fsyncs_rings_and_group_lag() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics_address = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let server = Server::start(dir.path(), &["--metrics", &metrics_address.to_string()]);
+    produce(&server, "observed", &messages(40));
+    let output = Command::new(env!("CARGO_BIN_EXE_corelog"))
+        .args([
+            "consume",
+            "--brokers",
+            &server.brokers(),
+            "--topic",
+            "observed",
+            "--group",
+            "watchers",
+            "--count",
+            "40",
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let text = scrape(metrics_address);
+    assert!(metric(&text, "corelog_kafka_requests_total{api=\"Produce\"}").unwrap_or(0.0) >= 1.0, "{text}");
+    assert!(metric(&text, "corelog_kafka_request_bytes_total{api=\"Fetch\"}").unwrap_or(0.0) > 0.0, "{text}");
+    assert!(metric(&text, "corelog_fsync_seconds_count").unwrap_or(0.0) >= 1.0, "{text}");
+    assert!(text.contains("corelog_ring_drained_entries_bucket"), "{text}");
+    assert!(text.contains("corelog_kafka_request_seconds_bucket{api=\"Produce\""), "{text}");
+    let lags: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with("corelog_consumer_group_lag{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    assert!(!lags.is_empty(), "{text}");
+    assert!(lags.iter().all(|lag| *lag == 0.0), "everything consumed and committed: {lags:?}");
+}
