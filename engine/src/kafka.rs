@@ -143,13 +143,7 @@ async fn serve(
         let mut frame = BytesMut::zeroed(size as usize);
         stream.read_exact(&mut frame).await.map_err(|e| e.to_string())?;
         let mut frame = frame.freeze();
-        let api_key = ApiKey::try_from(frame.clone().get_i16()).map_err(|_| "unknown API key".to_string())?;
-        let version = frame.clone().slice(2..).get_i16();
-        if !supported(api_key, version) && api_key != ApiKey::ApiVersions {
-            return Err(format!("unsupported {api_key:?} v{version}"));
-        }
-        let header = RequestHeader::decode(&mut frame, api_key.request_header_version(version))
-            .map_err(|e| format!("bad request header: {e}"))?;
+        let (api_key, version, header) = decode_header(&mut frame)?;
         let client_id = header.client_id.as_ref().map_or(String::new(), |c| c.to_string());
         let api = api_name(api_key);
         metrics::counter!("corelog_kafka_requests_total", "api" => api).increment(1);
@@ -196,6 +190,34 @@ fn api_name(api_key: ApiKey) -> &'static str {
     }
 }
 
+/// Decodes a request header from the front of `frame` (a frame without its size
+/// prefix) and checks that corelog serves the API and version.
+fn decode_header(frame: &mut Bytes) -> Result<(ApiKey, i16, RequestHeader), String> {
+    if frame.len() < 4 {
+        return Err("frame shorter than a request header".into());
+    }
+    let api_key = ApiKey::try_from(frame.clone().get_i16()).map_err(|_| "unknown API key".to_string())?;
+    let version = frame.clone().slice(2..).get_i16();
+    if !supported(api_key, version) && api_key != ApiKey::ApiVersions {
+        return Err(format!("unsupported {api_key:?} v{version}"));
+    }
+    let header = RequestHeader::decode(frame, api_key.request_header_version(version))
+        .map_err(|e| format!("bad request header: {e}"))?;
+    Ok((api_key, version, header))
+}
+
+/// Decodes a whole request frame (without its size prefix) the way the broker does
+/// before handling it: header, API/version check, body. For fuzzing and tests: bad
+/// input is an `Err`, never a panic or an abort.
+pub fn decode_request(frame: &[u8]) -> Result<kafka_protocol::messages::RequestKind, String> {
+    let mut frame = Bytes::copy_from_slice(frame);
+    let (api_key, version, _) = decode_header(&mut frame)?;
+    if !supported(api_key, version) {
+        return Err(format!("unsupported {api_key:?} v{version}"));
+    }
+    kafka_protocol::messages::RequestKind::decode(api_key, &mut frame, version).map_err(|e| format!("{e:#}"))
+}
+
 fn encode(message: &impl Encodable, version: i16) -> Result<BytesMut, String> {
     let mut body = BytesMut::new();
     message.encode(&mut body, version).map_err(|e| format!("encoding a response: {e}"))?;
@@ -211,7 +233,7 @@ async fn handle(
     advertised: Option<SocketAddr>,
     client_id: &str,
 ) -> Result<Option<(i16, BytesMut)>, String> {
-    let bad = |e: anyhow::Error| format!("malformed {api_key:?} v{version}: {e}");
+    let bad = |e: anyhow::Error| format!("malformed {api_key:?} v{version}: {e:#}");
     let encoded = match api_key {
         ApiKey::ApiVersions => {
             if !supported(api_key, version) {
@@ -863,4 +885,26 @@ fn offset_fetch(shard: &Rc<Shard>, request: OffsetFetchRequest) -> OffsetFetchRe
         })
         .collect();
     OffsetFetchResponse::default().with_topics(topics)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_array_count_beyond_the_frame_is_an_error_not_an_abort() {
+        // Metadata v1, correlation id 7, null client id, then a topics array that
+        // claims i32::MAX entries in a frame of a few bytes (the vendored patch).
+        let mut frame = vec![0, 3, 0, 1, 0, 0, 0, 7, 0xff, 0xff];
+        frame.extend_from_slice(&i32::MAX.to_be_bytes());
+        let error = decode_request(&frame).unwrap_err();
+        assert!(error.contains("exceeds"), "{error}");
+    }
+
+    #[test]
+    fn unsupported_versions_and_unknown_keys_are_refused() {
+        assert!(decode_request(&[0, 0, 0, 1, 0, 0, 0, 1, 0xff, 0xff]).unwrap_err().contains("unsupported"));
+        assert!(decode_request(&[0x7f, 0x7f, 0, 1, 0, 0, 0, 1]).unwrap_err().contains("unknown API key"));
+        assert!(decode_request(&[0, 18]).is_err());
+    }
 }

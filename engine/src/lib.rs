@@ -40,7 +40,7 @@ pub mod batch;
 mod engine;
 pub mod groups;
 pub mod io;
-mod kafka;
+pub mod kafka;
 pub mod log;
 pub mod ring;
 pub mod segment;
