@@ -4,13 +4,14 @@
 //! reference measured in the same run and the ratio, and writes them to
 //! `target/bench/<scenario>.json`, with a bar chart of the ratios in
 //! `target/bench/<scenario>.svg`. `--quick` keeps a scenario under a minute.
-//! Scenarios arrive with their issues: `append` (engine core) now; `kafka`, `land`,
-//! `batch` and `e2e` with the Kafka protocol, lander, batch and stream issues.
+//! Scenarios arrive with their issues: `append` (engine core) and `kafka` (Kafka
+//! protocol) now; `land`, `batch` and `e2e` with the lander, batch and stream issues.
 
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 
 mod append;
 mod fio;
+mod kafka;
 mod report;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +29,16 @@ enum Scenario {
     /// Embedded append throughput (1..N partitions, 1 KiB and 100 B records, each flush
     /// mode) and group-commit latency, against fio on the same disk.
     Append(append::AppendArgs),
+    /// Produce/consume throughput and produce latency over the Kafka protocol with
+    /// rdkafka, against peer brokers (tansu) run on the same machine.
+    Kafka(kafka::KafkaArgs),
+}
+
+fn report_files(group: &str, figures: &[report::Figure]) -> anyhow::Result<()> {
+    let json = report::write_json(group, figures)?;
+    let svg = report::write_svg(group, figures)?;
+    eprintln!("results written to {} and {}", json.display(), svg.display());
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,9 +46,11 @@ fn main() -> anyhow::Result<()> {
     match cli.scenario {
         Scenario::Append(args) => {
             let figures = append::bench(&args)?;
-            let json = report::write_json("append", &figures)?;
-            let svg = report::write_svg("append", &figures)?;
-            eprintln!("results written to {} and {}", json.display(), svg.display());
+            report_files("append", &figures)?;
+        }
+        Scenario::Kafka(args) => {
+            let figures = kafka::bench(&args)?;
+            report_files("kafka", &figures)?;
         }
     }
     Ok(())

@@ -1,0 +1,374 @@
+//! `corelog-bench kafka`: produce and consume over the Kafka protocol with one client
+//! library (`rdkafka`), against peer brokers started on the same machine in the same
+//! run.
+//!
+//! * corelog: `corelog serve --flush group` (found next to this binary).
+//! * tansu (crates.io, `cargo install tansu --features libsql`): found on PATH, run
+//!   with SQLite storage in a temporary directory.
+//! * NATS JetStream does not speak the Kafka protocol, so rdkafka cannot drive it;
+//!   comparing it needs a second client and is left for a later step.
+//!
+//! Figures per broker: produce throughput at full speed (acks=all), produce latency
+//! p50/p99 at full speed and at half of corelog's peak rate (open loop: sends are paced
+//! by the clock, latency runs from the scheduled send time, so a stall is counted), and
+//! consume throughput from the beginning.
+
+use crate::report::Figure;
+use anyhow::{bail, Context, Result};
+use hdrhistogram::Histogram;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Partitions of the benchmark topic.
+pub const PARTITIONS: i32 = 4;
+
+/// Options of the kafka scenario.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KafkaArgs {
+    /// Finish in under a minute (fewer messages).
+    #[arg(long)]
+    pub quick: bool,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub size: usize,
+    /// Directory for broker data (default: target/bench/kafka).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+struct Broker {
+    name: &'static str,
+    child: Child,
+    address: SocketAddr,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_address() -> Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn wait_listening(name: &str, address: SocketAddr, child: &mut Child) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(address).is_err() {
+        if let Some(status) = child.try_wait()? {
+            bail!("{name} exited before listening ({status})");
+        }
+        if Instant::now() > deadline {
+            bail!("{name} did not listen on {address} within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn start_corelog(dir: &Path) -> Result<Broker> {
+    let binary = std::env::current_exe()?.with_file_name("corelog");
+    if !binary.exists() {
+        bail!("{} not found: build it with `cargo build --release -p tools`", binary.display());
+    }
+    let address = free_address()?;
+    let mut child = Command::new(&binary)
+        .args(["serve", "--data-dir", dir.join("corelog").to_str().context("utf-8 path")?])
+        .args([
+            "--listen",
+            &address.to_string(),
+            "--flush",
+            "group",
+            "--default-partitions",
+            &PARTITIONS.to_string(),
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting corelog serve")?;
+    wait_listening("corelog", address, &mut child)?;
+    Ok(Broker { name: "corelog", child, address })
+}
+
+fn start_tansu(dir: &Path) -> Option<Result<Broker>> {
+    let found = Command::new("tansu").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("note: tansu not found on PATH; install it with `cargo install tansu --features libsql` for a peer ratio");
+        return None;
+    }
+    Some((|| {
+        let address = free_address()?;
+        let data = dir.join("tansu");
+        std::fs::create_dir_all(&data)?;
+        let url = format!("tcp://{address}");
+        let mut child = Command::new("tansu")
+            .args(["broker", "--storage-engine", &format!("sqlite://{}/tansu.db", data.display())])
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting tansu")?;
+        wait_listening("tansu", address, &mut child)?;
+        Ok(Broker { name: "tansu", child, address })
+    })())
+}
+
+/// Records produce latency from the (scheduled) send time carried as the opaque.
+struct LatencyContext {
+    latency_us: Mutex<Histogram<u64>>,
+    errors: Mutex<u64>,
+}
+
+impl ClientContext for LatencyContext {}
+
+impl ProducerContext for LatencyContext {
+    type DeliveryOpaque = Box<Instant>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, sent: Self::DeliveryOpaque) {
+        match result {
+            Ok(_) => {
+                let micros = sent.elapsed().as_micros() as u64;
+                let _ = self.latency_us.lock().expect("histogram lock").record(micros.max(1));
+            }
+            Err(_) => *self.errors.lock().expect("error count lock") += 1,
+        }
+    }
+}
+
+fn create_topic(address: SocketAddr, topic: &str) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", address.to_string()).create().context("admin client")?;
+    let runtime = futures_executor_block_on(admin.create_topics(
+        &[NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1))],
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+    ));
+    runtime.context("creating the topic")?;
+    Ok(())
+}
+
+/// A tiny executor for the admin client's one future (no async runtime needed).
+fn futures_executor_block_on<F: std::future::Future>(future: F) -> F::Output {
+    use std::task::{Context as TaskContext, Poll, Wake, Waker};
+    struct ThreadWaker(std::thread::Thread);
+    impl Wake for ThreadWaker {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(std::sync::Arc::new(ThreadWaker(std::thread::current())));
+    let mut context = TaskContext::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        match future.as_mut().poll(&mut context) {
+            Poll::Ready(output) => return output,
+            Poll::Pending => std::thread::park_timeout(Duration::from_millis(10)),
+        }
+    }
+}
+
+struct ProduceRun {
+    messages_per_s: f64,
+    latency_us: Histogram<u64>,
+}
+
+/// Produces `count` messages, paced at `rate` messages/s when given (open loop).
+fn produce(
+    address: SocketAddr,
+    topic: &str,
+    count: u64,
+    size: usize,
+    rate: Option<f64>,
+) -> Result<ProduceRun> {
+    let context = LatencyContext { latency_us: Mutex::new(Histogram::new(3)?), errors: Mutex::new(0) };
+    let producer: BaseProducer<LatencyContext> = ClientConfig::new()
+        .set("bootstrap.servers", address.to_string())
+        .set("acks", "all")
+        .set("linger.ms", if rate.is_some() { "1" } else { "5" })
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.kbytes", "1048576")
+        .create_with_context(context)
+        .context("producer")?;
+    let payload = vec![b'x'; size];
+    let started = Instant::now();
+    for i in 0..count {
+        let scheduled = match rate {
+            Some(rate) => {
+                let at = started + Duration::from_secs_f64(i as f64 / rate);
+                loop {
+                    let now = Instant::now();
+                    if now >= at {
+                        break;
+                    }
+                    // Sleep rather than spin: on a 2-core machine a spinning client
+                    // steals the broker's core.
+                    producer.poll(Duration::ZERO);
+                    std::thread::sleep((at - now).min(Duration::from_millis(1)));
+                }
+                at
+            }
+            None => Instant::now(),
+        };
+        let key = (i % 1024).to_string();
+        let mut record = BaseRecord::with_opaque_to(topic, Box::new(scheduled)).payload(&payload).key(&key);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    record = back;
+                    producer.poll(Duration::from_millis(1));
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(120)).context("flushing")?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let context = producer.context();
+    let errors = *context.errors.lock().expect("error count lock");
+    if errors > 0 {
+        bail!("{errors} deliveries failed");
+    }
+    let latency_us = context.latency_us.lock().expect("histogram lock").clone();
+    Ok(ProduceRun { messages_per_s: count as f64 / elapsed, latency_us })
+}
+
+fn consume(address: SocketAddr, topic: &str, count: u64) -> Result<f64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", address.to_string())
+        .set("group.id", "corelog-bench")
+        .set("enable.auto.commit", "false")
+        .set("fetch.max.bytes", "52428800")
+        .create()
+        .context("consumer")?;
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..PARTITIONS {
+        assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    let started = Instant::now();
+    let mut received = 0u64;
+    let deadline = started + Duration::from_secs(120);
+    while received < count {
+        if Instant::now() > deadline {
+            bail!("consumed {received} of {count} in 120 s");
+        }
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            let message = message.context("consuming")?;
+            if message.payload().is_some() {
+                received += 1;
+            }
+        }
+    }
+    Ok(received as f64 / started.elapsed().as_secs_f64())
+}
+
+struct Measured {
+    name: &'static str,
+    produce_mb_per_s: f64,
+    produce_p99_ms_full: f64,
+    half_rate_p50_ms: f64,
+    half_rate_p99_ms: f64,
+    consume_mb_per_s: f64,
+}
+
+fn measure(broker: &Broker, args: &KafkaArgs, half_rate: Option<f64>) -> Result<(Measured, f64)> {
+    let count: u64 = if args.quick { 200_000 } else { 1_000_000 };
+    let mb = |messages_per_s: f64| messages_per_s * args.size as f64 / 1e6;
+    create_topic(broker.address, "bench")?;
+    let full = produce(broker.address, "bench", count, args.size, None)?;
+    let consumed = consume(broker.address, "bench", count)?;
+    let rate = half_rate.unwrap_or(full.messages_per_s / 2.0);
+    let paced_count = ((rate * if args.quick { 3.0 } else { 10.0 }) as u64).max(1000);
+    create_topic(broker.address, "paced")?;
+    let paced = produce(broker.address, "paced", paced_count, args.size, Some(rate))?;
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e3;
+    eprintln!(
+        "{}: produce {:.0} msg/s ({:.0} MB/s), consume {:.0} msg/s; at {:.0} msg/s produce p50 {:.2} ms p99 {:.2} ms",
+        broker.name,
+        full.messages_per_s,
+        mb(full.messages_per_s),
+        consumed,
+        rate,
+        ms(&paced.latency_us, 0.5),
+        ms(&paced.latency_us, 0.99)
+    );
+    Ok((
+        Measured {
+            name: broker.name,
+            produce_mb_per_s: mb(full.messages_per_s),
+            produce_p99_ms_full: ms(&full.latency_us, 0.99),
+            half_rate_p50_ms: ms(&paced.latency_us, 0.5),
+            half_rate_p99_ms: ms(&paced.latency_us, 0.99),
+            consume_mb_per_s: mb(consumed),
+        },
+        rate,
+    ))
+}
+
+/// Runs the scenario and returns its figures (also printed as RESULT lines).
+pub fn bench(args: &KafkaArgs) -> Result<Vec<Figure>> {
+    let base = args.dir.clone().unwrap_or_else(|| crate::report::bench_dir().join("kafka"));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base)?;
+    let (ours, rate) = {
+        let corelog = start_corelog(&base)?;
+        measure(&corelog, args, None)?
+    };
+    let mut peers = Vec::new();
+    if let Some(tansu) = start_tansu(&base) {
+        match tansu.and_then(|broker| measure(&broker, args, Some(rate))) {
+            Ok((measured, _)) => peers.push(measured),
+            Err(error) => eprintln!("note: tansu run failed ({error:#}); no tansu ratio"),
+        }
+    }
+    eprintln!(
+        "note: NATS JetStream is not driven here: it does not speak the Kafka protocol that rdkafka uses"
+    );
+    let best = |value: fn(&Measured) -> f64, higher_is_better: bool| {
+        peers.iter().map(|p| (p.name.to_string(), value(p))).reduce(|a, b| {
+            if (b.1 > a.1) == higher_is_better {
+                b
+            } else {
+                a
+            }
+        })
+    };
+    let mut figures = Vec::new();
+    let mut emit = |scenario: &str, name: &str, value: f64, unit: &str, reference: Option<(String, f64)>| {
+        let figure =
+            Figure { scenario: scenario.into(), name: name.into(), value, unit: unit.into(), reference };
+        println!("{}", figure.line());
+        figures.push(figure);
+    };
+    emit("kafka-produce", "throughput", ours.produce_mb_per_s, "MB/s", best(|m| m.produce_mb_per_s, true));
+    emit(
+        "kafka-produce",
+        "p99_full_speed",
+        ours.produce_p99_ms_full,
+        "ms",
+        best(|m| m.produce_p99_ms_full, false),
+    );
+    emit("kafka-produce-half-rate", "p50", ours.half_rate_p50_ms, "ms", best(|m| m.half_rate_p50_ms, false));
+    emit("kafka-produce-half-rate", "p99", ours.half_rate_p99_ms, "ms", best(|m| m.half_rate_p99_ms, false));
+    emit("kafka-consume", "throughput", ours.consume_mb_per_s, "MB/s", best(|m| m.consume_mb_per_s, true));
+    Ok(figures)
+}
