@@ -1,18 +1,10 @@
 //! `corelog produce` and `corelog consume` against a real `corelog serve`.
 
+mod common;
+
+use common::Server;
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use std::process::{Command, Stdio};
 
 fn corelog(args: &[&str], stdin: &str) -> (bool, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_corelog"))
@@ -40,27 +32,8 @@ fn sorted_lines(text: &str) -> Vec<String> {
 #[test]
 fn produce_then_consume_from_earliest_and_as_a_group_that_resumes_where_it_committed() {
     let dir = tempfile::tempdir().unwrap();
-    let address = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
-    let _server = Server(
-        Command::new(env!("CARGO_BIN_EXE_corelog"))
-            .args([
-                "serve",
-                "--data-dir",
-                dir.path().to_str().unwrap(),
-                "--listen",
-                &address,
-                "--default-partitions",
-                "3",
-            ])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(&address).is_err() {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let server = Server::start(dir.path(), &["--default-partitions", "3"]);
+    let address = server.brokers();
     let lines: Vec<String> = (0..60).map(|i| format!(r#"{{"user_id":"u{}","n":{i}}}"#, i % 7)).collect();
     let input = lines.join("\n") + "\n";
     let (ok, _, stderr) =

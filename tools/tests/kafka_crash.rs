@@ -5,33 +5,13 @@
 
 use rand::{Rng, SeedableRng};
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+
+use common::Server;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 const ROUNDS: usize = 4;
-
-fn python() -> PathBuf {
-    std::env::var_os("CORELOG_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/py/bin/python"))
-}
-
-fn start(dir: &Path, address: SocketAddr) -> Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_corelog"))
-        .args(["serve", "--data-dir", dir.to_str().unwrap(), "--listen", &address.to_string()])
-        .args(["--cores", "2", "--default-partitions", "3"])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(address).is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child
-}
 
 #[test]
 fn acknowledged_messages_survive_sigkill_of_the_broker() {
@@ -42,10 +22,11 @@ fn acknowledged_messages_survive_sigkill_of_the_broker() {
     println!("kafka crash seed {seed} (replay with CORELOG_KAFKA_CRASH_SEED={seed})");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
-    let address = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let mut server = start(dir.path(), address);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/acked_producer.py");
-    let mut producer = Command::new(python())
+    let flags = ["--default-partitions", "3"];
+    let mut server = Server::start(dir.path(), &flags);
+    let address = server.address;
+    let script = common::script("acked_producer.py");
+    let mut producer = Command::new(common::python())
         .args([script.to_str().unwrap(), &address.to_string(), "crash", "6"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -64,15 +45,13 @@ fn acknowledged_messages_survive_sigkill_of_the_broker() {
     });
     for _ in 0..ROUNDS {
         std::thread::sleep(Duration::from_millis(rng.gen_range(300..900)));
-        server.kill().unwrap(); // SIGKILL
-        server.wait().unwrap();
-        server = start(dir.path(), address);
+        server.kill(); // SIGKILL
+        server = Server::start_at(dir.path(), address, &flags);
     }
     assert!(producer.wait().unwrap().success(), "seed {seed}: the producer flushed everything");
     let acked = reader.join().unwrap();
     assert!(acked.len() > 500, "seed {seed}: the producer made progress ({} acks)", acked.len());
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.kill();
 
     // Reopen the data directory embedded and check every acknowledgement.
     let engine = engine::Engine::open(engine::EngineConfig {

@@ -3,6 +3,8 @@
 //! answers, real clients still round-trip, every partition reads cleanly and `corelog
 //! inspect` finds every segment intact. Replay with `CORELOG_FRAMES_SEED=<seed>`.
 
+mod common;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use engine::batch::BatchBuilder;
 use kafka_protocol::messages::{
@@ -13,20 +15,11 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Encodable, StrBytes};
 use rand::{Rng, SeedableRng};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::Duration;
 
 const FRAMES: usize = 100_000;
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn frame(api_key: ApiKey, version: i16, correlation_id: i32, body: &impl Encodable) -> Vec<u8> {
     let mut buffer = BytesMut::new();
@@ -138,9 +131,9 @@ fn mutate(rng: &mut impl Rng, seeds: &[Vec<u8>]) -> Vec<u8> {
     }
 }
 
-fn connect(address: SocketAddr, log: &std::path::Path) -> TcpStream {
+fn connect(address: SocketAddr, server: &common::Server) -> TcpStream {
     let stream = TcpStream::connect(address).unwrap_or_else(|error| {
-        let log = std::fs::read_to_string(log).unwrap_or_default();
+        let log = server.log();
         let tail: Vec<&str> = log.lines().rev().take(400).collect();
         panic!(
             "the broker stopped accepting connections ({error}); its log ends:\n{}",
@@ -178,22 +171,10 @@ fn a_hundred_thousand_random_and_mutated_frames_leave_the_broker_serving_and_the
     println!("frames seed {seed} (replay with CORELOG_FRAMES_SEED={seed})");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
-    let address = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let _server = Server(
-        Command::new(env!("CARGO_BIN_EXE_corelog"))
-            .args(["serve", "--data-dir", dir.path().to_str().unwrap(), "--listen", &address.to_string()])
-            .args(["--cores", "2", "--max-request-bytes", "1048576", "--flush", "os"])
-            .stderr(std::fs::File::create(dir.path().join("serve.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(address).is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let server = common::Server::start(dir.path(), &["--max-request-bytes", "1048576", "--flush", "os"]);
+    let address = server.address;
     let seeds = seeds();
-    let mut stream = connect(address, &dir.path().join("serve.log"));
+    let mut stream = connect(address, &server);
     for seed_frame in &seeds {
         assert!(exchange(&mut stream, seed_frame), "seed {seed}: every unmutated request is answered");
     }
@@ -204,17 +185,17 @@ fn a_hundred_thousand_random_and_mutated_frames_leave_the_broker_serving_and_the
             answered += 1;
         } else {
             closed += 1;
-            stream = connect(address, &dir.path().join("serve.log"));
+            stream = connect(address, &server);
         }
     }
     println!("seed {seed}: {answered} frames answered, {closed} connections closed");
     assert!(answered > 1000 && closed > 1000, "seed {seed}: the mix exercised both paths");
     // Still serving: every seed request is answered on a fresh connection.
-    let mut stream = connect(address, &dir.path().join("serve.log"));
+    let mut stream = connect(address, &server);
     for seed_frame in &seeds {
         assert!(exchange(&mut stream, seed_frame), "seed {seed}: broker still serving");
     }
-    drop(_server);
+    drop(server);
     // The log is intact: inspect every partition directory (not __groups).
     for entry in std::fs::read_dir(dir.path()).unwrap() {
         let path = entry.unwrap().path();

@@ -1,56 +1,13 @@
 //! A real `corelog serve` process and a real Kafka client we did not write (`kcat`,
 //! librdkafka inside), on 127.0.0.1. `ci.sh` installs kcat.
 
+mod common;
+
+use common::Server;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-struct Server {
-    child: Child,
-    address: SocketAddr,
-}
-
-impl Server {
-    fn start(data_dir: &Path, extra: &[&str]) -> Self {
-        let address = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_corelog"))
-            .args(["serve", "--data-dir", data_dir.to_str().unwrap(), "--listen", &address.to_string()])
-            .args(["--cores", "2", "--default-partitions", "4"])
-            .args(extra)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start corelog serve");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(address).is_err() {
-            assert!(Instant::now() < deadline, "corelog serve did not start listening");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { child, address }
-    }
-
-    fn brokers(&self) -> String {
-        self.address.to_string()
-    }
-
-    /// SIGTERM, then the exit status and stderr.
-    fn stop(mut self) -> (bool, String) {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let status = self.child.wait().unwrap();
-        let mut stderr = String::new();
-        self.child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-        (status.success(), stderr)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 fn kcat(args: &[&str], stdin: &[u8]) -> (bool, Vec<u8>, String) {
     let mut child = Command::new("kcat")
@@ -109,7 +66,7 @@ fn consume(server: &Server, topic: &str) -> Vec<(u32, i64, String, String)> {
 #[test]
 fn kcat_produces_keyed_messages_to_four_partitions_and_consumes_them_byte_identical() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::start(dir.path(), &["--default-partitions", "4"]);
     let sent = messages(500);
     produce(&server, "payments", &sent);
     let received = consume(&server, "payments");
@@ -139,12 +96,12 @@ fn kcat_produces_keyed_messages_to_four_partitions_and_consumes_them_byte_identi
 #[test]
 fn data_survives_a_restart_and_offsets_are_queryable_by_time() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::start(dir.path(), &["--default-partitions", "4"]);
     let sent = messages(100);
     produce_with_acks(&server, "t", &sent, "1"); // acks=1: answered once written
     let (ok, stderr) = server.stop();
     assert!(ok, "{stderr}");
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::start(dir.path(), &["--default-partitions", "4"]);
     assert_eq!(consume(&server, "t").len(), 100);
     // Every record was stamped with the producer's time: a query for the distant past
     // answers offset 0, one for the future answers the end (-1 in kcat's output).
@@ -157,7 +114,7 @@ fn data_survives_a_restart_and_offsets_are_queryable_by_time() {
 #[test]
 fn malformed_and_oversized_frames_close_the_connection_and_the_broker_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &["--max-request-bytes", "65536"]);
+    let server = Server::start(dir.path(), &["--default-partitions", "4", "--max-request-bytes", "65536"]);
     let garbage: [&[u8]; 3] = [
         &i32::MAX.to_be_bytes(), // larger than --max-request-bytes
         &[0, 0, 0, 12, 0x7f, 0x7f, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0], // unknown API key
@@ -195,8 +152,9 @@ fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
 #[test]
 fn metrics_endpoint_reports_requests_fsyncs_rings_and_group_lag() {
     let dir = tempfile::tempdir().unwrap();
-    let metrics_address = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let server = Server::start(dir.path(), &["--metrics", &metrics_address.to_string()]);
+    let metrics_address = common::free_address();
+    let metrics = metrics_address.to_string();
+    let server = Server::start(dir.path(), &["--default-partitions", "4", "--metrics", &metrics]);
     produce(&server, "observed", &messages(40));
     let output = Command::new(env!("CARGO_BIN_EXE_corelog"))
         .args([

@@ -3,70 +3,20 @@
 //! timestamp. `ci.sh` installs both into `target/py`; set `CORELOG_PYTHON` to use
 //! another interpreter that has them.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+mod common;
 
-fn python() -> PathBuf {
-    std::env::var_os("CORELOG_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/py/bin/python"))
-}
+use common::{run_python, script, Server};
+use std::time::Duration;
 
-fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(name)
-}
-
-fn run_python(args: &[&str]) -> serde_json::Value {
-    let interpreter = python();
-    let output = Command::new(&interpreter).args(args).output().unwrap_or_else(|e| {
-        panic!("{}: {e} (run ./ci.sh to install the Python clients)", interpreter.display())
-    });
-    assert!(output.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e})"))
-}
-
-struct Server(Child, SocketAddr);
-
-impl Server {
-    /// SIGTERM and wait: a clean shutdown.
-    fn stop(mut self) {
-        Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status().unwrap();
-        assert!(self.0.wait().unwrap().success(), "clean exit on SIGTERM");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(dir: &Path) -> Server {
-    start_at(dir, TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap())
-}
-
-fn start_at(dir: &Path, address: SocketAddr) -> Server {
-    let child = Command::new(env!("CARGO_BIN_EXE_corelog"))
-        .args(["serve", "--data-dir", dir.to_str().unwrap(), "--listen", &address.to_string()])
-        .args(["--cores", "2", "--default-partitions", "4"])
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(address).is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Server(child, address)
+fn start(dir: &std::path::Path) -> Server {
+    Server::start(dir, &["--default-partitions", "4"])
 }
 
 #[test]
 fn confluent_kafka_produces_idempotently_and_kafka_python_reads_from_earliest_and_from_a_timestamp() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path());
-    let brokers = server.1.to_string();
+    let brokers = server.brokers();
     let produce = script("confluent_produce.py");
     let first = run_python(&[produce.to_str().unwrap(), &brokers, "orders", "300", "0"]);
     assert_eq!(first["delivered"], 300, "{first}");
@@ -109,7 +59,7 @@ fn confluent_kafka_produces_idempotently_and_kafka_python_reads_from_earliest_an
 fn two_confluent_consumers_in_a_group_split_partitions_commit_and_hand_over_without_loss() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path());
-    let brokers = server.1.to_string();
+    let brokers = server.brokers();
     let produced =
         run_python(&[script("confluent_produce.py").to_str().unwrap(), &brokers, "events", "300", "0"]);
     assert_eq!(produced["delivered"], 300);
@@ -154,9 +104,10 @@ fn two_confluent_consumers_in_a_group_split_partitions_commit_and_hand_over_with
     let query: Vec<&str> = query.iter().map(String::as_str).collect();
     let before = run_python(&query);
     assert!(before.as_object().unwrap().values().all(|o| o.as_i64().unwrap() > 0), "{before}");
-    let address = server.1;
-    server.stop();
-    let _server = start_at(dir.path(), address);
+    let address = server.address;
+    let (clean, log) = server.stop();
+    assert!(clean, "clean exit on SIGTERM: {log}");
+    let _server = Server::start_at(dir.path(), address, &["--default-partitions", "4"]);
     assert_eq!(run_python(&query), before, "committed offsets are durable");
 }
 
@@ -164,7 +115,7 @@ fn two_confluent_consumers_in_a_group_split_partitions_commit_and_hand_over_with
 fn confluent_admin_client_creates_lists_and_deletes_topics() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path());
-    let seen = run_python(&[script("admin.py").to_str().unwrap(), &server.1.to_string()]);
+    let seen = run_python(&[script("admin.py").to_str().unwrap(), &server.brokers()]);
     assert_eq!(seen["created"]["admin-a"], 5, "{seen}");
     assert_eq!(seen["created"]["admin-b"], 2, "{seen}");
     assert_eq!(seen["duplicate"], "TOPIC_ALREADY_EXISTS", "{seen}");

@@ -1,0 +1,117 @@
+//! Shared helpers for the tests that run a real `corelog serve` process and real
+//! clients against it.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Longest a broker may take to start listening.
+pub const START_TIMEOUT_MS: u64 = 20_000;
+
+/// A free port on 127.0.0.1 (released before the broker binds it).
+pub fn free_address() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// A `corelog serve` child process; killed when dropped. Its stderr goes to
+/// `<data dir>/serve.log`.
+pub struct Server {
+    child: Child,
+    /// Where it listens.
+    pub address: SocketAddr,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Starts `corelog serve --cores 2` on a free port with `extra` flags.
+    pub fn start(dir: &Path, extra: &[&str]) -> Self {
+        Self::start_at(dir, free_address(), extra)
+    }
+
+    /// Starts it on `address` (a restart keeps the clients' bootstrap address).
+    pub fn start_at(dir: &Path, address: SocketAddr, extra: &[&str]) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let log = dir.join("serve.log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_corelog"))
+            .args([
+                "serve",
+                "--data-dir",
+                dir.to_str().unwrap(),
+                "--listen",
+                &address.to_string(),
+                "--cores",
+                "2",
+            ])
+            .args(extra)
+            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap())
+            .spawn()
+            .expect("start corelog serve");
+        let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
+        while TcpStream::connect(address).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "corelog serve exited ({status}): {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            assert!(Instant::now() < deadline, "corelog serve did not start listening");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Self { child, address, log }
+    }
+
+    /// The bootstrap address clients use.
+    pub fn brokers(&self) -> String {
+        self.address.to_string()
+    }
+
+    /// What the broker wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then whether it exited successfully and its log.
+    pub fn stop(mut self) -> (bool, String) {
+        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        let status = self.child.wait().unwrap();
+        (status.success(), self.log())
+    }
+
+    /// SIGKILL and wait.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Python interpreter with the client libraries: `CORELOG_PYTHON`, else the
+/// `target/py` environment `ci.sh` creates.
+pub fn python() -> PathBuf {
+    std::env::var_os("CORELOG_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/py/bin/python"))
+}
+
+/// A script under `tests/python`.
+pub fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(name)
+}
+
+/// Runs a Python script that prints one JSON object, and returns it.
+pub fn run_python(args: &[&str]) -> serde_json::Value {
+    let interpreter = python();
+    let output = Command::new(&interpreter).args(args).stderr(Stdio::piped()).output().unwrap_or_else(|e| {
+        panic!("{}: {e} (run ./ci.sh to install the Python clients)", interpreter.display())
+    });
+    assert!(output.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e})"))
+}
