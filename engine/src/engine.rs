@@ -413,13 +413,7 @@ impl Engine {
     /// Creates a topic and opens its partitions on their owners.
     pub fn create_topic(&self, name: &str, partitions: u32) -> Result<(), EngineError> {
         self.catalog.add(name, partitions)?;
-        let pending: Vec<_> = (0..partitions)
-            .map(|p| {
-                let tp = TopicPartition::new(name, p);
-                self.submit(tp.owner(self.shard_count()), Request::CreatePartition(tp), |_| ())
-            })
-            .collect();
-        pending.into_iter().try_for_each(Pending::wait)
+        self.on_every_partition(name, partitions, Request::CreatePartition)
     }
 
     /// Deletes a topic: forgets it durably, then closes its partitions and deletes
@@ -427,10 +421,21 @@ impl Engine {
     /// files).
     pub fn delete_topic(&self, name: &str) -> Result<(), EngineError> {
         let partitions = self.catalog.remove(name)?;
+        self.on_every_partition(name, partitions, Request::DeletePartition)
+    }
+
+    /// Sends `request(tp)` for each partition of `topic` to its owner, concurrently,
+    /// and waits for all of them.
+    fn on_every_partition(
+        &self,
+        topic: &str,
+        partitions: u32,
+        request: fn(TopicPartition) -> Request,
+    ) -> Result<(), EngineError> {
         let pending: Vec<_> = (0..partitions)
             .map(|p| {
-                let tp = TopicPartition::new(name, p);
-                self.submit(tp.owner(self.shard_count()), Request::DeletePartition(tp), |_| ())
+                let tp = TopicPartition::new(topic, p);
+                self.submit(tp.owner(self.shard_count()), request(tp), |_| ())
             })
             .collect();
         pending.into_iter().try_for_each(Pending::wait)
