@@ -156,14 +156,8 @@ fn inspect_index(
             (Ok(view), _) if view.last_offset() != offset => "batch there ends at another offset",
             _ => "ok",
         };
-        writeln!(out, "  offset {offset} -> position {}: {verdict}", entry.position)?;
-        if verdict != "ok" {
-            findings.problems.push(format!(
-                "{}: entry offset {offset} position {}: {verdict}",
-                path.display(),
-                entry.position
-            ));
-        }
+        let entry_text = format!("offset {offset} -> position {}", entry.position);
+        report_entry(out, findings, path, &entry_text, verdict)?;
         previous = Some(entry);
     }
     Ok(())
@@ -183,20 +177,24 @@ fn inspect_time_index(
         let ordered = previous
             .is_none_or(|p| entry.timestamp > p.timestamp && entry.relative_offset >= p.relative_offset);
         let offset = base_offset + i64::from(entry.relative_offset);
-        writeln!(
-            out,
-            "  timestamp {} -> offset {offset}: {}",
-            entry.timestamp,
-            if ordered { "ok" } else { "not increasing" }
-        )?;
-        if !ordered {
-            findings.problems.push(format!(
-                "{}: entry timestamp {} offset {offset} not increasing",
-                path.display(),
-                entry.timestamp
-            ));
-        }
+        let entry_text = format!("timestamp {} -> offset {offset}", entry.timestamp);
+        report_entry(out, findings, path, &entry_text, if ordered { "ok" } else { "not increasing" })?;
         previous = Some(entry);
+    }
+    Ok(())
+}
+
+/// Prints one index entry with its verdict and records a problem unless it is "ok".
+fn report_entry(
+    out: &mut impl Write,
+    findings: &mut Findings,
+    path: &Path,
+    entry: &str,
+    verdict: &str,
+) -> Result<()> {
+    writeln!(out, "  {entry}: {verdict}")?;
+    if verdict != "ok" {
+        findings.problems.push(format!("{}: entry {entry}: {verdict}", path.display()));
     }
     Ok(())
 }
