@@ -8,8 +8,11 @@
 //!
 //! Framing: a request is a big-endian `i32` size, then a request header and body; a
 //! frame larger than `max_request_bytes` or one that does not decode closes the
-//! connection with a log line (Kafka does the same for malformed frames). Responses go
-//! out in request order. `acks=0` produce requests get no response.
+//! connection with a log line (Kafka does the same for malformed frames). Up to
+//! [`PIPELINE_DEPTH`] requests of one connection are handled at once; responses go
+//! out in request order, and a produce request's batches are sent to their owners
+//! before the next request is read, so appends keep the connection's order.
+//! `acks=0` produce requests get no response.
 //!
 //! APIs so far: ApiVersions, Metadata (with auto-creation), Produce (idempotent
 //! producers' sequences checked per partition), Fetch (long poll), ListOffsets,
@@ -124,15 +127,41 @@ pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     }
 }
 
-async fn serve(
-    shard: Rc<Shard>,
-    mut stream: TcpStream,
+async fn serve(shard: Rc<Shard>, stream: TcpStream, advertised: Option<SocketAddr>) -> Result<(), String> {
+    let (reader, mut writer) = stream.into_split();
+    let (responses, mut pending) = tokio::sync::mpsc::channel::<Responding>(PIPELINE_DEPTH);
+    let written = tokio_uring::spawn(async move {
+        while let Some(response) = pending.recv().await {
+            // None: acks=0, no response.
+            if let Some(bytes) = response.await.map_err(|e| format!("request task failed: {e}"))?? {
+                writer.write_all(&bytes).await.map_err(|e| e.to_string())?;
+            }
+        }
+        Ok::<(), String>(())
+    });
+    let read = read_requests(&shard, reader, advertised, responses).await;
+    // The reader stopped (end of stream or bad input): answer what was accepted, then close.
+    let written = written.await.map_err(|e| format!("writer task failed: {e}"))?;
+    read.and(written)
+}
+
+/// A response being computed: the encoded frame, or none for acks=0.
+type Responding = tokio::task::JoinHandle<Result<Option<BytesMut>, String>>;
+
+/// Requests of one connection handled at once; their responses still go out in order.
+pub const PIPELINE_DEPTH: usize = 64;
+
+/// Reads frames and starts handling each; produce requests are submitted (phase one)
+/// before the next frame is read, so appends keep the connection's order.
+async fn read_requests(
+    shard: &Rc<Shard>,
+    mut reader: tokio::net::tcp::OwnedReadHalf,
     advertised: Option<SocketAddr>,
+    responses: tokio::sync::mpsc::Sender<Responding>,
 ) -> Result<(), String> {
     let max = shard.config.max_request_bytes;
-    let mut out = BytesMut::with_capacity(64 << 10);
     loop {
-        let size = match stream.read_i32().await {
+        let size = match reader.read_i32().await {
             Ok(size) => size,
             Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(error) => return Err(error.to_string()),
@@ -141,31 +170,72 @@ async fn serve(
             return Err(format!("frame of {size} bytes outside 8..={max}"));
         }
         let mut frame = BytesMut::zeroed(size as usize);
-        stream.read_exact(&mut frame).await.map_err(|e| e.to_string())?;
+        reader.read_exact(&mut frame).await.map_err(|e| e.to_string())?;
         let mut frame = frame.freeze();
         let (api_key, version, header) = decode_header(&mut frame)?;
-        let client_id = header.client_id.as_ref().map_or(String::new(), |c| c.to_string());
         let api = api_name(api_key);
         metrics::counter!("corelog_kafka_requests_total", "api" => api).increment(1);
         metrics::counter!("corelog_kafka_request_bytes_total", "api" => api).increment(size as u64 + 4);
         let started = std::time::Instant::now();
-        let body = handle(&shard, api_key, version, &mut frame, advertised, &client_id).await?;
-        metrics::histogram!("corelog_kafka_request_seconds", "api" => api)
-            .record(started.elapsed().as_secs_f64());
-        let Some((response_version, body)) = body else { continue }; // acks=0
-        out.clear();
-        out.put_i32(0);
-        let header_version = api_key.response_header_version(response_version);
-        ResponseHeader::default()
-            .with_correlation_id(header.correlation_id)
-            .encode(&mut out, header_version)
-            .map_err(|e| e.to_string())?;
-        out.extend_from_slice(&body);
-        metrics::counter!("corelog_kafka_response_bytes_total", "api" => api).increment(out.len() as u64);
-        let length = (out.len() - 4) as i32;
-        out[0..4].copy_from_slice(&length.to_be_bytes());
-        stream.write_all(&out).await.map_err(|e| e.to_string())?;
+        let correlation_id = header.correlation_id;
+        let task = if api_key == ApiKey::Produce {
+            let request = ProduceRequest::decode(&mut frame, version)
+                .map_err(|e| format!("malformed Produce v{version}: {e:#}"))?;
+            let acks = request.acks;
+            let submitted = produce_submit(shard, request).await;
+            tokio_uring::spawn(async move {
+                let response = produce_finish(submitted).await;
+                let body = encode(&response, version)?;
+                record_latency(api, started);
+                Ok(if acks == 0 {
+                    None
+                } else {
+                    Some(response_frame(api_key, version, correlation_id, &body)?)
+                })
+            })
+        } else {
+            let shard = shard.clone();
+            let client_id = header.client_id.as_ref().map_or(String::new(), |c| c.to_string());
+            tokio_uring::spawn(async move {
+                let answer = handle(&shard, api_key, version, &mut frame, advertised, &client_id).await?;
+                record_latency(api, started);
+                answer
+                    .map(|(response_version, body)| {
+                        response_frame(api_key, response_version, correlation_id, &body)
+                    })
+                    .transpose()
+            })
+        };
+        if responses.send(task).await.is_err() {
+            return Ok(()); // the writer stopped: the connection is closing
+        }
     }
+}
+
+fn record_latency(api: &'static str, started: std::time::Instant) {
+    metrics::histogram!("corelog_kafka_request_seconds", "api" => api)
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// The whole response frame: size, header for `version`, body.
+fn response_frame(
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &[u8],
+) -> Result<BytesMut, String> {
+    let mut out = BytesMut::with_capacity(body.len() + 16);
+    out.put_i32(0);
+    ResponseHeader::default()
+        .with_correlation_id(correlation_id)
+        .encode(&mut out, api_key.response_header_version(version))
+        .map_err(|e| e.to_string())?;
+    out.extend_from_slice(body);
+    metrics::counter!("corelog_kafka_response_bytes_total", "api" => api_name(api_key))
+        .increment(out.len() as u64);
+    let length = (out.len() - 4) as i32;
+    out[0..4].copy_from_slice(&length.to_be_bytes());
+    Ok(out)
 }
 
 /// A static label for an API key.
@@ -251,15 +321,6 @@ async fn handle(
             let mut response = metadata(shard, request, advertised).await;
             if version < 2 {
                 response.cluster_id = None;
-            }
-            encode(&response, version)?
-        }
-        ApiKey::Produce => {
-            let request = ProduceRequest::decode(body, version).map_err(bad)?;
-            let acks = request.acks;
-            let response = produce(shard, request).await;
-            if acks == 0 {
-                return Ok(None);
             }
             encode(&response, version)?
         }
@@ -501,62 +562,112 @@ fn error_code(error: &EngineError) -> i16 {
     }
 }
 
-/// Appends every batch of one partition's records in order; returns the first base
-/// offset or the error code of the first failure.
-async fn produce_partition(
+/// One partition of a produce request after its batches were submitted.
+enum PartitionSubmitted {
+    /// Refused before submission (unknown partition, malformed records).
+    Refused(i16),
+    /// Every batch sent to the owner, in order; replies pending.
+    Sent(Vec<tokio::sync::oneshot::Receiver<crate::shard::Response>>),
+}
+
+/// Phase one of a produce: topics ensured, then every batch of every partition sent
+/// to its owner, in request order. A connection completes this phase for one request
+/// before it reads the next, so pipelined requests append in the order sent.
+async fn produce_submit(
+    shard: &Rc<Shard>,
+    request: ProduceRequest,
+) -> Vec<(TopicName, Vec<(i32, PartitionSubmitted)>)> {
+    // acks=all (-1) waits for the flush mode's durability; acks=1 and acks=0 for the write.
+    let ack = if request.acks == -1 { AckLevel::Durable } else { AckLevel::Written };
+    let mut topics = Vec::with_capacity(request.topic_data.len());
+    for topic in request.topic_data {
+        let name = topic.name.0.to_string();
+        let known = ensure_topic(shard, &name, true).await;
+        let partitions = topic
+            .partition_data
+            .into_iter()
+            .map(|partition| {
+                let index = partition.index;
+                let submitted = match known {
+                    Err(code) => PartitionSubmitted::Refused(code),
+                    Ok(count) if index < 0 || index as u32 >= count => {
+                        PartitionSubmitted::Refused(code::UNKNOWN_TOPIC_OR_PARTITION)
+                    }
+                    Ok(_) => submit_batches(
+                        shard,
+                        TopicPartition::new(&name, index as u32),
+                        partition.records,
+                        ack,
+                    ),
+                };
+                (index, submitted)
+            })
+            .collect();
+        topics.push((topic.name, partitions));
+    }
+    topics
+}
+
+/// Splits one partition's records into batches (all framed correctly, or none is
+/// sent) and sends each to the owner.
+fn submit_batches(
     shard: &Rc<Shard>,
     tp: TopicPartition,
     records: Option<Bytes>,
     ack: AckLevel,
-) -> (i16, i64) {
-    let Some(records) = records else { return (code::CORRUPT_MESSAGE, -1) };
-    let mut rest = records;
-    let mut first = None;
+) -> PartitionSubmitted {
+    let Some(mut rest) = records else { return PartitionSubmitted::Refused(code::CORRUPT_MESSAGE) };
+    let mut frames = Vec::new();
     while !rest.is_empty() {
-        let len = match batch::frame_len(&rest) {
-            Some(Ok(len)) if len <= rest.len() => len,
-            _ => return (code::CORRUPT_MESSAGE, -1),
-        };
-        let frame = rest.split_to(len);
-        let batch = frame.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]));
-        match shard.route(Request::Append { tp: tp.clone(), batch, ack }).await {
-            Ok(Reply::Appended(result)) => {
-                first.get_or_insert(result.base_offset);
-            }
-            Ok(other) => unreachable!("append answered {other:?}"),
-            Err(error) => return (error_code(&error), -1),
+        match batch::frame_len(&rest) {
+            Some(Ok(len)) if len <= rest.len() => frames.push(rest.split_to(len)),
+            _ => return PartitionSubmitted::Refused(code::CORRUPT_MESSAGE),
         }
     }
-    (code::NONE, first.unwrap_or(-1))
+    let sent = frames
+        .into_iter()
+        .map(|frame| {
+            let batch = frame.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+            shard.submit(Request::Append { tp: tp.clone(), batch, ack })
+        })
+        .collect();
+    PartitionSubmitted::Sent(sent)
 }
 
-async fn produce(shard: &Rc<Shard>, request: ProduceRequest) -> ProduceResponse {
-    // acks=all (-1) waits for the flush mode's durability; acks=1 and acks=0 for the write.
-    let ack = if request.acks == -1 { AckLevel::Durable } else { AckLevel::Written };
-    let mut responses = Vec::with_capacity(request.topic_data.len());
-    for topic in request.topic_data {
-        let name = topic.name.0.to_string();
-        let known = ensure_topic(shard, &name, true).await;
-        let results = join_all(topic.partition_data.into_iter().map(|partition| {
-            let tp = TopicPartition::new(&name, partition.index.max(0) as u32);
-            let index = partition.index;
-            async move {
-                let (error_code, base_offset) = match known {
-                    Err(code) => (code, -1),
-                    Ok(count) if index < 0 || index as u32 >= count => (code::UNKNOWN_TOPIC_OR_PARTITION, -1),
-                    Ok(_) => produce_partition(shard, tp, partition.records, ack).await,
-                };
-                produce_response::PartitionProduceResponse::default()
-                    .with_index(index)
-                    .with_error_code(error_code)
-                    .with_base_offset(base_offset)
-                    .with_log_append_time_ms(-1)
-            }
+/// Phase two: waits for every reply and builds the response (first base offset per
+/// partition, or the first failure's error code).
+async fn produce_finish(topics: Vec<(TopicName, Vec<(i32, PartitionSubmitted)>)>) -> ProduceResponse {
+    let mut responses = Vec::with_capacity(topics.len());
+    for (name, partitions) in topics {
+        let results = join_all(partitions.into_iter().map(|(index, submitted)| async move {
+            let (error_code, base_offset) = match submitted {
+                PartitionSubmitted::Refused(code) => (code, -1),
+                PartitionSubmitted::Sent(replies) => {
+                    let mut outcome = (code::NONE, -1);
+                    for reply in replies {
+                        match reply.await.unwrap_or(Err(EngineError::ShuttingDown)) {
+                            Ok(Reply::Appended(result)) if outcome == (code::NONE, -1) => {
+                                outcome.1 = result.base_offset
+                            }
+                            Ok(Reply::Appended(_)) => {}
+                            Ok(other) => unreachable!("append answered {other:?}"),
+                            Err(error) if outcome.0 == code::NONE => outcome = (error_code(&error), -1),
+                            Err(_) => {}
+                        }
+                    }
+                    outcome
+                }
+            };
+            produce_response::PartitionProduceResponse::default()
+                .with_index(index)
+                .with_error_code(error_code)
+                .with_base_offset(base_offset)
+                .with_log_append_time_ms(-1)
         }))
         .await;
         responses.push(
             produce_response::TopicProduceResponse::default()
-                .with_name(topic.name)
+                .with_name(name)
                 .with_partition_responses(results),
         );
     }

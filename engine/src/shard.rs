@@ -566,6 +566,8 @@ pub(crate) struct Shard {
     partitions: RefCell<HashMap<TopicPartition, Rc<Partition>>>,
     submissions: RefCell<mpsc::Consumer<Submission>>,
     mesh_out: Vec<RefCell<Option<spsc::Producer<MeshMessage>>>>,
+    outbox: Vec<RefCell<VecDeque<MeshMessage>>>,
+    outbox_flushing: Vec<Cell<bool>>,
     mesh_in: RefCell<Vec<Option<spsc::Consumer<MeshMessage>>>>,
     pending: RefCell<HashMap<u64, oneshot::Sender<Response>>>,
     next_token: Cell<u64>,
@@ -594,6 +596,8 @@ pub(crate) fn run(
             handles,
             partitions: RefCell::new(HashMap::new()),
             submissions: RefCell::new(submissions),
+            outbox: mesh_out.iter().map(|_| RefCell::new(VecDeque::new())).collect(),
+            outbox_flushing: mesh_out.iter().map(|_| Cell::new(false)).collect(),
             mesh_out: mesh_out.into_iter().map(RefCell::new).collect(),
             mesh_in: RefCell::new(mesh_in),
             pending: RefCell::new(HashMap::new()),
@@ -692,9 +696,16 @@ impl Shard {
     /// Runs `request` on its owner (here, or across the mesh) and returns the reply:
     /// what a connection task on this shard uses.
     pub(crate) async fn route(self: &Rc<Self>, request: Request) -> Response {
+        self.submit(request).await.unwrap_or(Err(EngineError::ShuttingDown))
+    }
+
+    /// Sends `request` toward its owner now (in call order) and returns the reply
+    /// channel: the first half of [`Shard::route`], for callers that must submit
+    /// several requests in order before waiting for any.
+    pub(crate) fn submit(self: &Rc<Self>, request: Request) -> oneshot::Receiver<Response> {
         let (reply, receiver) = oneshot::channel();
         self.on_submission(Submission { request, reply });
-        receiver.await.unwrap_or(Err(EngineError::ShuttingDown))
+        receiver
     }
 
     /// True once shutdown began.
@@ -714,10 +725,7 @@ impl Shard {
         let token = self.next_token.get();
         self.next_token.set(token + 1);
         self.pending.borrow_mut().insert(token, reply);
-        let shard = self.clone();
-        tokio_uring::spawn(
-            async move { shard.send_mesh(owner, MeshMessage::Request { token, request }).await },
-        );
+        self.send_mesh(owner, MeshMessage::Request { token, request });
     }
 
     fn on_mesh(self: &Rc<Self>, from: usize, message: MeshMessage) {
@@ -726,7 +734,7 @@ impl Shard {
                 let shard = self.clone();
                 tokio_uring::spawn(async move {
                     let response = shard.clone().handle(request).await;
-                    shard.send_mesh(from, MeshMessage::Reply { token, response }).await;
+                    shard.send_mesh(from, MeshMessage::Reply { token, response });
                 });
             }
             MeshMessage::Reply { token, response } => {
@@ -739,20 +747,38 @@ impl Shard {
         }
     }
 
-    /// Pushes onto the mesh ring to `target`, yielding while it is full.
-    async fn send_mesh(&self, target: usize, mut message: MeshMessage) {
+    /// Queues `message` for `target` behind every earlier one and pushes what fits;
+    /// a flusher task retries the rest. Messages to one shard therefore leave in the
+    /// order they were sent, which keeps appends of one connection in request order.
+    /// The outbox is bounded by the requests in flight (each holds at most one entry).
+    fn send_mesh(self: &Rc<Self>, target: usize, message: MeshMessage) {
         assert_ne!(target, self.id, "no ring to self");
-        loop {
-            let pushed = self.mesh_out[target].borrow_mut().as_mut().expect("mesh ring exists").push(message);
-            self.handles[target].wake();
-            match pushed {
-                Ok(()) => return,
-                Err(back) => {
-                    message = back;
+        self.outbox[target].borrow_mut().push_back(message);
+        if !self.flush_outbox(target) && !self.outbox_flushing[target].replace(true) {
+            let shard = self.clone();
+            tokio_uring::spawn(async move {
+                while !shard.flush_outbox(target) {
                     tokio::task::yield_now().await;
                 }
+                shard.outbox_flushing[target].set(false);
+            });
+        }
+    }
+
+    /// Pushes queued messages to `target` until its ring is full; true when the
+    /// outbox is empty.
+    fn flush_outbox(&self, target: usize) -> bool {
+        let mut outbox = self.outbox[target].borrow_mut();
+        let mut ring = self.mesh_out[target].borrow_mut();
+        let ring = ring.as_mut().expect("mesh ring exists");
+        while let Some(message) = outbox.pop_front() {
+            if let Err(back) = ring.push(message) {
+                outbox.push_front(back);
+                break;
             }
         }
+        self.handles[target].wake();
+        outbox.is_empty()
     }
 
     fn partition(&self, tp: &TopicPartition) -> Result<Rc<Partition>, EngineError> {
