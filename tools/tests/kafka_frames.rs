@@ -217,3 +217,55 @@ fn a_hundred_thousand_random_and_mutated_frames_leave_the_broker_serving_and_the
         }
     }
 }
+
+#[test]
+fn pipelined_idempotent_produce_requests_append_in_request_order_across_shards() {
+    use kafka_protocol::messages::{ProduceResponse, ResponseHeader};
+    use kafka_protocol::protocol::Decodable;
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::Server::start(dir.path(), &["--default-partitions", "2"]);
+    let version = 8;
+    let mut stream = TcpStream::connect(server.address).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // 40 requests, alternating partitions (one of them owned by the other shard), one
+    // idempotent producer: each partition's batches carry sequences 0, 3, 6, ...
+    let mut frames = Vec::new();
+    for i in 0..40i32 {
+        let mut builder = BatchBuilder::default();
+        builder.producer(4242, 0, (i / 2) * 3);
+        for j in 0..3 {
+            builder.push(1_700_000_000_000, None, Some(format!("{i}-{j}").as_bytes()));
+        }
+        let produce = ProduceRequest::default().with_acks(-1).with_timeout_ms(5000).with_topic_data(vec![
+            produce_request::TopicProduceData::default().with_name(topic("ordered")).with_partition_data(
+                vec![produce_request::PartitionProduceData::default()
+                    .with_index(i % 2)
+                    .with_records(Some(Bytes::from(builder.finish().to_vec())))],
+            ),
+        ]);
+        frames.extend(frame(ApiKey::Produce, version, i, &produce));
+    }
+    stream.write_all(&frames).unwrap(); // all 40 before reading any response
+    let mut last_offset = [-1i64; 2];
+    for i in 0..40i32 {
+        let mut size = [0u8; 4];
+        stream.read_exact(&mut size).unwrap();
+        let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
+        stream.read_exact(&mut body).unwrap();
+        let mut body = Bytes::from(body);
+        let header =
+            ResponseHeader::decode(&mut body, ApiKey::Produce.response_header_version(version)).unwrap();
+        assert_eq!(header.correlation_id, i, "responses in request order");
+        let response = ProduceResponse::decode(&mut body, version).unwrap();
+        let partition = &response.responses[0].partition_responses[0];
+        assert_eq!(partition.error_code, 0, "request {i}: no out-of-order sequence");
+        let p = (i % 2) as usize;
+        assert_eq!(
+            partition.base_offset,
+            last_offset[p] + 1 + if last_offset[p] < 0 { 0 } else { 2 },
+            "request {i}"
+        );
+        last_offset[p] = partition.base_offset;
+    }
+    assert_eq!(last_offset, [57, 57], "20 batches of 3 records per partition, in order");
+}
