@@ -9,7 +9,8 @@
 //! Framing: a request is a big-endian `i32` size, then a request header and body; a
 //! frame larger than `max_request_bytes` or one that does not decode closes the
 //! connection with a log line (Kafka does the same for malformed frames). Up to
-//! [`PIPELINE_DEPTH`] requests of one connection are handled at once; responses go
+//! [`PIPELINE_DEPTH`] requests (and [`PIPELINE_BYTES_MAX`] bytes of them) of one
+//! connection are handled at once; responses go
 //! out in request order, and a produce request's batches are sent to their owners
 //! before the next request is read, so appends keep the connection's order.
 //! `acks=0` produce requests get no response.
@@ -150,6 +151,8 @@ type Responding = tokio::task::JoinHandle<Result<Option<BytesMut>, String>>;
 
 /// Requests of one connection handled at once; their responses still go out in order.
 pub const PIPELINE_DEPTH: usize = 64;
+/// Request bytes one connection may have in flight (at least one maximal frame).
+pub const PIPELINE_BYTES_MAX: usize = 64 << 20;
 
 /// Reads frames and starts handling each; produce requests are submitted (phase one)
 /// before the next frame is read, so appends keep the connection's order.
@@ -160,6 +163,8 @@ async fn read_requests(
     responses: tokio::sync::mpsc::Sender<Responding>,
 ) -> Result<(), String> {
     let max = shard.config.max_request_bytes;
+    let budget_bytes = PIPELINE_BYTES_MAX.max(max);
+    let in_flight_bytes = std::sync::Arc::new(tokio::sync::Semaphore::new(budget_bytes));
     loop {
         let size = match reader.read_i32().await {
             Ok(size) => size,
@@ -169,6 +174,9 @@ async fn read_requests(
         if size < 8 || size as usize > max {
             return Err(format!("frame of {size} bytes outside 8..={max}"));
         }
+        // Bound the bytes of requests in flight, not only their number.
+        let permit =
+            in_flight_bytes.clone().acquire_many_owned(size as u32).await.map_err(|e| e.to_string())?;
         let mut frame = BytesMut::zeroed(size as usize);
         reader.read_exact(&mut frame).await.map_err(|e| e.to_string())?;
         let mut frame = frame.freeze();
@@ -184,6 +192,7 @@ async fn read_requests(
             let acks = request.acks;
             let submitted = produce_submit(shard, request).await;
             tokio_uring::spawn(async move {
+                let _permit = permit;
                 let response = produce_finish(submitted).await;
                 let body = encode(&response, version)?;
                 record_latency(api, started);
@@ -197,6 +206,7 @@ async fn read_requests(
             let shard = shard.clone();
             let client_id = header.client_id.as_ref().map_or(String::new(), |c| c.to_string());
             tokio_uring::spawn(async move {
+                let _permit = permit;
                 let answer = handle(&shard, api_key, version, &mut frame, advertised, &client_id).await?;
                 record_latency(api, started);
                 answer
