@@ -110,6 +110,9 @@ pub struct EngineConfig {
     /// Partitions of topics created on first use (Metadata with auto-creation,
     /// Produce); `None` disables auto-creation.
     pub auto_create_partitions: Option<u32>,
+    /// Retention never deletes a segment a lander has not landed yet (see
+    /// [`crate::landed`]).
+    pub retain_until_landed: bool,
 }
 
 impl EngineConfig {
@@ -126,6 +129,7 @@ impl EngineConfig {
             listen: None,
             max_request_bytes: MAX_REQUEST_BYTES_DEFAULT,
             auto_create_partitions: Some(1),
+            retain_until_landed: false,
         }
     }
 }

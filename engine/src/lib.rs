@@ -8,6 +8,7 @@
 //!   indexes, appends, reads up to the high watermark, recovery, retention;
 //! * [`ring`], [`watermark`] and [`sync`]: the lock-free primitives shards share, on
 //!   a `sync` facade that `loom-tests` swaps for loom's types;
+//! * [`landed`]: the lander's landed-offset registrations that retention honours;
 //! * [`io`]: the io_uring probe and the per-shard writer/flusher (group commit);
 //! * [`shard`] and [`Engine`]: shard threads pinned one per core, partition ownership,
 //!   the N×N SPSC mesh and per-shard MPSC submission rings, and the embedded API.
@@ -41,6 +42,7 @@ mod engine;
 pub mod groups;
 pub mod io;
 pub mod kafka;
+pub mod landed;
 pub mod log;
 pub mod ring;
 pub mod segment;

@@ -481,6 +481,74 @@ impl Segment {
     }
 }
 
+/// Virtual length of a [`FollowedSegment`] mapping: more than any segment can grow to
+/// (`SEGMENT_BYTES_MAX` plus one batch, itself far below `SEGMENT_BYTES_MAX`).
+pub const FOLLOW_MAP_BYTES: u64 = 1 << 32;
+
+const _: () = assert!(FOLLOW_MAP_BYTES >= 2 * SEGMENT_BYTES_MAX);
+
+/// A read-only view of a segment file that another process (the engine) may still be
+/// appending to: what the lander reads. It never writes or truncates the file.
+///
+/// The file is mapped once for [`FOLLOW_MAP_BYTES`]; [`FollowedSegment::durable_len`]
+/// tells how much of it is safe to read.
+#[derive(Debug)]
+pub struct FollowedSegment {
+    path: PathBuf,
+    file: File,
+    map: Bytes,
+    base_offset: i64,
+}
+
+impl FollowedSegment {
+    /// Opens `<base_offset:020>.log` read-only.
+    pub fn open(path: &Path) -> Result<Self, SegmentError> {
+        let base_offset = parse_log_name(path).ok_or_else(|| SegmentError::BadName(path.to_path_buf()))?;
+        let file = File::open(path).map_err(io_error(path))?;
+        let len = usize::try_from(FOLLOW_MAP_BYTES).expect("64-bit address space");
+        // SAFETY: the mapping is read-only and callers only touch bytes below a length
+        // read from `fstat` just before (`durable_len`). The engine only appends to a
+        // segment while it runs; it truncates one only while recovering at open, and
+        // then only a torn tail that no CRC-checking reader accepted. A reader racing that
+        // truncation could fault on the vanished pages; the lander documents this and
+        // restarts idempotently.
+        let map = unsafe { MmapOptions::new().len(len).map(&file) }.map_err(io_error(path))?;
+        Ok(Self { path: path.to_path_buf(), file, map: Bytes::from_owner(MapOwner(map)), base_offset })
+    }
+
+    /// The file's current length, after an `fdatasync` (allowed on a read-only
+    /// descriptor) that makes every byte below it durable: a reader that stays below
+    /// this length never sees bytes a power loss could take back.
+    pub fn durable_len(&self) -> Result<u64, SegmentError> {
+        let len = self.file.metadata().map_err(io_error(&self.path))?.len();
+        self.file.sync_data().map_err(io_error(&self.path))?;
+        assert!(len <= FOLLOW_MAP_BYTES, "{}: segment larger than its mapping", self.path.display());
+        Ok(len)
+    }
+
+    /// The file's current length without syncing it.
+    pub fn current_len(&self) -> Result<u64, SegmentError> {
+        Ok(self.file.metadata().map_err(io_error(&self.path))?.len())
+    }
+
+    /// Zero-copy bytes `start..end`; `end` must not exceed a length this reader got from
+    /// [`FollowedSegment::durable_len`] or [`FollowedSegment::current_len`].
+    pub fn slice(&self, start: u64, end: u64) -> Bytes {
+        assert!(start <= end && end <= FOLLOW_MAP_BYTES);
+        self.map.slice(start as usize..end as usize)
+    }
+
+    /// The segment's base offset (from its file name).
+    pub fn base_offset(&self) -> i64 {
+        self.base_offset
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
 /// Decodes raw `.index` bytes (a trailing partial entry is ignored).
 pub fn decode_index(bytes: &[u8]) -> Vec<IndexEntry> {
     bytes

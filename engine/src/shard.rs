@@ -535,7 +535,7 @@ impl Partition {
         }
     }
 
-    fn maintain(&self, now_ms: i64) {
+    fn maintain(&self, now_ms: i64, landed_floors: Option<&HashMap<TopicPartition, i64>>) {
         let flush_idle = {
             let flush = self.flush.borrow();
             flush.syncs_in_flight == 0 && flush.writing.is_empty() && flush.unsynced_ends.is_empty()
@@ -544,6 +544,9 @@ impl Partition {
             return;
         }
         let mut log = self.log.borrow_mut();
+        if let Some(floors) = landed_floors {
+            log.set_retain_floor(Some(floors.get(&self.tp).copied().unwrap_or(0)));
+        }
         if let Err(error) = log.roll_if_old(now_ms) {
             tracing::warn!(partition = %self.tp, "time-based roll failed: {error}");
         }
@@ -856,8 +859,10 @@ impl Shard {
             }
             let now = crate::engine::now_ms();
             let partitions: Vec<_> = self.partitions.borrow().values().cloned().collect();
+            let landed_floors = (self.config.retain_until_landed && !partitions.is_empty())
+                .then(|| crate::landed::read_floors(&self.config.data_dir));
             for partition in partitions {
-                partition.maintain(now);
+                partition.maintain(now, landed_floors.as_ref());
             }
         }
     }

@@ -13,5 +13,6 @@
 pub mod client;
 pub mod demo;
 pub mod inspect;
+pub mod land;
 pub mod payments;
 pub mod serve;

@@ -18,6 +18,8 @@ enum Command {
     Demo(corelog_tools::demo::DemoArgs),
     /// Run the engine as a Kafka-protocol broker until SIGTERM/SIGINT.
     Serve(corelog_tools::serve::ServeArgs),
+    /// Land segment files as hour-partitioned Parquet, exactly once.
+    Land(corelog_tools::land::LandArgs),
     /// Produce one record per stdin line (acks=all, idempotent).
     Produce(corelog_tools::client::ProduceArgs),
     /// Print records, one value per line, optionally as a consumer-group member.
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => corelog_tools::demo::run(&args).map(|_| ExitCode::SUCCESS),
         Command::Serve(args) => corelog_tools::serve::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Land(args) => corelog_tools::land::run(&args).map(|_| ExitCode::SUCCESS),
         Command::Produce(args) => corelog_tools::client::produce(&args).map(|sent| {
             eprintln!("corelog produce: {sent} records acknowledged");
             ExitCode::SUCCESS

@@ -41,6 +41,9 @@ pub struct ServeArgs {
     /// Partitions of topics created on first use (0 disables auto-creation).
     #[arg(long, default_value_t = 1)]
     pub default_partitions: u32,
+    /// Never delete a segment a `corelog land` on this data dir has not landed yet.
+    #[arg(long)]
+    pub retain_until_landed: bool,
 }
 
 /// Histogram buckets for every latency metric, 50 µs to 5 s.
@@ -79,6 +82,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     config.auto_create_partitions = (args.default_partitions > 0).then_some(args.default_partitions);
     config.log.retention_ms = (retention_ms > 0).then_some(retention_ms);
     config.log.segment_bytes = args.segment_bytes;
+    config.retain_until_landed = args.retain_until_landed;
     if let Some(cores) = args.cores {
         if cores == 0 {
             bail!("--cores must be positive");

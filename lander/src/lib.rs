@@ -1,0 +1,540 @@
+//! # lander — segments to hour-partitioned Parquet, exactly once
+//!
+//! The batch path's entry. A [`Lander`] tails a [`Source`] (the engine's segment files
+//! through read-only mappings, or a Kafka-protocol broker) and writes Parquet part files
+//! to an [`Output`] (`object_store`: a local directory or an object-store URL):
+//!
+//! ```text
+//! OUT/<topic>/dt=YYYY-MM-DD/hr=HH/part-<partition>-<first_offset:020>-<last_offset:020>.parquet
+//! OUT/<topic>/_landed/<partition>.json        the manifest: first offset not landed
+//! ```
+//!
+//! partitioned by event time (the schema's `event_time` field, else the record
+//! timestamp), UTC. Columns: see [`part`]; typed columns: see [`schema`].
+//!
+//! ## Exactly once
+//! Per partition, records are buffered into one open part per event-time hour. A
+//! **commit** finishes every open part, puts each (durable and atomic, see
+//! [`output`]), and only then replaces the partition's [`Manifest`] with `next_offset`
+//! = the first offset not in those parts. On start, recovery deletes every part file of
+//! the partition whose first offset is at or past the manifest's `next_offset` (they
+//! belong to a commit that never finished) and resumes reading at `next_offset`. So a
+//! kill at any instant leaves every offset in exactly one file once the lander has run
+//! again: committed parts have offsets below `next_offset`, uncommitted ones are
+//! deleted and re-landed. Files of one commit have disjoint offsets, so their names
+//! never collide.
+//!
+//! ## Rotation
+//! A commit happens when a record's event-time hour is later than every hour seen so
+//! far in the partition (the hour boundary; late records go to a part of their own
+//! hour, a new file, never a rewrite), when a part reaches `file_bytes_max`, when the
+//! oldest buffered record has waited `max_lag` (so quiet partitions land), and at the
+//! end of `--once` or a clean stop.
+//!
+//! Invariants: the lander never writes under the engine's data directory except its
+//! registration file ([`engine::landed`]); a manifest only moves forward; offsets
+//! within a part increase. This crate has no `unsafe` code.
+
+#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
+#![forbid(unsafe_code)]
+
+pub mod manifest;
+pub mod output;
+pub mod part;
+pub mod schema;
+pub mod segments;
+pub mod source;
+
+pub use manifest::Manifest;
+pub use output::{Output, OutputError};
+pub use segments::SegmentSource;
+pub use source::{LandRecord, ReadOutcome, Source, SourceError};
+
+use arrow_schema::SchemaRef;
+use chrono::{DateTime, Datelike, Timelike};
+use part::PartBuilder;
+use schema::{TopicSchema, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Milliseconds in an hour.
+pub const HOUR_MS: i64 = 3_600_000;
+/// Default `--max-lag`.
+pub const MAX_LAG_MS_DEFAULT: u64 = 60_000;
+/// Default size at which a part file is closed.
+pub const FILE_BYTES_MAX_DEFAULT: usize = 128 << 20;
+/// Bytes read from a source per call.
+pub const READ_BYTES_MAX: usize = 4 << 20;
+/// Reads of one partition per [`Lander::step`] before moving to the next partition.
+pub const READS_PER_STEP_MAX: usize = 16;
+/// Default wait between polls of a caught-up source.
+pub const POLL_MS_DEFAULT: u64 = 100;
+
+/// Errors from landing.
+#[derive(Debug, thiserror::Error)]
+pub enum LandError {
+    /// The source failed.
+    #[error("{0}")]
+    Source(#[from] SourceError),
+    /// The output failed.
+    #[error("{0}")]
+    Output(#[from] OutputError),
+    /// A schema file is bad.
+    #[error("{0}")]
+    Schema(#[from] schema::SchemaError),
+    /// Encoding Parquet failed.
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    /// A stored manifest is unusable.
+    #[error("{path}: {reason}")]
+    Manifest {
+        /// The manifest.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// Writing the retention registration failed.
+    #[error("registration: {0}")]
+    Registration(std::io::Error),
+}
+
+/// What to land and how.
+#[derive(Debug, Clone)]
+pub struct LanderConfig {
+    /// Topics to land; `None` lands every topic the source has.
+    pub topics: Option<Vec<String>>,
+    /// Directory of `<topic>.toml` schemas.
+    pub schemas_dir: Option<PathBuf>,
+    /// Longest a read record waits before it lands.
+    pub max_lag_ms: u64,
+    /// Size at which an open part file is closed.
+    pub file_bytes_max: usize,
+    /// Register landed offsets under this data dir with this lander id (the retention
+    /// handshake with an engine reading the same data dir).
+    pub registration: Option<(PathBuf, String)>,
+}
+
+impl Default for LanderConfig {
+    fn default() -> Self {
+        Self {
+            topics: None,
+            schemas_dir: None,
+            max_lag_ms: MAX_LAG_MS_DEFAULT,
+            file_bytes_max: FILE_BYTES_MAX_DEFAULT,
+            registration: None,
+        }
+    }
+}
+
+/// Totals and lag, for progress lines and reports.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Progress {
+    /// Partitions being landed.
+    pub partitions: usize,
+    /// Records landed (committed) by this process.
+    pub records: u64,
+    /// Records with bad typed values (landed with nulls).
+    pub bad_records: u64,
+    /// Part files written by this process.
+    pub files: u64,
+    /// Parquet bytes written by this process.
+    pub bytes: u64,
+    /// Offsets deleted by retention before they could land.
+    pub skipped_offsets: u64,
+    /// Offsets in the source not yet landed (sum over partitions).
+    pub lag_offsets: i64,
+    /// Age of the oldest record read but not landed, seconds.
+    pub lag_seconds: f64,
+    /// Whether every partition is read to its end.
+    pub caught_up: bool,
+}
+
+#[derive(Debug)]
+struct PartitionState {
+    topic: String,
+    partition: u32,
+    manifest: Manifest,
+    /// Next offset to read from the source.
+    read_next: i64,
+    /// Open parts by event-time hour.
+    open: BTreeMap<i64, PartBuilder>,
+    /// Latest event-time hour seen since the lander started.
+    hour_max: Option<i64>,
+    /// When the oldest open row was read.
+    buffered_since: Option<Instant>,
+    /// Record timestamp of the oldest open row.
+    oldest_open_ms: Option<i64>,
+    caught_up: bool,
+    end_offset: i64,
+}
+
+/// A lander over one source and one output.
+pub struct Lander<S: Source> {
+    source: S,
+    output: Output,
+    config: LanderConfig,
+    schemas: HashMap<String, (TopicSchema, SchemaRef)>,
+    partitions: BTreeMap<(String, u32), PartitionState>,
+    progress: Progress,
+    typed: Vec<Value>,
+    records: Vec<LandRecord>,
+    registered: Option<BTreeMap<(String, u32), i64>>,
+}
+
+impl<S: Source> std::fmt::Debug for Lander<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lander")
+            .field("output", &self.output)
+            .field("progress", &self.progress)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `<topic>/dt=YYYY-MM-DD/hr=HH/part-<partition>-<first:020>-<last:020>.parquet`.
+pub fn part_path(topic: &str, partition: u32, hour: i64, first_offset: i64, last_offset: i64) -> String {
+    let time = DateTime::from_timestamp_millis(hour * HOUR_MS).expect("hour within chrono's range");
+    format!(
+        "{topic}/dt={:04}-{:02}-{:02}/hr={:02}/part-{partition}-{first_offset:020}-{last_offset:020}.parquet",
+        time.year(),
+        time.month(),
+        time.day(),
+        time.hour()
+    )
+}
+
+/// Parses a part file name (the last path component) into partition, first and last
+/// offset.
+pub fn parse_part_name(name: &str) -> Option<(u32, i64, i64)> {
+    let rest = name.strip_prefix("part-")?.strip_suffix(".parquet")?;
+    let mut fields = rest.split('-');
+    let partition = fields.next()?.parse().ok()?;
+    let first = fields.next().filter(|f| f.len() == 20)?.parse().ok()?;
+    let last = fields.next().filter(|f| f.len() == 20)?.parse().ok()?;
+    fields.next().is_none().then_some((partition, first, last))
+}
+
+fn clamp_event_ms(ms: i64) -> i64 {
+    // Hours chrono can print as four-digit years: 0000-01-01 .. 9999-12-31.
+    ms.clamp(-62_167_219_200_000, 253_402_300_799_999)
+}
+
+impl<S: Source> Lander<S> {
+    /// A lander; nothing is read or recovered until the first [`Lander::step`].
+    pub fn new(source: S, output: Output, config: LanderConfig) -> Self {
+        Self {
+            source,
+            output,
+            config,
+            schemas: HashMap::new(),
+            partitions: BTreeMap::new(),
+            progress: Progress::default(),
+            typed: Vec::new(),
+            records: Vec::new(),
+            registered: None,
+        }
+    }
+
+    /// Totals so far.
+    pub fn progress(&self) -> &Progress {
+        &self.progress
+    }
+
+    /// The manifest of every partition being landed.
+    pub fn manifests(&self) -> impl Iterator<Item = &Manifest> {
+        self.partitions.values().map(|p| &p.manifest)
+    }
+
+    /// Finds new topics and partitions and recovers them.
+    fn discover(&mut self) -> Result<(), LandError> {
+        let topics = self.source.topics()?;
+        for (topic, count) in topics {
+            if self.config.topics.as_ref().is_some_and(|wanted| !wanted.contains(&topic)) {
+                continue;
+            }
+            let known = self.partitions.range((topic.clone(), 0)..=(topic.clone(), u32::MAX)).count() as u32;
+            if known >= count {
+                continue;
+            }
+            if !self.schemas.contains_key(&topic) {
+                let schema = TopicSchema::load(self.config.schemas_dir.as_deref(), &topic)?;
+                let arrow = part::arrow_schema(&schema);
+                self.schemas.insert(topic.clone(), (schema, arrow));
+            }
+            let listing = self.output.list(&topic)?;
+            let removed = self.output.remove_staging_files(&topic)?;
+            if removed > 0 {
+                tracing::info!(topic, removed, "removed staging files of interrupted puts");
+            }
+            for partition in 0..count {
+                if !self.partitions.contains_key(&(topic.clone(), partition)) {
+                    let state = self.recover(&topic, partition, &listing)?;
+                    self.partitions.insert((topic.clone(), partition), state);
+                }
+            }
+        }
+        self.progress.partitions = self.partitions.len();
+        Ok(())
+    }
+
+    /// Reads the partition's manifest and deletes part files past it.
+    fn recover(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        listing: &[String],
+    ) -> Result<PartitionState, LandError> {
+        let manifest_path = Manifest::path(topic, partition);
+        let manifest = match self.output.get(&manifest_path)? {
+            Some(bytes) => Manifest::decode(&bytes, topic, partition)
+                .map_err(|reason| LandError::Manifest { path: manifest_path.clone(), reason })?,
+            None => Manifest::empty(topic, partition),
+        };
+        for path in listing {
+            let name = path.rsplit('/').next().unwrap_or_default();
+            let Some((p, first, _last)) = parse_part_name(name) else { continue };
+            if p == partition && first >= manifest.next_offset {
+                tracing::info!(path, next_offset = manifest.next_offset, "deleting part past the manifest");
+                self.output.delete(path)?;
+            }
+        }
+        Ok(PartitionState {
+            topic: topic.to_string(),
+            partition,
+            read_next: manifest.next_offset,
+            manifest,
+            open: BTreeMap::new(),
+            hour_max: None,
+            buffered_since: None,
+            oldest_open_ms: None,
+            caught_up: false,
+            end_offset: 0,
+        })
+    }
+
+    /// One pass: discover partitions, read what is available (bounded per partition),
+    /// and commit where a rotation rule says so. With `finish`, commits everything
+    /// read. Returns whether every partition is caught up.
+    pub fn step(&mut self, finish: bool) -> Result<bool, LandError> {
+        self.discover()?;
+        let keys: Vec<(String, u32)> = self.partitions.keys().cloned().collect();
+        let mut all_caught_up = true;
+        for key in keys {
+            let mut state = self.partitions.remove(&key).expect("key listed above");
+            let result = self.land_partition(&mut state, finish);
+            all_caught_up &= state.caught_up;
+            self.partitions.insert(key, state);
+            result?;
+        }
+        self.register()?;
+        self.progress.caught_up = all_caught_up;
+        Ok(all_caught_up)
+    }
+
+    fn land_partition(&mut self, state: &mut PartitionState, finish: bool) -> Result<(), LandError> {
+        for _ in 0..READS_PER_STEP_MAX {
+            let mut records = std::mem::take(&mut self.records);
+            records.clear();
+            let outcome = self.source.read(
+                &state.topic,
+                state.partition,
+                state.read_next,
+                READ_BYTES_MAX,
+                &mut records,
+            );
+            let outcome = match outcome {
+                Ok(outcome) => outcome,
+                Err(error) => {
+                    self.records = records;
+                    return Err(error.into());
+                }
+            };
+            if let Some((from, to)) = outcome.skipped {
+                tracing::warn!(
+                    topic = state.topic,
+                    partition = state.partition,
+                    "offsets {from}..{to} were deleted before they landed"
+                );
+                self.progress.skipped_offsets += (to - from).max(0) as u64;
+                metrics::counter!("lander_skipped_offsets").increment((to - from).max(0) as u64);
+            }
+            let result = self.push_records(state, &records);
+            self.records = records;
+            result?;
+            assert!(outcome.next_offset >= state.read_next, "a source never moves backwards");
+            state.read_next = outcome.next_offset;
+            state.caught_up = outcome.caught_up;
+            if outcome.caught_up {
+                break;
+            }
+        }
+        let lagging = state
+            .buffered_since
+            .is_some_and(|t| t.elapsed() >= Duration::from_millis(self.config.max_lag_ms));
+        let unrecorded =
+            state.read_next > state.manifest.next_offset && state.open.is_empty() && state.caught_up;
+        if lagging || ((finish || unrecorded) && state.read_next > state.manifest.next_offset) {
+            let next_offset = state.read_next;
+            self.commit(state, next_offset)?;
+        }
+        Ok(())
+    }
+
+    fn push_records(&mut self, state: &mut PartitionState, records: &[LandRecord]) -> Result<(), LandError> {
+        let (schema, arrow) = self.schemas.get(&state.topic).expect("schema loaded at discovery");
+        let (schema, arrow) = (schema.clone(), arrow.clone());
+        let event_time = schema.event_time_index();
+        for record in records {
+            let good = schema::extract(&schema, record.value.as_deref(), &mut self.typed);
+            if !good {
+                self.progress.bad_records += 1;
+                metrics::counter!("lander_bad_records").increment(1);
+            }
+            let event_ms = event_time
+                .and_then(|i| match self.typed[i] {
+                    Value::Int(ms) => Some(ms),
+                    _ => None,
+                })
+                .unwrap_or(record.timestamp_ms);
+            let hour = clamp_event_ms(event_ms).div_euclid(HOUR_MS);
+            if state.hour_max.is_some_and(|max| hour > max) && !state.open.is_empty() {
+                self.commit(state, record.offset)?;
+            }
+            state.hour_max = Some(state.hour_max.map_or(hour, |max| max.max(hour)));
+            if state.open.is_empty() {
+                state.buffered_since = Some(Instant::now());
+                state.oldest_open_ms = Some(record.timestamp_ms);
+            }
+            let part = match state.open.entry(hour) {
+                std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
+                std::collections::btree_map::Entry::Vacant(entry) => entry.insert(PartBuilder::new(
+                    &state.topic,
+                    state.partition,
+                    hour,
+                    &schema,
+                    arrow.clone(),
+                )?),
+            };
+            part.push(record, &self.typed)?;
+            if part.size_bytes() >= self.config.file_bytes_max {
+                self.commit(state, record.offset + 1)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Finishes and puts every open part, then advances the manifest to `next_offset`.
+    fn commit(&mut self, state: &mut PartitionState, next_offset: i64) -> Result<(), LandError> {
+        assert!(next_offset >= state.manifest.next_offset, "a manifest only moves forward");
+        let mut records = 0;
+        let mut files = 0;
+        for (_, part) in std::mem::take(&mut state.open) {
+            let finished = part.finish()?;
+            assert!(
+                finished.first_offset >= state.manifest.next_offset && finished.last_offset < next_offset
+            );
+            let path = part_path(
+                &state.topic,
+                state.partition,
+                finished.hour,
+                finished.first_offset,
+                finished.last_offset,
+            );
+            let bytes = finished.bytes.len() as u64;
+            self.output.put(&path, finished.bytes.into())?;
+            records += finished.rows;
+            files += 1;
+            self.progress.bytes += bytes;
+            metrics::counter!("lander_bytes").increment(bytes);
+        }
+        state.manifest.next_offset = next_offset;
+        state.manifest.landed_records += records;
+        state.manifest.landed_files += files;
+        state.manifest.updated_ms = engine::now_ms();
+        let manifest_path = Manifest::path(&state.topic, state.partition);
+        self.output.put(&manifest_path, state.manifest.encode().into())?;
+        state.buffered_since = None;
+        state.oldest_open_ms = None;
+        self.progress.records += records;
+        self.progress.files += files;
+        metrics::counter!("lander_records").increment(records);
+        metrics::counter!("lander_files").increment(files);
+        Ok(())
+    }
+
+    /// Commits everything read so far in every partition (a clean stop).
+    pub fn flush(&mut self) -> Result<(), LandError> {
+        let keys: Vec<(String, u32)> = self.partitions.keys().cloned().collect();
+        for key in keys {
+            let mut state = self.partitions.remove(&key).expect("key listed above");
+            let next_offset = state.read_next;
+            let result = if next_offset > state.manifest.next_offset {
+                self.commit(&mut state, next_offset)
+            } else {
+                Ok(())
+            };
+            self.partitions.insert(key, state);
+            result?;
+        }
+        self.register()
+    }
+
+    /// Rewrites the registration file when a manifest moved.
+    fn register(&mut self) -> Result<(), LandError> {
+        let Some((data_dir, id)) = &self.config.registration else { return Ok(()) };
+        let landed: BTreeMap<(String, u32), i64> =
+            self.partitions.iter().map(|(k, s)| (k.clone(), s.manifest.next_offset)).collect();
+        if self.registered.as_ref() == Some(&landed) {
+            return Ok(());
+        }
+        engine::landed::write_registration(data_dir, id, &landed).map_err(LandError::Registration)?;
+        self.registered = Some(landed);
+        Ok(())
+    }
+
+    /// Refreshes end offsets and lag figures (call about once a second).
+    pub fn update_lag(&mut self) {
+        let now = engine::now_ms();
+        let (mut lag_offsets, mut lag_ms) = (0i64, 0i64);
+        for state in self.partitions.values_mut() {
+            if let Ok(end) = self.source.end_offset(&state.topic, state.partition) {
+                state.end_offset = end.max(state.read_next);
+            }
+            lag_offsets += (state.end_offset - state.manifest.next_offset).max(0);
+            if let Some(oldest) = state.oldest_open_ms {
+                lag_ms = lag_ms.max(now - oldest);
+            }
+        }
+        self.progress.lag_offsets = lag_offsets;
+        self.progress.lag_seconds = lag_ms.max(0) as f64 / 1000.0;
+        metrics::gauge!("lander_lag_offsets").set(lag_offsets as f64);
+        metrics::gauge!("lander_lag_seconds").set(self.progress.lag_seconds);
+    }
+}
+
+/// The lander id used in the retention registration for an output URL: stable across
+/// restarts of a lander writing to the same output.
+pub fn lander_id(output_url: &str) -> String {
+    let hash = output_url
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    format!("{hash:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn given_an_hour_when_path_built_then_it_is_hive_layout_and_parses_back() {
+        let hour = 1_764_000_000_000 / HOUR_MS; // 2025-11-24T16:00Z
+        let path = part_path("payments", 3, hour, 17, 4242);
+        assert_eq!(
+            path,
+            "payments/dt=2025-11-24/hr=16/part-3-00000000000000000017-00000000000000004242.parquet"
+        );
+        assert_eq!(parse_part_name(path.rsplit('/').next().unwrap()), Some((3, 17, 4242)));
+        assert_eq!(parse_part_name("part-3-17-4242.parquet"), None);
+        assert_eq!(parse_part_name("part-3-00000000000000000017-00000000000000004242.parquet#1"), None);
+    }
+}

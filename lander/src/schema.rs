@@ -1,0 +1,320 @@
+//! Topic schemas (`schemas/<topic>.toml`): which JSON fields of a record's value
+//! become typed Parquet columns, and which one is the event time.
+//!
+//! ```toml
+//! version = 1                  # schema file format version
+//! event_time = "ts"            # optional: a declared int64 or timestamp-ms field
+//!
+//! [[field]]
+//! name = "ts"                  # top-level JSON field; also the column name
+//! type = "timestamp-ms"        # string | int64 | float64 | bool | timestamp-ms
+//! required = true              # default false
+//! ```
+//!
+//! Extraction rule: a value that is not a JSON object, or lacks a required field, or
+//! has a required field of the wrong type, is *bad*: every typed column is null for it.
+//! An optional field that is missing is null; one of the wrong type is null and also
+//! makes the record bad. Bad records are counted, never dropped: the raw `value`
+//! column always holds the bytes. Integers must be JSON integers (`12.0` is not an
+//! int64); `float64` accepts any JSON number; `timestamp-ms` takes integer
+//! milliseconds since the epoch.
+
+use serde::Deserialize;
+use std::path::Path;
+
+/// Schema file format version this build reads.
+pub const SCHEMA_VERSION: u32 = 1;
+/// Columns every landed file has, before the typed ones.
+pub const BASE_COLUMNS: [&str; 6] = ["partition", "offset", "timestamp", "key", "value", "headers"];
+/// Most typed fields one schema may declare.
+pub const SCHEMA_FIELDS_MAX: usize = 256;
+
+/// Arrow type of a typed column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FieldType {
+    /// UTF-8 string (JSON string).
+    String,
+    /// 64-bit signed integer (JSON integer).
+    Int64,
+    /// 64-bit float (any JSON number).
+    Float64,
+    /// Boolean (JSON true/false).
+    Bool,
+    /// Milliseconds since the epoch, UTC (JSON integer).
+    TimestampMs,
+}
+
+/// One typed column.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Field {
+    /// Top-level JSON field name, also the column name.
+    pub name: String,
+    /// Its type.
+    #[serde(rename = "type")]
+    pub field_type: FieldType,
+    /// Whether a record without it (or with a wrong type) is bad.
+    #[serde(default)]
+    pub required: bool,
+}
+
+/// A topic's schema.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSchema {
+    /// Format version; must be [`SCHEMA_VERSION`].
+    pub version: u32,
+    /// The field holding event time (ms since epoch), if any.
+    #[serde(default)]
+    pub event_time: Option<String>,
+    /// Typed columns, in column order.
+    #[serde(default, rename = "field")]
+    pub fields: Vec<Field>,
+}
+
+/// Errors loading a schema.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not a valid schema.
+    #[error("{path}: {reason}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl TopicSchema {
+    /// The schema for records without one: no typed columns, record timestamp as
+    /// event time.
+    pub fn raw() -> Self {
+        Self { version: SCHEMA_VERSION, event_time: None, fields: Vec::new() }
+    }
+
+    /// Parses and checks schema text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, SchemaError> {
+        let invalid = |reason: String| SchemaError::Invalid { path: origin.to_string(), reason };
+        let schema: Self = toml::from_str(text).map_err(|e| invalid(e.message().to_string()))?;
+        if schema.version != SCHEMA_VERSION {
+            return Err(invalid(format!(
+                "schema version {} (this build reads {SCHEMA_VERSION})",
+                schema.version
+            )));
+        }
+        if schema.fields.len() > SCHEMA_FIELDS_MAX {
+            return Err(invalid(format!("more than {SCHEMA_FIELDS_MAX} fields")));
+        }
+        for (i, field) in schema.fields.iter().enumerate() {
+            if field.name.is_empty() || BASE_COLUMNS.contains(&field.name.as_str()) {
+                return Err(invalid(format!("field name {:?} is empty or a built-in column", field.name)));
+            }
+            if schema.fields[..i].iter().any(|f| f.name == field.name) {
+                return Err(invalid(format!("field {:?} declared twice", field.name)));
+            }
+        }
+        if let Some(name) = &schema.event_time {
+            let field = schema.fields.iter().find(|f| &f.name == name);
+            if !field.is_some_and(|f| matches!(f.field_type, FieldType::Int64 | FieldType::TimestampMs)) {
+                return Err(invalid(format!(
+                    "event_time {name:?} is not a declared int64 or timestamp-ms field"
+                )));
+            }
+        }
+        Ok(schema)
+    }
+
+    /// Loads `DIR/<topic>.toml`, or the raw schema when the file does not exist.
+    pub fn load(dir: Option<&Path>, topic: &str) -> Result<Self, SchemaError> {
+        let Some(dir) = dir else { return Ok(Self::raw()) };
+        let path = dir.join(format!("{topic}.toml"));
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Self::parse(&text, &path.display().to_string()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Self::raw()),
+            Err(source) => Err(SchemaError::Io { path: path.display().to_string(), source }),
+        }
+    }
+
+    /// Index of the event-time field in `fields`.
+    pub fn event_time_index(&self) -> Option<usize> {
+        let name = self.event_time.as_ref()?;
+        self.fields.iter().position(|f| &f.name == name)
+    }
+}
+
+/// One extracted typed value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// Absent or unusable.
+    Null,
+    /// A string.
+    Str(String),
+    /// An integer (int64 and timestamp-ms).
+    Int(i64),
+    /// A float.
+    Float(f64),
+    /// A boolean.
+    Bool(bool),
+}
+
+/// Extracts the schema's fields from a JSON value into `out` (one entry per field,
+/// in order). Returns whether the record is good (see the module doc).
+pub fn extract(schema: &TopicSchema, value: Option<&[u8]>, out: &mut Vec<Value>) -> bool {
+    out.clear();
+    if schema.fields.is_empty() {
+        return true;
+    }
+    let object =
+        value.and_then(|v| serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(v).ok());
+    let Some(object) = object else {
+        out.resize(schema.fields.len(), Value::Null);
+        return false;
+    };
+    let mut good = true;
+    for field in &schema.fields {
+        let extracted = match object.get(&field.name) {
+            None | Some(serde_json::Value::Null) => {
+                good &= !field.required;
+                Value::Null
+            }
+            Some(json) => match convert(field.field_type, json) {
+                Some(value) => value,
+                None => {
+                    good = false;
+                    Value::Null
+                }
+            },
+        };
+        out.push(extracted);
+    }
+    let required_failed = schema.fields.iter().zip(out.iter()).any(|(f, v)| f.required && *v == Value::Null);
+    if required_failed {
+        out.iter_mut().for_each(|v| *v = Value::Null);
+    }
+    good
+}
+
+fn convert(field_type: FieldType, json: &serde_json::Value) -> Option<Value> {
+    match (field_type, json) {
+        (FieldType::String, serde_json::Value::String(s)) => Some(Value::Str(s.clone())),
+        (FieldType::Int64 | FieldType::TimestampMs, serde_json::Value::Number(n)) => {
+            n.as_i64().map(Value::Int)
+        }
+        (FieldType::Float64, serde_json::Value::Number(n)) => n.as_f64().map(Value::Float),
+        (FieldType::Bool, serde_json::Value::Bool(b)) => Some(Value::Bool(*b)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAYMENTS: &str = r#"
+        version = 1
+        event_time = "ts"
+        [[field]]
+        name = "ts"
+        type = "timestamp-ms"
+        required = true
+        [[field]]
+        name = "amount_cents"
+        type = "int64"
+        required = true
+        [[field]]
+        name = "country"
+        type = "string"
+        [[field]]
+        name = "score"
+        type = "float64"
+        [[field]]
+        name = "flagged"
+        type = "bool"
+    "#;
+
+    fn payments() -> TopicSchema {
+        TopicSchema::parse(PAYMENTS, "payments.toml").unwrap()
+    }
+
+    #[test]
+    fn given_a_complete_value_when_extracted_then_every_column_is_typed() {
+        let mut out = Vec::new();
+        let good = extract(
+            &payments(),
+            Some(
+                br#"{"ts":1700000000123,"amount_cents":-5,"country":"FR","score":1,"flagged":true,"x":[1]}"#,
+            ),
+            &mut out,
+        );
+        assert!(good);
+        assert_eq!(
+            out,
+            vec![
+                Value::Int(1_700_000_000_123),
+                Value::Int(-5),
+                Value::Str("FR".into()),
+                Value::Float(1.0),
+                Value::Bool(true)
+            ]
+        );
+        assert_eq!(payments().event_time_index(), Some(0));
+    }
+
+    #[test]
+    fn given_a_missing_optional_field_when_extracted_then_only_it_is_null_and_record_is_good() {
+        let mut out = Vec::new();
+        assert!(extract(&payments(), Some(br#"{"ts":1,"amount_cents":2}"#), &mut out));
+        assert_eq!(out, vec![Value::Int(1), Value::Int(2), Value::Null, Value::Null, Value::Null]);
+    }
+
+    #[test]
+    fn given_a_wrong_optional_type_when_extracted_then_it_is_null_and_record_is_bad() {
+        let mut out = Vec::new();
+        assert!(!extract(&payments(), Some(br#"{"ts":1,"amount_cents":2,"country":7}"#), &mut out));
+        assert_eq!(out, vec![Value::Int(1), Value::Int(2), Value::Null, Value::Null, Value::Null]);
+    }
+
+    #[test]
+    fn given_bad_values_when_extracted_then_all_typed_columns_are_null() {
+        let schema = payments();
+        let mut out = Vec::new();
+        for value in [
+            &b"not json"[..],
+            br#"[1,2]"#,
+            br#"{"ts":1}"#,
+            br#"{"ts":1,"amount_cents":2.5,"country":"FR"}"#,
+            br#"{"ts":"yesterday","amount_cents":2,"country":"FR"}"#,
+        ] {
+            assert!(!extract(&schema, Some(value), &mut out), "{}", String::from_utf8_lossy(value));
+            assert_eq!(out, vec![Value::Null; 5]);
+        }
+        assert!(!extract(&schema, None, &mut out));
+    }
+
+    #[test]
+    fn given_invalid_schema_files_when_parsed_then_errors_say_why() {
+        let cases = [
+            ("version = 2", "schema version 2"),
+            ("version = 1\n[[field]]\nname = \"offset\"\ntype = \"int64\"", "built-in column"),
+            ("version = 1\n[[field]]\nname = \"a\"\ntype = \"decimal\"", "unknown variant"),
+            ("version = 1\nevent_time = \"a\"\n[[field]]\nname = \"a\"\ntype = \"string\"", "event_time"),
+            (
+                "version = 1\n[[field]]\nname = \"a\"\ntype = \"bool\"\n[[field]]\nname = \"a\"\ntype = \"bool\"",
+                "declared twice",
+            ),
+        ];
+        for (text, expected) in cases {
+            let error = TopicSchema::parse(text, "t.toml").unwrap_err().to_string();
+            assert!(error.contains(expected), "{text:?}: {error}");
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! The engine's data directory as a [`Source`]: segment files read through read-only
+//! mappings ([`engine::segment::FollowedSegment`]), followed by polling.
+//!
+//! Invariants:
+//! * nothing under the data directory is ever written here;
+//! * only bytes below a length observed *before* an `fdatasync` of the segment are
+//!   read, so nothing handed out can be taken back by a power loss;
+//! * every batch is CRC-checked and must carry the next expected offset; a batch that
+//!   fails is the tail still being written and is retried on the next read, unless the
+//!   next segment already starts past it, which is corruption and an error;
+//! * the reader moves to the next segment only when it starts exactly at the offset
+//!   after the last batch read (a segment is sealed once its successor exists, but its
+//!   last write may still be in flight when the successor appears).
+
+use crate::source::{decode_batch, LandRecord, ReadOutcome, Source, SourceError};
+use engine::batch::{frame_len, BatchView, BATCH_HEADER_BYTES};
+use engine::segment::{parse_log_name, FollowedSegment};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Where a reader stands in one partition.
+#[derive(Debug)]
+struct Cursor {
+    segment: FollowedSegment,
+    /// File position of the next batch to read.
+    position: u64,
+    /// Offset the batch at `position` must start with.
+    next_offset: i64,
+    /// Length known to be durable.
+    durable_len: u64,
+}
+
+/// Reads partitions from an engine data directory.
+#[derive(Debug)]
+pub struct SegmentSource {
+    data_dir: PathBuf,
+    cursors: HashMap<(String, u32), Cursor>,
+}
+
+impl SegmentSource {
+    /// A source over `data_dir` (which must exist).
+    pub fn new(data_dir: &Path) -> Result<Self, SourceError> {
+        if !data_dir.is_dir() {
+            return Err(SourceError::Io {
+                path: data_dir.display().to_string(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "data directory does not exist"),
+            });
+        }
+        Ok(Self { data_dir: data_dir.to_path_buf(), cursors: HashMap::new() })
+    }
+
+    fn open_cursor(&self, topic: &str, partition: u32, base: i64) -> Result<Cursor, SourceError> {
+        let path = partition_dir(&self.data_dir, topic, partition)
+            .join(format!("{}.log", engine::segment::file_stem(base)));
+        let segment = FollowedSegment::open(&path)?;
+        Ok(Cursor { segment, position: 0, next_offset: base, durable_len: 0 })
+    }
+
+    /// Positions a cursor at the batch holding `from` (or the first batch after it).
+    /// Returns the skipped range when `from` was deleted by retention.
+    fn seek(&mut self, topic: &str, partition: u32, from: i64) -> Result<Option<(i64, i64)>, SourceError> {
+        let key = (topic.to_string(), partition);
+        if self.cursors.get(&key).is_some_and(|c| c.next_offset <= from && c.segment.base_offset() <= from) {
+            // Continue forward from the cursor (the usual case: `from` is where it stopped).
+            return Ok(None);
+        }
+        self.cursors.remove(&key);
+        let bases = segment_bases(&self.data_dir, topic, partition)?;
+        let Some(&first) = bases.first() else { return Ok(None) };
+        let (base, skipped) = match bases.iter().rev().find(|b| **b <= from) {
+            Some(base) => (*base, None),
+            None => (first, Some((from, first))),
+        };
+        let cursor = self.open_cursor(topic, partition, base)?;
+        self.cursors.insert(key, cursor);
+        Ok(skipped)
+    }
+}
+
+fn partition_dir(data_dir: &Path, topic: &str, partition: u32) -> PathBuf {
+    data_dir.join(format!("{topic}-{partition}"))
+}
+
+/// Base offsets of the partition's segments, ascending.
+fn segment_bases(data_dir: &Path, topic: &str, partition: u32) -> Result<Vec<i64>, SourceError> {
+    let dir = partition_dir(data_dir, topic, partition);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(SourceError::Io { path: dir.display().to_string(), source }),
+    };
+    let mut bases: Vec<i64> = entries.flatten().filter_map(|e| parse_log_name(&e.path())).collect();
+    bases.sort_unstable();
+    Ok(bases)
+}
+
+impl Source for SegmentSource {
+    fn topics(&mut self) -> Result<Vec<(String, u32)>, SourceError> {
+        let io = |source| SourceError::Io { path: self.data_dir.display().to_string(), source };
+        let mut partitions: HashMap<String, u32> = HashMap::new();
+        for entry in std::fs::read_dir(&self.data_dir).map_err(io)?.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some((topic, partition)) = name.rsplit_once('-') else { continue };
+            let Ok(partition) = partition.parse::<u32>() else { continue };
+            if topic.is_empty() || topic.starts_with("__") || !entry.path().is_dir() {
+                continue;
+            }
+            let count = partitions.entry(topic.to_string()).or_default();
+            *count = (*count).max(partition + 1);
+        }
+        let mut topics: Vec<_> = partitions.into_iter().collect();
+        topics.sort();
+        Ok(topics)
+    }
+
+    fn read(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        from: i64,
+        bytes_max: usize,
+        out: &mut Vec<LandRecord>,
+    ) -> Result<ReadOutcome, SourceError> {
+        let skipped = self.seek(topic, partition, from)?;
+        let from = skipped.map_or(from, |(_, to)| to);
+        let key = (topic.to_string(), partition);
+        let Some(cursor) = self.cursors.get_mut(&key) else {
+            return Ok(ReadOutcome { next_offset: from, caught_up: true, skipped });
+        };
+        let mut bytes_read = 0usize;
+        loop {
+            if cursor.position >= cursor.durable_len {
+                let len = cursor.segment.durable_len()?;
+                cursor.durable_len = len;
+            }
+            let end = cursor.durable_len;
+            let mut stalled = None;
+            while cursor.position < end && bytes_read < bytes_max {
+                let bytes = cursor.segment.slice(cursor.position, end);
+                let view = match BatchView::parse(&bytes) {
+                    Ok(view) if view.base_offset() == cursor.next_offset => view,
+                    Ok(view) => {
+                        stalled = Some(format!(
+                            "offset {} where {} was expected",
+                            view.base_offset(),
+                            cursor.next_offset
+                        ));
+                        break;
+                    }
+                    Err(error) => {
+                        stalled = Some(error.to_string());
+                        break;
+                    }
+                };
+                let len = view.len();
+                let (next, last) = (view.next_offset(), view.last_offset());
+                if last >= from {
+                    let batch = cursor.segment.slice(cursor.position, cursor.position + len as u64);
+                    decode_batch(topic, partition, batch, from, out)?;
+                    bytes_read += len;
+                }
+                cursor.position += len as u64;
+                cursor.next_offset = next;
+            }
+            let next_offset = cursor.next_offset.max(from);
+            if bytes_read >= bytes_max {
+                return Ok(ReadOutcome { next_offset, caught_up: false, skipped });
+            }
+            // End of the durable bytes of this segment: move on only to a successor that
+            // starts exactly where this one ended.
+            let bases = segment_bases(&self.data_dir, topic, partition)?;
+            let successor = bases.iter().copied().find(|b| *b > cursor.segment.base_offset());
+            match successor {
+                Some(base) if base == cursor.next_offset && cursor.position >= end => {
+                    // Re-check the length: the last write may have landed since.
+                    if cursor.segment.current_len()? > end {
+                        continue;
+                    }
+                    let path = partition_dir(&self.data_dir, topic, partition);
+                    let segment = FollowedSegment::open(
+                        &path.join(format!("{}.log", engine::segment::file_stem(base))),
+                    )?;
+                    *cursor = Cursor { segment, position: 0, next_offset: base, durable_len: 0 };
+                }
+                Some(base)
+                    if base > cursor.next_offset && stalled.is_some() && cursor.segment.current_len()? == end =>
+                {
+                    return Err(SourceError::Corrupt {
+                        topic: topic.to_string(),
+                        partition,
+                        offset: cursor.next_offset,
+                        reason: format!(
+                            "sealed segment {} stops at position {}: {}",
+                            cursor.segment.path().display(),
+                            cursor.position,
+                            stalled.unwrap_or_default()
+                        ),
+                    });
+                }
+                _ => return Ok(ReadOutcome { next_offset, caught_up: true, skipped }),
+            }
+        }
+    }
+
+    fn end_offset(&mut self, topic: &str, partition: u32) -> Result<i64, SourceError> {
+        let bases = segment_bases(&self.data_dir, topic, partition)?;
+        let Some(&last) = bases.last() else { return Ok(0) };
+        let path = partition_dir(&self.data_dir, topic, partition)
+            .join(format!("{}.log", engine::segment::file_stem(last)));
+        let segment = FollowedSegment::open(&path)?;
+        let len = segment.current_len()?;
+        let bytes = segment.slice(0, len);
+        // Walk frame headers only (no CRC): an estimate for lag reports.
+        let (mut position, mut end) = (0usize, last);
+        while let Some(Ok(frame)) = frame_len(&bytes[position..]) {
+            if position + frame > bytes.len() || frame < BATCH_HEADER_BYTES {
+                break;
+            }
+            let header = &bytes[position..position + BATCH_HEADER_BYTES];
+            let base = i64::from_be_bytes(header[0..8].try_into().expect("8 bytes"));
+            let delta = i32::from_be_bytes(header[23..27].try_into().expect("4 bytes"));
+            end = base + i64::from(delta) + 1;
+            position += frame;
+        }
+        Ok(end)
+    }
+}

@@ -1,0 +1,121 @@
+//! Where landed records come from: the engine's segment files ([`crate::segments`])
+//! or any Kafka-protocol broker ([`crate::kafka`]). Both hand the lander the same
+//! [`LandRecord`]s, in offset order per partition.
+
+use bytes::Bytes;
+
+/// One record to land.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LandRecord {
+    /// Its offset in the partition.
+    pub offset: i64,
+    /// Its Kafka timestamp (create or log-append time), ms since the epoch.
+    pub timestamp_ms: i64,
+    /// Key bytes.
+    pub key: Option<Bytes>,
+    /// Value bytes, exactly as produced.
+    pub value: Option<Bytes>,
+    /// Headers in order.
+    pub headers: Vec<(String, Option<Bytes>)>,
+}
+
+/// What one [`Source::read`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadOutcome {
+    /// Every offset below this was handed out or has no record to land (control
+    /// records, offsets compacted away): the next read starts here.
+    pub next_offset: i64,
+    /// Whether the read stopped at the end of what is durable now (more needs waiting).
+    pub caught_up: bool,
+    /// Offsets `from..to` that no longer exist (deleted by retention before landing).
+    pub skipped: Option<(i64, i64)>,
+}
+
+/// Errors from a source.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// A file could not be read.
+    #[error("{0}")]
+    Segment(#[from] engine::segment::SegmentError),
+    /// Reading a directory failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// What.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Stored bytes cannot be decoded.
+    #[error("{topic}-{partition} at offset {offset}: {reason}")]
+    Corrupt {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// Where.
+        offset: i64,
+        /// Why.
+        reason: String,
+    },
+    /// The broker failed.
+    #[error("kafka: {0}")]
+    Kafka(String),
+}
+
+/// A log the lander tails.
+pub trait Source {
+    /// Every topic with its partition count, as known now.
+    fn topics(&mut self) -> Result<Vec<(String, u32)>, SourceError>;
+
+    /// Appends to `out` the records of `topic`/`partition` from offset `from`, in offset
+    /// order, stopping after about `bytes_max` bytes or at the end of what is durable.
+    fn read(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        from: i64,
+        bytes_max: usize,
+        out: &mut Vec<LandRecord>,
+    ) -> Result<ReadOutcome, SourceError>;
+
+    /// The partition's end offset now (for lag reports; may be an estimate).
+    fn end_offset(&mut self, topic: &str, partition: u32) -> Result<i64, SourceError>;
+}
+
+/// Decodes one stored RecordBatch v2 (any codec) into `out`, keeping records at or past
+/// `from` and dropping control records.
+pub fn decode_batch(
+    topic: &str,
+    partition: u32,
+    mut batch: Bytes,
+    from: i64,
+    out: &mut Vec<LandRecord>,
+) -> Result<(), SourceError> {
+    let base_offset = engine::batch::BatchView::parse(&batch).map(|v| v.base_offset()).unwrap_or(-1);
+    let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut batch).map_err(|error| {
+        SourceError::Corrupt {
+            topic: topic.to_string(),
+            partition,
+            offset: base_offset,
+            reason: error.to_string(),
+        }
+    })?;
+    for record in set.records {
+        if record.control || record.offset < from {
+            continue;
+        }
+        let headers = record
+            .headers
+            .into_iter()
+            .map(|(key, value)| (String::from_utf8_lossy(key.as_bytes()).into_owned(), value))
+            .collect();
+        out.push(LandRecord {
+            offset: record.offset,
+            timestamp_ms: record.timestamp,
+            key: record.key,
+            value: record.value,
+            headers,
+        });
+    }
+    Ok(())
+}

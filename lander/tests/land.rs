@@ -1,0 +1,294 @@
+//! Landing from real segment files written by the embedded engine, read back with the
+//! `parquet` crate.
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int64Type, TimestampMillisecondType};
+use arrow_array::Array;
+use engine::batch::BatchBuilder;
+use engine::{Engine, EngineConfig};
+use lander::{Lander, LanderConfig, Output, SegmentSource, HOUR_MS};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+const SCHEMA: &str = r#"
+version = 1
+event_time = "ts"
+[[field]]
+name = "ts"
+type = "timestamp-ms"
+required = true
+[[field]]
+name = "amount_cents"
+type = "int64"
+required = true
+[[field]]
+name = "country"
+type = "string"
+"#;
+
+/// One landed row.
+#[derive(Debug, Clone, PartialEq)]
+struct Row {
+    file: PathBuf,
+    partition: i32,
+    offset: i64,
+    value: Option<Vec<u8>>,
+    ts: Option<i64>,
+    amount: Option<i64>,
+    country: Option<String>,
+    headers: usize,
+}
+
+fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+fn read_rows(out: &Path) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for file in parquet_files(out) {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&file).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let column = |name: &str| batch.column_by_name(name).unwrap().clone();
+            let partition = column("partition");
+            let offset = column("offset");
+            let value = column("value");
+            let headers = column("headers");
+            let typed_ts = batch.column_by_name("ts").cloned();
+            let amount = batch.column_by_name("amount_cents").cloned();
+            let country = batch.column_by_name("country").cloned();
+            for i in 0..batch.num_rows() {
+                let value = value.as_binary::<i32>();
+                rows.push(Row {
+                    file: file.clone(),
+                    partition: partition.as_primitive::<arrow_array::types::Int32Type>().value(i),
+                    offset: offset.as_primitive::<Int64Type>().value(i),
+                    value: value.is_valid(i).then(|| value.value(i).to_vec()),
+                    ts: typed_ts.as_ref().and_then(|c| {
+                        let c = c.as_primitive::<TimestampMillisecondType>();
+                        c.is_valid(i).then(|| c.value(i))
+                    }),
+                    amount: amount.as_ref().and_then(|c| {
+                        let c = c.as_primitive::<Int64Type>();
+                        c.is_valid(i).then(|| c.value(i))
+                    }),
+                    country: country.as_ref().and_then(|c| {
+                        let c = c.as_string::<i32>();
+                        c.is_valid(i).then(|| c.value(i).to_string())
+                    }),
+                    headers: headers.as_list::<i32>().value(i).len(),
+                });
+            }
+        }
+    }
+    rows
+}
+
+fn payment(ts: i64, amount: i64) -> Vec<u8> {
+    format!(r#"{{"ts":{ts},"amount_cents":{amount},"country":"FR","user_id":"u{amount}"}}"#).into_bytes()
+}
+
+fn land_all(data: &Path, out: &Path, schemas: Option<&Path>, max_lag_ms: u64) -> Lander<SegmentSource> {
+    let config = LanderConfig {
+        schemas_dir: schemas.map(Path::to_path_buf),
+        max_lag_ms,
+        registration: Some((data.to_path_buf(), "test".into())),
+        ..LanderConfig::default()
+    };
+    let mut lander =
+        Lander::new(SegmentSource::new(data).unwrap(), Output::open(out.to_str().unwrap()).unwrap(), config);
+    while !lander.step(false).unwrap() {}
+    lander.flush().unwrap();
+    lander
+}
+
+fn hour_of(path: &Path) -> (String, String) {
+    let hr = path.parent().unwrap();
+    let dt = hr.parent().unwrap();
+    (
+        dt.file_name().unwrap().to_string_lossy().into_owned(),
+        hr.file_name().unwrap().to_string_lossy().into_owned(),
+    )
+}
+
+fn open_engine(data: &Path) -> Engine {
+    let mut config = EngineConfig::new(data);
+    config.shards = 2;
+    config.pin_threads = false;
+    Engine::open(config).unwrap()
+}
+
+#[test]
+fn given_payments_over_three_hours_when_landed_then_every_offset_lands_once_in_its_event_hour() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, out, schemas) = (dir.path().join("data"), dir.path().join("out"), dir.path().join("schemas"));
+    std::fs::create_dir_all(&schemas).unwrap();
+    std::fs::write(schemas.join("payments.toml"), SCHEMA).unwrap();
+    let engine = open_engine(&data);
+    engine.create_topic("payments", 2).unwrap();
+    let start = 1_764_000_000_000 - 1_764_000_000_000 % HOUR_MS;
+    let mut expected: BTreeMap<(i32, i64), Vec<u8>> = BTreeMap::new();
+    for partition in 0..2u32 {
+        let mut offset = 0;
+        for chunk in 0..30i64 {
+            let mut batch = BatchBuilder::default();
+            for i in 0..100i64 {
+                let n = chunk * 100 + i;
+                let ts = start + n * (3 * HOUR_MS / 3000);
+                let value = if n % 500 == 7 { b"{not json".to_vec() } else { payment(ts, n) };
+                batch.push_with_headers(ts, Some(b"k"), Some(&value), &[(&b"h"[..], Some(&b"v"[..]))]);
+                expected.insert((partition as i32, offset), value);
+                offset += 1;
+            }
+            engine.append("payments", partition, batch.finish()).wait().unwrap();
+        }
+    }
+    let lander = land_all(&data, &out, Some(&schemas), 60_000);
+    let rows = read_rows(&out);
+    assert_eq!(rows.len(), expected.len(), "every offset lands exactly once");
+    let mut seen = BTreeMap::new();
+    for row in &rows {
+        assert!(seen.insert((row.partition, row.offset), ()).is_none(), "offset landed twice: {row:?}");
+        assert_eq!(
+            Some(&expected[&(row.partition, row.offset)]),
+            row.value.as_ref(),
+            "value is byte-identical"
+        );
+        assert_eq!(row.headers, 1);
+        if row.value.as_deref() == Some(b"{not json") {
+            assert_eq!((row.ts, row.amount, row.country.as_deref()), (None, None, None));
+            continue;
+        }
+        let ts = row.ts.expect("typed ts");
+        assert_eq!(row.amount, Some(row.offset));
+        assert_eq!(row.country.as_deref(), Some("FR"));
+        let hour = chrono::DateTime::from_timestamp_millis(ts).unwrap();
+        assert_eq!(
+            hour_of(&row.file),
+            (hour.format("dt=%Y-%m-%d").to_string(), hour.format("hr=%H").to_string()),
+            "row lands in the directory of its event hour"
+        );
+    }
+    assert_eq!(lander.progress().bad_records, 12, "6 bad values per partition are counted");
+    let manifests: Vec<_> =
+        lander.manifests().map(|m| (m.partition, m.next_offset, m.landed_records)).collect();
+    assert_eq!(manifests, vec![(0, 3000, 3000), (1, 3000, 3000)]);
+    let floors = engine::landed::read_floors(&data);
+    assert_eq!(floors.len(), 2, "the lander registered its landed offsets");
+    assert!(floors.values().all(|next| *next == 3000));
+    engine.shutdown().unwrap();
+}
+
+#[test]
+fn given_late_events_when_landed_then_they_go_to_a_new_file_in_their_own_hour() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, out) = (dir.path().join("data"), dir.path().join("out"));
+    let engine = open_engine(&data);
+    engine.create_topic("clicks", 1).unwrap();
+    let h = 1_764_000_000_000 - 1_764_000_000_000 % HOUR_MS;
+    // Record timestamps (no schema): hours 0, 0, 1, 0 (late), 1, 2, 1 (late), 0 (late).
+    let hours = [0, 0, 1, 0, 1, 2, 1, 0];
+    for (i, hour) in hours.iter().enumerate() {
+        let mut batch = BatchBuilder::default();
+        batch.push(h + hour * HOUR_MS + i as i64, None, Some(format!("e{i}").as_bytes()));
+        engine.append("clicks", 0, batch.finish()).wait().unwrap();
+    }
+    land_all(&data, &out, None, 60_000);
+    let mut files: Vec<(String, Vec<i64>)> = BTreeMap::<PathBuf, Vec<i64>>::new()
+        .into_iter()
+        .chain(read_rows(&out).into_iter().fold(BTreeMap::new(), |mut m: BTreeMap<PathBuf, Vec<i64>>, r| {
+            m.entry(r.file).or_default().push(r.offset);
+            m
+        }))
+        .map(|(path, offsets)| (hour_of(&path).1, offsets))
+        .collect();
+    files.sort();
+    let hr = |n: i64| {
+        chrono::DateTime::from_timestamp_millis(h + n * HOUR_MS).unwrap().format("hr=%H").to_string()
+    };
+    let mut expected = vec![
+        (hr(0), vec![0, 1]),
+        (hr(0), vec![3]),
+        (hr(0), vec![7]),
+        (hr(1), vec![2, 4]),
+        (hr(1), vec![6]),
+        (hr(2), vec![5]),
+    ];
+    expected.sort();
+    assert_eq!(files, expected, "closed files are never rewritten; late events get files of their own");
+    engine.shutdown().unwrap();
+}
+
+#[test]
+fn given_parts_past_the_manifest_when_restarted_then_they_are_deleted_and_relanded_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, out) = (dir.path().join("data"), dir.path().join("out"));
+    let engine = open_engine(&data);
+    engine.create_topic("t", 1).unwrap();
+    let now = engine::now_ms();
+    let append = |from: i64, to: i64| {
+        let mut batch = BatchBuilder::default();
+        for n in from..to {
+            batch.push(now, None, Some(format!("v{n}").as_bytes()));
+        }
+        engine.append("t", 0, batch.finish()).wait().unwrap();
+    };
+    append(0, 50);
+    land_all(&data, &out, None, 60_000);
+    append(50, 80);
+    // A commit that put its part but died before the manifest: a stray part 50..79,
+    // plus a staging file of an interrupted put.
+    let stray = out.join(lander::part_path("t", 0, now / HOUR_MS, 50, 79));
+    let landed = parquet_files(&out);
+    std::fs::copy(&landed[0], &stray).unwrap();
+    std::fs::write(stray.with_extension("parquet#1"), b"partial").unwrap();
+    land_all(&data, &out, None, 60_000);
+    let rows = read_rows(&out);
+    let offsets: Vec<i64> = {
+        let mut o: Vec<i64> = rows.iter().map(|r| r.offset).collect();
+        o.sort();
+        o
+    };
+    assert_eq!(offsets, (0..80).collect::<Vec<_>>(), "each offset once after recovery");
+    assert!(!stray.with_extension("parquet#1").exists(), "staging files are removed");
+    engine.shutdown().unwrap();
+}
+
+#[test]
+fn given_a_quiet_partition_when_max_lag_passes_then_it_lands_without_a_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, out) = (dir.path().join("data"), dir.path().join("out"));
+    let engine = open_engine(&data);
+    engine.create_topic("quiet", 1).unwrap();
+    let mut batch = BatchBuilder::default();
+    batch.push(engine::now_ms(), None, Some(b"only"));
+    engine.append("quiet", 0, batch.finish()).wait().unwrap();
+    let config = LanderConfig { max_lag_ms: 50, ..LanderConfig::default() };
+    let mut lander =
+        Lander::new(SegmentSource::new(&data).unwrap(), Output::open(out.to_str().unwrap()).unwrap(), config);
+    assert!(lander.step(false).unwrap());
+    assert_eq!(lander.progress().records, 0, "within max-lag nothing lands yet");
+    std::thread::sleep(std::time::Duration::from_millis(60));
+    lander.step(false).unwrap();
+    assert_eq!(lander.progress().records, 1, "past max-lag the record lands");
+    let manifest = std::fs::read_to_string(out.join("quiet/_landed/0.json")).unwrap();
+    assert!(manifest.contains(r#""next_offset":1"#), "{manifest}");
+    engine.shutdown().unwrap();
+}

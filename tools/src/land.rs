@@ -1,0 +1,130 @@
+//! `corelog land`: runs a [`lander::Lander`] over an engine data directory until
+//! SIGTERM/SIGINT (or, with `--once`, until everything available has landed), with a
+//! progress line and Prometheus metrics.
+
+use crate::serve::parse_duration_ms;
+use anyhow::{bail, Context, Result};
+use lander::{Lander, LanderConfig, Output, Progress, SegmentSource, Source};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often the progress line and lag figures refresh.
+pub const PROGRESS_INTERVAL_MS: u64 = 500;
+
+/// Flags of `corelog land` (DESIGN.md's CLI contract).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LandArgs {
+    /// The engine's data directory (read-only; only the retention registration is written).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Output: a directory, a file:// URL or an object-store URL.
+    #[arg(long)]
+    pub out: String,
+    /// Topics to land, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub topics: Option<Vec<String>>,
+    /// Directory of `<topic>.toml` schemas declaring typed columns and event time.
+    #[arg(long)]
+    pub schemas: Option<PathBuf>,
+    /// Land everything available now, then exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Longest a record waits before it lands (e.g. 60s, 500ms).
+    #[arg(long, default_value = "60s")]
+    pub max_lag: String,
+    /// Close a part file at this many bytes.
+    #[arg(long, default_value_t = lander::FILE_BYTES_MAX_DEFAULT)]
+    pub file_bytes: usize,
+    /// Wait between polls once caught up (bounds the added latency).
+    #[arg(long, default_value = "100ms")]
+    pub poll: String,
+    /// Serve Prometheus metrics (text format) at http://ADDR/metrics.
+    #[arg(long)]
+    pub metrics: Option<SocketAddr>,
+    /// Do not register landed offsets for `corelog serve --retain-until-landed`.
+    #[arg(long)]
+    pub no_register: bool,
+}
+
+/// Runs the lander; returns its final totals.
+pub fn run(args: &LandArgs) -> Result<Progress> {
+    let max_lag_ms = parse_duration_ms(&args.max_lag)?;
+    let poll_ms = parse_duration_ms(&args.poll)?;
+    if max_lag_ms <= 0 || poll_ms <= 0 || args.file_bytes == 0 {
+        bail!("--max-lag, --poll and --file-bytes must be positive");
+    }
+    if let Some(address) = args.metrics {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(address)
+            .install()
+            .with_context(|| format!("serving metrics on {address}"))?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
+    }
+    let source = SegmentSource::new(&args.data_dir).context("opening the data directory")?;
+    let output = Output::open(&args.out)?;
+    let config = LanderConfig {
+        topics: args.topics.clone(),
+        schemas_dir: args.schemas.clone(),
+        max_lag_ms: max_lag_ms as u64,
+        file_bytes_max: args.file_bytes,
+        registration: (!args.no_register).then(|| (args.data_dir.clone(), lander::lander_id(&args.out))),
+    };
+    let mut lander = Lander::new(source, output, config);
+    run_until(&mut lander, args.once, Duration::from_millis(poll_ms as u64), &stop)?;
+    let progress = lander.progress().clone();
+    eprintln!(
+        "corelog land: landed {} records in {} files ({:.1} MB) from {} partitions; {} bad records, {} offsets skipped",
+        progress.records,
+        progress.files,
+        progress.bytes as f64 / 1e6,
+        progress.partitions,
+        progress.bad_records,
+        progress.skipped_offsets
+    );
+    Ok(progress)
+}
+
+/// Steps `lander` until it is caught up (`once`) or `stop` is set, then commits what it
+/// read. Shows a progress line on a terminal.
+pub fn run_until<S: Source>(
+    lander: &mut Lander<S>,
+    once: bool,
+    poll: Duration,
+    stop: &AtomicBool,
+) -> Result<()> {
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} land {elapsed} {msg}")
+            .expect("valid progress template"),
+    );
+    let mut last_progress = Instant::now() - Duration::from_secs(1);
+    loop {
+        let caught_up = lander.step(false)?;
+        if last_progress.elapsed() >= Duration::from_millis(PROGRESS_INTERVAL_MS) {
+            lander.update_lag();
+            let p = lander.progress();
+            bar.set_message(format!(
+                "{} records, {} files, lag {} offsets / {:.1} s, {} bad",
+                p.records, p.files, p.lag_offsets, p.lag_seconds, p.bad_records
+            ));
+            bar.tick();
+            last_progress = Instant::now();
+        }
+        if stop.load(Ordering::Relaxed) || (once && caught_up) {
+            break;
+        }
+        if caught_up {
+            std::thread::sleep(poll);
+        }
+    }
+    lander.flush()?;
+    lander.update_lag();
+    bar.finish_and_clear();
+    Ok(())
+}
