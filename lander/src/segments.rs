@@ -184,7 +184,9 @@ impl Source for SegmentSource {
                     *cursor = Cursor { segment, position: 0, next_offset: base, durable_len: 0 };
                 }
                 Some(base)
-                    if base > cursor.next_offset && stalled.is_some() && cursor.segment.current_len()? == end =>
+                    if base > cursor.next_offset
+                        && stalled.is_some()
+                        && cursor.segment.current_len()? == end =>
                 {
                     return Err(SourceError::Corrupt {
                         topic: topic.to_string(),

@@ -1,0 +1,264 @@
+//! `corelog land` as a real process: SIGKILLed at random (seeded) moments while it lands
+//! a few hundred thousand generated payments that are still being appended, rerun until
+//! `--once` finishes; then every offset is in exactly one Parquet file with its value
+//! byte-identical to the log (checked with the `parquet` crate), and DuckDB reads the
+//! output back. Replay with `CORELOG_LAND_CRASH_SEED=<seed>`.
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int32Type, Int64Type};
+use arrow_array::Array;
+use corelog_tools::payments::{partition_for, Generator};
+use engine::batch::BatchBuilder;
+use engine::{Engine, EngineConfig};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+mod common;
+
+const PARTITIONS: u32 = 3;
+const EVENTS: u64 = 300_000;
+const BATCH_EVENTS: u64 = 500;
+const KILLS: usize = 20;
+
+const SCHEMA: &str = r#"
+version = 1
+event_time = "ts"
+[[field]]
+name = "ts"
+type = "timestamp-ms"
+required = true
+[[field]]
+name = "user_id"
+type = "string"
+required = true
+[[field]]
+name = "amount_cents"
+type = "int64"
+required = true
+[[field]]
+name = "country"
+type = "string"
+"#;
+
+fn corelog() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_corelog"))
+}
+
+fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                files.push(path);
+            }
+        }
+    }
+    files
+}
+
+/// Appends generated payments (6 hours of event time, 1% late by up to 2 hours, 0.1%
+/// not JSON) and returns every value by (partition, offset).
+fn append_payments(engine: &Engine, seed: u64) -> HashMap<(u32, i64), Vec<u8>> {
+    let start_ms = 1_764_000_000_000;
+    let step_us = 6 * 3_600_000_000 / EVENTS;
+    let mut generator = Generator::new(seed, 10_000, 1.1, start_ms, step_us);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed);
+    let mut values = HashMap::new();
+    let mut batches: Vec<(BatchBuilder, Vec<Vec<u8>>)> =
+        (0..PARTITIONS).map(|_| (BatchBuilder::default(), Vec::new())).collect();
+    let (mut key, mut value) = (Vec::new(), Vec::new());
+    for n in 0..EVENTS {
+        let mut payment = generator.next_payment();
+        if rng.gen_bool(0.01) {
+            payment.ts -= rng.gen_range(0..2 * 3_600_000);
+        }
+        key.clear();
+        value.clear();
+        payment.key(&mut key);
+        if n % 1000 == 999 {
+            value.extend_from_slice(b"garbage");
+        } else {
+            payment.json(&mut value);
+        }
+        let partition = partition_for(&key, PARTITIONS) as usize;
+        batches[partition].0.push(payment.ts, Some(&key), Some(&value));
+        batches[partition].1.push(value.clone());
+        if batches[partition].1.len() as u64 == BATCH_EVENTS || n == EVENTS - 1 {
+            for (p, (builder, pending)) in batches.iter_mut().enumerate() {
+                if pending.is_empty() {
+                    continue;
+                }
+                let ack = engine.append("payments", p as u32, builder.finish()).wait().unwrap();
+                for (i, v) in pending.drain(..).enumerate() {
+                    values.insert((p as u32, ack.base_offset + i as i64), v);
+                }
+                *builder = BatchBuilder::default();
+            }
+            // Pace the appends over a few seconds so the lander is killed mid-work.
+            std::thread::sleep(Duration::from_millis(4));
+        }
+    }
+    values
+}
+
+#[test]
+fn given_sigkills_while_landing_when_rerun_until_done_then_every_offset_lands_exactly_once() {
+    let seed: u64 = std::env::var("CORELOG_LAND_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("land crash seed {seed} (replay with CORELOG_LAND_CRASH_SEED={seed})");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let (data, out, schemas) = (dir.path().join("data"), dir.path().join("out"), dir.path().join("schemas"));
+    std::fs::create_dir_all(&schemas).unwrap();
+    std::fs::write(schemas.join("payments.toml"), SCHEMA).unwrap();
+    let mut config = EngineConfig::new(&data);
+    config.shards = 2;
+    config.pin_threads = false;
+    config.log.segment_bytes = 8 << 20; // several segments per partition
+    let engine = Engine::open(config).unwrap();
+    engine.create_topic("payments", PARTITIONS).unwrap();
+    let land_args = |once: bool| {
+        let mut args = vec![
+            "land".to_string(),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--out".into(),
+            out.display().to_string(),
+            "--schemas".into(),
+            schemas.display().to_string(),
+            "--max-lag".into(),
+            "30ms".into(),
+            "--poll".into(),
+            "5ms".into(),
+        ];
+        if once {
+            args.push("--once".into());
+        }
+        args
+    };
+    let values = std::thread::scope(|scope| {
+        let appender = scope.spawn(|| append_payments(&engine, seed));
+        let mut recovered = 0;
+        for round in 0..KILLS {
+            let mut child = corelog()
+                .args(land_args(false))
+                .env("RUST_LOG", "lander=info")
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(rng.gen_range(10..250)));
+            child.kill().unwrap();
+            let log = child.wait_with_output().unwrap().stderr;
+            let log = String::from_utf8_lossy(&log);
+            recovered += log.matches("deleting part past the manifest").count();
+            println!("round {round}: killed; {} part files so far", parquet_files(&out).len());
+        }
+        println!("{recovered} parts of interrupted commits deleted by recovery");
+        appender.join().unwrap()
+    });
+    assert_eq!(values.len() as u64, EVENTS);
+    let status = corelog().args(land_args(true)).stderr(Stdio::inherit()).status().unwrap();
+    assert!(status.success(), "seed {seed}: corelog land --once failed");
+
+    let mut seen: HashMap<(u32, i64), usize> = HashMap::new();
+    let files = parquet_files(&out);
+    for file in &files {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(file).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let partitions = batch.column_by_name("partition").unwrap().as_primitive::<Int32Type>().clone();
+            let offsets = batch.column_by_name("offset").unwrap().as_primitive::<Int64Type>().clone();
+            let stored = batch.column_by_name("value").unwrap().as_binary::<i32>().clone();
+            for i in 0..batch.num_rows() {
+                let key = (partitions.value(i) as u32, offsets.value(i));
+                *seen.entry(key).or_default() += 1;
+                assert!(stored.is_valid(i));
+                assert_eq!(
+                    Some(stored.value(i)),
+                    values.get(&key).map(Vec::as_slice),
+                    "seed {seed}: {key:?} differs"
+                );
+            }
+        }
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(twice.is_empty(), "seed {seed}: offsets landed more than once: {twice:?}");
+    let missing: Vec<_> = values.keys().filter(|k| !seen.contains_key(k)).take(5).collect();
+    assert!(missing.is_empty(), "seed {seed}: offsets never landed: {missing:?}");
+    assert_eq!(seen.len() as u64, EVENTS);
+    println!("{} part files", files.len());
+
+    // DuckDB reads the Hive layout back: rows, offsets and typed columns agree.
+    let expected_amount: i64 = values
+        .values()
+        .filter_map(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
+        .map(|v| v["amount_cents"].as_i64().unwrap())
+        .sum();
+    let report =
+        common::run_python(&[common::script("duckdb_check.py").to_str().unwrap(), out.to_str().unwrap()]);
+    assert_eq!(report["rows"], EVENTS, "{report}");
+    assert_eq!(report["distinct_offsets"], EVENTS, "{report}");
+    assert_eq!(
+        report["typed_null_rows"],
+        EVENTS / 1000,
+        "garbage values land with null typed columns: {report}"
+    );
+    assert_eq!(report["amount_sum"], expected_amount, "{report}");
+    assert_eq!(report["misplaced_hours"], 0, "every row is in its event hour's directory: {report}");
+    for p in 0..PARTITIONS {
+        let count = values.keys().filter(|(partition, _)| *partition == p).count() as i64;
+        assert_eq!(report["max_offset"][p.to_string()], count - 1, "{report}");
+    }
+    engine.shutdown().unwrap();
+}
+
+#[test]
+fn given_bad_arguments_when_landing_then_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope");
+    let output = corelog()
+        .args([
+            "land",
+            "--data-dir",
+            missing.to_str().unwrap(),
+            "--out",
+            dir.path().join("o").to_str().unwrap(),
+            "--once",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("data directory does not exist"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+
+    std::fs::create_dir_all(dir.path().join("data/t-0")).unwrap();
+    std::fs::create_dir_all(dir.path().join("schemas")).unwrap();
+    std::fs::write(
+        dir.path().join("schemas/t.toml"),
+        "version = 1\n[[field]]\nname = \"x\"\ntype = \"decimal\"\n",
+    )
+    .unwrap();
+    let output = corelog()
+        .args(["land", "--data-dir", dir.path().join("data").to_str().unwrap()])
+        .args(["--out", dir.path().join("o").to_str().unwrap(), "--once"])
+        .args(["--schemas", dir.path().join("schemas").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("t.toml") && stderr.contains("decimal"), "{stderr}");
+}
