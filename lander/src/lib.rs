@@ -38,6 +38,7 @@
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+pub mod kafka;
 pub mod manifest;
 pub mod output;
 pub mod part;
@@ -45,6 +46,7 @@ pub mod schema;
 pub mod segments;
 pub mod source;
 
+pub use kafka::KafkaSource;
 pub use manifest::Manifest;
 pub use output::{Output, OutputError};
 pub use segments::SegmentSource;

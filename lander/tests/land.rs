@@ -292,3 +292,43 @@ fn given_a_quiet_partition_when_max_lag_passes_then_it_lands_without_a_flush() {
     assert!(manifest.contains(r#""next_offset":1"#), "{manifest}");
     engine.shutdown().unwrap();
 }
+
+#[test]
+fn given_retain_until_landed_when_retention_runs_then_only_landed_segments_are_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, out) = (dir.path().join("data"), dir.path().join("out"));
+    let mut config = EngineConfig::new(&data);
+    config.shards = 1;
+    config.pin_threads = false;
+    config.maintenance_interval_ms = 10;
+    config.retain_until_landed = true;
+    config.log.segment_bytes = 4096;
+    config.log.retention_bytes = Some(1); // retention wants to delete every sealed segment
+    let engine = Engine::open(config).unwrap();
+    engine.create_topic("t", 1).unwrap();
+    let append = |count: usize| {
+        for _ in 0..count {
+            let mut batch = BatchBuilder::default();
+            batch.push(engine::now_ms(), None, Some(&[7u8; 1000][..]));
+            engine.append("t", 0, batch.finish()).wait().unwrap();
+        }
+    };
+    let info = || engine.partition_info("t", 0).wait().unwrap();
+    append(40);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(info().log_start_offset, 0, "nothing landed, nothing deleted");
+    assert!(info().segments > 5);
+
+    land_all(&data, &out, None, 60_000); // lands 0..40 and registers next offset 40
+    append(40); // 40..80 not landed
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while info().log_start_offset == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let after = info();
+    assert!(after.log_start_offset > 30, "landed segments are deleted: {after:?}");
+    assert!(after.log_start_offset <= 40, "no unlanded offset is deleted: {after:?}");
+    assert_eq!(read_rows(&out).len(), 40);
+    engine.shutdown().unwrap();
+}

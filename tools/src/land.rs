@@ -4,7 +4,7 @@
 
 use crate::serve::parse_duration_ms;
 use anyhow::{bail, Context, Result};
-use lander::{Lander, LanderConfig, Output, Progress, SegmentSource, Source};
+use lander::{KafkaSource, Lander, LanderConfig, Output, Progress, SegmentSource, Source};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,8 +18,11 @@ pub const PROGRESS_INTERVAL_MS: u64 = 500;
 #[derive(Debug, Clone, clap::Args)]
 pub struct LandArgs {
     /// The engine's data directory (read-only; only the retention registration is written).
+    #[arg(long, required_unless_present = "brokers", conflicts_with = "brokers")]
+    pub data_dir: Option<PathBuf>,
+    /// Land from a Kafka-protocol broker instead of segment files (HOST:PORT,...).
     #[arg(long)]
-    pub data_dir: PathBuf,
+    pub brokers: Option<String>,
     /// Output: a directory, a file:// URL or an object-store URL.
     #[arg(long)]
     pub out: String,
@@ -66,18 +69,33 @@ pub fn run(args: &LandArgs) -> Result<Progress> {
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
     }
-    let source = SegmentSource::new(&args.data_dir).context("opening the data directory")?;
     let output = Output::open(&args.out)?;
-    let config = LanderConfig {
+    let mut config = LanderConfig {
         topics: args.topics.clone(),
         schemas_dir: args.schemas.clone(),
         max_lag_ms: max_lag_ms as u64,
         file_bytes_max: args.file_bytes,
-        registration: (!args.no_register).then(|| (args.data_dir.clone(), lander::lander_id(&args.out))),
+        registration: None,
     };
-    let mut lander = Lander::new(source, output, config);
-    run_until(&mut lander, args.once, Duration::from_millis(poll_ms as u64), &stop)?;
-    let progress = lander.progress().clone();
+    let poll = Duration::from_millis(poll_ms as u64);
+    let progress = match (&args.data_dir, &args.brokers) {
+        (Some(data_dir), None) => {
+            let source = SegmentSource::new(data_dir).context("opening the data directory")?;
+            if !args.no_register {
+                config.registration = Some((data_dir.clone(), lander::lander_id(&args.out)));
+            }
+            let mut lander = Lander::new(source, output, config);
+            run_until(&mut lander, args.once, poll, &stop)?;
+            lander.progress().clone()
+        }
+        (None, Some(brokers)) => {
+            let source = KafkaSource::new(brokers).with_context(|| format!("connecting to {brokers}"))?;
+            let mut lander = Lander::new(source, output, config);
+            run_until(&mut lander, args.once, poll, &stop)?;
+            lander.progress().clone()
+        }
+        _ => bail!("give exactly one of --data-dir and --brokers"),
+    };
     eprintln!(
         "corelog land: landed {} records in {} files ({:.1} MB) from {} partitions; {} bad records, {} offsets skipped",
         progress.records,

@@ -262,3 +262,77 @@ fn given_bad_arguments_when_landing_then_one_line_errors() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("t.toml") && stderr.contains("decimal"), "{stderr}");
 }
+
+fn produce(brokers: &str, topic: &str, lines: &[String]) {
+    use std::io::Write;
+    let mut child = corelog()
+        .args(["produce", "--brokers", brokers, "--topic", topic, "--key-field", "user_id"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(lines.join("\n").as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+fn landed_values(out: &Path) -> Vec<((i32, i64), Vec<u8>)> {
+    let mut rows = Vec::new();
+    for file in parquet_files(out) {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(file).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let partitions = batch.column_by_name("partition").unwrap().as_primitive::<Int32Type>().clone();
+            let offsets = batch.column_by_name("offset").unwrap().as_primitive::<Int64Type>().clone();
+            let values = batch.column_by_name("value").unwrap().as_binary::<i32>().clone();
+            for i in 0..batch.num_rows() {
+                rows.push(((partitions.value(i), offsets.value(i)), values.value(i).to_vec()));
+            }
+        }
+    }
+    rows.sort();
+    rows
+}
+
+#[test]
+fn given_a_kafka_protocol_broker_when_landed_with_brokers_then_each_offset_lands_once_across_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::Server::start(&dir.path().join("data"), &["--default-partitions", "2"]);
+    let out = dir.path().join("out");
+    let line = |n: usize| format!(r#"{{"user_id":"u{}","n":{n}}}"#, n % 7);
+    let land = || {
+        let status = corelog()
+            .args(["land", "--brokers", &server.brokers(), "--out", out.to_str().unwrap(), "--once"])
+            .args(["--topics", "k"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    produce(&server.brokers(), "k", &(0..300).map(line).collect::<Vec<_>>());
+    land();
+    assert_eq!(landed_values(&out).len(), 300);
+    produce(&server.brokers(), "k", &(300..500).map(line).collect::<Vec<_>>());
+    land();
+    let rows = landed_values(&out);
+    assert_eq!(rows.len(), 500, "the second run lands only what is new");
+    let mut keys: Vec<_> = rows.iter().map(|(k, _)| *k).collect();
+    keys.dedup();
+    assert_eq!(keys.len(), 500, "no offset twice");
+    let mut values: Vec<String> = rows.iter().map(|(_, v)| String::from_utf8(v.clone()).unwrap()).collect();
+    values.sort();
+    let mut expected: Vec<String> = (0..500).map(line).collect();
+    expected.sort();
+    assert_eq!(values, expected, "values are byte-identical to what was produced");
+    for partition in 0..2 {
+        let offsets: Vec<i64> =
+            rows.iter().filter(|((p, _), _)| *p == partition).map(|((_, o), _)| *o).collect();
+        assert_eq!(
+            offsets,
+            (0..offsets.len() as i64).collect::<Vec<_>>(),
+            "partition {partition} has no gaps"
+        );
+    }
+    server.stop();
+}

@@ -1,0 +1,172 @@
+//! Any Kafka-protocol broker as a [`Source`] (`corelog land --brokers HOST:PORT`), so
+//! landing keeps working when the log lives on a Kafka or Redpanda cluster.
+//!
+//! One librdkafka consumer with manual assignment (no group, nothing committed to the
+//! broker): each partition gets its own queue, assigned at the offset the lander asks
+//! for, which is its manifest's `next_offset`. The manifest stays the only record of
+//! what landed, exactly as with segment files. Records come from the broker up to its
+//! high watermark (read_committed), so only replicated data lands. A partition is
+//! caught up once the broker reported its end (partition EOF) and nothing newer
+//! arrived.
+
+use crate::source::{LandRecord, ReadOutcome, Source, SourceError};
+use bytes::Bytes;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Time to wait for a broker answer (metadata, watermarks, assignment).
+pub const BROKER_TIMEOUT_MS: u64 = 10_000;
+/// Longest one read waits for the first record of an idle partition.
+pub const POLL_WAIT_MS: u64 = 50;
+
+type Queue = rdkafka::consumer::base_consumer::PartitionQueue<DefaultConsumerContext>;
+
+struct Assigned {
+    queue: Queue,
+    /// Offset of the next record this queue delivers.
+    position: i64,
+    /// The broker said the queue reached the end and nothing arrived since.
+    at_end: bool,
+}
+
+/// Reads partitions from a Kafka-protocol broker.
+pub struct KafkaSource {
+    consumer: Arc<BaseConsumer>,
+    assigned: HashMap<(String, u32), Assigned>,
+}
+
+impl std::fmt::Debug for KafkaSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSource").field("partitions", &self.assigned.len()).finish_non_exhaustive()
+    }
+}
+
+fn kafka_error(error: KafkaError) -> SourceError {
+    SourceError::Kafka(error.to_string())
+}
+
+impl KafkaSource {
+    /// Connects to `brokers` (comma-separated `HOST:PORT`).
+    pub fn new(brokers: &str) -> Result<Self, SourceError> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", "corelog-lander")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "true")
+            .set("isolation.level", "read_committed")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .map_err(kafka_error)?;
+        // Fail fast on an unreachable broker rather than on the first read.
+        consumer.fetch_metadata(None, Duration::from_millis(BROKER_TIMEOUT_MS)).map_err(kafka_error)?;
+        Ok(Self { consumer: Arc::new(consumer), assigned: HashMap::new() })
+    }
+
+    fn assign(&mut self, topic: &str, partition: u32, from: i64) -> Result<(), SourceError> {
+        let key = (topic.to_string(), partition);
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(topic, partition as i32, Offset::Offset(from)).map_err(kafka_error)?;
+        if self.assigned.remove(&key).is_some() {
+            self.consumer.incremental_unassign(&list).map_err(kafka_error)?;
+        }
+        let queue = self
+            .consumer
+            .split_partition_queue(topic, partition as i32)
+            .ok_or_else(|| SourceError::Kafka(format!("no queue for {topic}-{partition}")))?;
+        self.consumer.incremental_assign(&list).map_err(kafka_error)?;
+        self.assigned.insert(key, Assigned { queue, position: from, at_end: false });
+        Ok(())
+    }
+}
+
+impl Source for KafkaSource {
+    fn topics(&mut self) -> Result<Vec<(String, u32)>, SourceError> {
+        let metadata = self
+            .consumer
+            .fetch_metadata(None, Duration::from_millis(BROKER_TIMEOUT_MS))
+            .map_err(kafka_error)?;
+        let mut topics: Vec<(String, u32)> = metadata
+            .topics()
+            .iter()
+            .filter(|t| !t.name().starts_with("__") && t.error().is_none())
+            .map(|t| (t.name().to_string(), t.partitions().len() as u32))
+            .collect();
+        topics.sort();
+        Ok(topics)
+    }
+
+    fn read(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        from: i64,
+        bytes_max: usize,
+        out: &mut Vec<LandRecord>,
+    ) -> Result<ReadOutcome, SourceError> {
+        let key = (topic.to_string(), partition);
+        if self.assigned.get(&key).is_none_or(|a| a.position != from) {
+            self.assign(topic, partition, from)?;
+        }
+        // Serve the main queue (errors, callbacks); records arrive on partition queues.
+        while let Some(event) = self.consumer.poll(Duration::ZERO) {
+            if let Err(error) = event {
+                tracing::warn!("kafka source: {error}");
+            }
+        }
+        let assigned = self.assigned.get_mut(&key).expect("assigned above");
+        let mut bytes = 0usize;
+        let mut wait = Duration::from_millis(if assigned.at_end { 0 } else { POLL_WAIT_MS });
+        let mut next_offset = from;
+        while bytes < bytes_max {
+            match assigned.queue.poll(wait) {
+                None => break,
+                Some(Err(KafkaError::PartitionEOF(_))) => {
+                    assigned.at_end = true;
+                    break;
+                }
+                Some(Err(error)) => return Err(kafka_error(error)),
+                Some(Ok(message)) => {
+                    wait = Duration::ZERO;
+                    assigned.at_end = false;
+                    if message.offset() < from {
+                        continue;
+                    }
+                    let headers = message.headers().map_or_else(Vec::new, |headers| {
+                        headers
+                            .iter()
+                            .map(|h| (h.key.to_string(), h.value.map(Bytes::copy_from_slice)))
+                            .collect()
+                    });
+                    let key = message.key().map(Bytes::copy_from_slice);
+                    let value = message.payload().map(Bytes::copy_from_slice);
+                    bytes += key.as_ref().map_or(0, |k| k.len()) + value.as_ref().map_or(0, |v| v.len()) + 32;
+                    out.push(LandRecord {
+                        offset: message.offset(),
+                        timestamp_ms: message.timestamp().to_millis().unwrap_or(0),
+                        key,
+                        value,
+                        headers,
+                    });
+                    next_offset = message.offset() + 1;
+                }
+            }
+        }
+        assigned.position = next_offset;
+        Ok(ReadOutcome { next_offset, caught_up: assigned.at_end, skipped: None })
+    }
+
+    fn end_offset(&mut self, topic: &str, partition: u32) -> Result<i64, SourceError> {
+        let (_low, high) = self
+            .consumer
+            .fetch_watermarks(topic, partition as i32, Duration::from_millis(BROKER_TIMEOUT_MS))
+            .map_err(kafka_error)?;
+        Ok(high)
+    }
+}
