@@ -301,6 +301,14 @@ mod tests {
     }
 
     #[test]
+    fn given_the_repository_payments_schema_when_parsed_then_ts_is_event_time() {
+        let schema =
+            TopicSchema::parse(include_str!("../../schemas/payments.toml"), "payments.toml").unwrap();
+        assert_eq!(schema.event_time_index().map(|i| schema.fields[i].name.as_str()), Some("ts"));
+        assert_eq!(schema.fields.len(), 9);
+    }
+
+    #[test]
     fn given_invalid_schema_files_when_parsed_then_errors_say_why() {
         let cases = [
             ("version = 2", "schema version 2"),

@@ -132,6 +132,7 @@ fn open_engine(data: &Path) -> Engine {
     let mut config = EngineConfig::new(data);
     config.shards = 2;
     config.pin_threads = false;
+    config.log.retention_ms = None; // test events are dated 2025
     Engine::open(config).unwrap()
 }
 

@@ -24,26 +24,6 @@ const EVENTS: u64 = 300_000;
 const BATCH_EVENTS: u64 = 500;
 const KILLS: usize = 20;
 
-const SCHEMA: &str = r#"
-version = 1
-event_time = "ts"
-[[field]]
-name = "ts"
-type = "timestamp-ms"
-required = true
-[[field]]
-name = "user_id"
-type = "string"
-required = true
-[[field]]
-name = "amount_cents"
-type = "int64"
-required = true
-[[field]]
-name = "country"
-type = "string"
-"#;
-
 fn corelog() -> Command {
     Command::new(env!("CARGO_BIN_EXE_corelog"))
 }
@@ -118,13 +98,14 @@ fn given_sigkills_while_landing_when_rerun_until_done_then_every_offset_lands_ex
     println!("land crash seed {seed} (replay with CORELOG_LAND_CRASH_SEED={seed})");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
-    let (data, out, schemas) = (dir.path().join("data"), dir.path().join("out"), dir.path().join("schemas"));
-    std::fs::create_dir_all(&schemas).unwrap();
-    std::fs::write(schemas.join("payments.toml"), SCHEMA).unwrap();
+    let (data, out) = (dir.path().join("data"), dir.path().join("out"));
+    // The repository's schema for the payments event.
+    let schemas = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas");
     let mut config = EngineConfig::new(&data);
     config.shards = 2;
     config.pin_threads = false;
     config.log.segment_bytes = 8 << 20; // several segments per partition
+    config.log.retention_ms = None; // the events are dated 2025: time retention would delete them
     let engine = Engine::open(config).unwrap();
     engine.create_topic("payments", PARTITIONS).unwrap();
     let land_args = |once: bool| {
