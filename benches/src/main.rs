@@ -5,13 +5,14 @@
 //! `target/bench/<scenario>.json`, with a bar chart of the ratios in
 //! `target/bench/<scenario>.svg`. `--quick` keeps a scenario under a minute.
 //! Scenarios arrive with their issues: `append` (engine core) and `kafka` (Kafka
-//! protocol) now; `land`, `batch` and `e2e` with the lander, batch and stream issues.
+//! protocol), `land` (lander); `batch` and `e2e` with the batch and stream issues.
 
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 
 mod append;
 mod fio;
 mod kafka;
+mod land;
 mod report;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +33,9 @@ enum Scenario {
     /// Produce/consume throughput and produce latency over the Kafka protocol with
     /// rdkafka, against peer brokers (tansu) run on the same machine.
     Kafka(kafka::KafkaArgs),
+    /// Lander events/s against DuckDB writing the same rows to Parquet, and landing
+    /// lag at a fixed append rate against the configured bound.
+    Land(land::LandArgs),
 }
 
 fn report_files(group: &str, figures: &[report::Figure]) -> anyhow::Result<()> {
@@ -51,6 +55,10 @@ fn main() -> anyhow::Result<()> {
         Scenario::Kafka(args) => {
             let figures = kafka::bench(&args)?;
             report_files("kafka", &figures)?;
+        }
+        Scenario::Land(args) => {
+            let figures = land::bench(&args)?;
+            report_files("land", &figures)?;
         }
     }
     Ok(())
