@@ -72,6 +72,8 @@ pub const READ_BYTES_MAX: usize = 4 << 20;
 pub const READS_PER_STEP_MAX: usize = 16;
 /// Default wait between polls of a caught-up source.
 pub const POLL_MS_DEFAULT: u64 = 100;
+/// How often [`Lander::step`] looks for new topics and partitions.
+pub const DISCOVERY_INTERVAL_MS: u64 = 1000;
 
 /// Errors from landing.
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +184,7 @@ pub struct Lander<S: Source> {
     typed: Vec<Value>,
     records: Vec<LandRecord>,
     registered: Option<BTreeMap<(String, u32), i64>>,
+    discovered_at: Option<Instant>,
 }
 
 impl<S: Source> std::fmt::Debug for Lander<S> {
@@ -234,6 +237,7 @@ impl<S: Source> Lander<S> {
             typed: Vec::new(),
             records: Vec::new(),
             registered: None,
+            discovered_at: None,
         }
     }
 
@@ -249,6 +253,10 @@ impl<S: Source> Lander<S> {
 
     /// Finds new topics and partitions and recovers them.
     fn discover(&mut self) -> Result<(), LandError> {
+        if self.discovered_at.is_some_and(|at| at.elapsed() < Duration::from_millis(DISCOVERY_INTERVAL_MS)) {
+            return Ok(());
+        }
+        self.discovered_at = Some(Instant::now());
         let topics = self.source.topics()?;
         for (topic, count) in topics {
             if self.config.topics.as_ref().is_some_and(|wanted| !wanted.contains(&topic)) {
@@ -314,7 +322,7 @@ impl<S: Source> Lander<S> {
         })
     }
 
-    /// One pass: discover partitions, read what is available (bounded per partition),
+    /// One pass: discover partitions (at most every [`DISCOVERY_INTERVAL_MS`]), read what is available (bounded per partition),
     /// and commit where a rotation rule says so. With `finish`, commits everything
     /// read. Returns whether every partition is caught up.
     pub fn step(&mut self, finish: bool) -> Result<bool, LandError> {

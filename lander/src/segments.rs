@@ -172,9 +172,11 @@ impl Source for SegmentSource {
             let bases = segment_bases(&self.data_dir, topic, partition)?;
             let successor = bases.iter().copied().find(|b| *b > cursor.segment.base_offset());
             match successor {
-                Some(base) if base == cursor.next_offset && cursor.position >= end => {
-                    // Re-check the length: the last write may have landed since.
-                    if cursor.segment.current_len()? > end {
+                Some(base) if base == cursor.next_offset && (cursor.position >= end || stalled.is_some()) => {
+                    // Every offset of this segment is read (the successor starts right
+                    // after it); bytes past the last batch can hold no further offsets.
+                    // Re-check the length first: the last write may have landed since.
+                    if stalled.is_none() && cursor.segment.current_len()? > end {
                         continue;
                     }
                     let path = partition_dir(&self.data_dir, topic, partition);
