@@ -168,50 +168,142 @@ pub enum Value {
 
 /// Extracts the schema's fields from a JSON value into `out` (one entry per field,
 /// in order). Returns whether the record is good (see the module doc).
+///
+/// One pass over the value with a borrowing deserializer: keys are compared in place,
+/// undeclared fields are skipped without being built, and only declared strings are
+/// copied.
 pub fn extract(schema: &TopicSchema, value: Option<&[u8]>, out: &mut Vec<Value>) -> bool {
     out.clear();
     if schema.fields.is_empty() {
         return true;
     }
-    let object =
-        value.and_then(|v| serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(v).ok());
-    let Some(object) = object else {
-        out.resize(schema.fields.len(), Value::Null);
+    out.resize(schema.fields.len(), Value::Null);
+    let Some(value) = value else { return false };
+    let mut deserializer = serde_json::Deserializer::from_slice(value);
+    let mut wrong_type = false;
+    let parsed = serde::de::DeserializeSeed::deserialize(
+        ObjectSeed { fields: &schema.fields, out: out.as_mut_slice(), wrong_type: &mut wrong_type },
+        &mut deserializer,
+    )
+    .and_then(|()| deserializer.end());
+    if parsed.is_err() {
+        out.iter_mut().for_each(|v| *v = Value::Null);
         return false;
-    };
-    let mut good = true;
-    for field in &schema.fields {
-        let extracted = match object.get(&field.name) {
-            None | Some(serde_json::Value::Null) => {
-                good &= !field.required;
-                Value::Null
-            }
-            Some(json) => match convert(field.field_type, json) {
-                Some(value) => value,
-                None => {
-                    good = false;
-                    Value::Null
-                }
-            },
-        };
-        out.push(extracted);
     }
     let required_failed = schema.fields.iter().zip(out.iter()).any(|(f, v)| f.required && *v == Value::Null);
     if required_failed {
         out.iter_mut().for_each(|v| *v = Value::Null);
     }
-    good
+    !(required_failed || wrong_type)
 }
 
-fn convert(field_type: FieldType, json: &serde_json::Value) -> Option<Value> {
-    match (field_type, json) {
-        (FieldType::String, serde_json::Value::String(s)) => Some(Value::Str(s.clone())),
-        (FieldType::Int64 | FieldType::TimestampMs, serde_json::Value::Number(n)) => {
-            n.as_i64().map(Value::Int)
+/// Deserializes a JSON object, filling the declared fields.
+struct ObjectSeed<'a> {
+    fields: &'a [Field],
+    out: &'a mut [Value],
+    wrong_type: &'a mut bool,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for ObjectSeed<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ObjectSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(index) = map.next_key_seed(KeySeed { fields: self.fields })? {
+            match index {
+                Some(i) => {
+                    let value = map.next_value_seed(TypedSeed(self.fields[i].field_type))?;
+                    *self.wrong_type |= value.is_none();
+                    self.out[i] = value.unwrap_or(Value::Null);
+                }
+                None => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
         }
-        (FieldType::Float64, serde_json::Value::Number(n)) => n.as_f64().map(Value::Float),
-        (FieldType::Bool, serde_json::Value::Bool(b)) => Some(Value::Bool(*b)),
-        _ => None,
+        Ok(())
+    }
+}
+
+/// A key: the index of the declared field it names, if any (compared in place).
+struct KeySeed<'a> {
+    fields: &'a [Field],
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = Option<usize>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Option<usize>, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for KeySeed<'_> {
+    type Value = Option<usize>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a field name")
+    }
+    fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Option<usize>, E> {
+        Ok(self.fields.iter().position(|f| f.name == key))
+    }
+}
+
+/// A declared field's value: `Some` when it has the declared type, `Some(Null)` for
+/// JSON null, `None` for another type.
+struct TypedSeed(FieldType);
+
+impl<'de> serde::de::DeserializeSeed<'de> for TypedSeed {
+    type Value = Option<Value>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Option<Value>, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for TypedSeed {
+    type Value = Option<Value>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<Option<Value>, E> {
+        Ok(Some(Value::Null))
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Option<Value>, E> {
+        Ok((self.0 == FieldType::Bool).then_some(Value::Bool(v)))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Option<Value>, E> {
+        Ok(match self.0 {
+            FieldType::Int64 | FieldType::TimestampMs => Some(Value::Int(v)),
+            FieldType::Float64 => Some(Value::Float(v as f64)),
+            _ => None,
+        })
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Option<Value>, E> {
+        Ok(match self.0 {
+            FieldType::Int64 | FieldType::TimestampMs => i64::try_from(v).ok().map(Value::Int),
+            FieldType::Float64 => Some(Value::Float(v as f64)),
+            _ => None,
+        })
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Option<Value>, E> {
+        Ok((self.0 == FieldType::Float64).then_some(Value::Float(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Option<Value>, E> {
+        Ok((self.0 == FieldType::String).then(|| Value::Str(v.to_string())))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Option<Value>, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Option<Value>, A::Error> {
+        while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+        Ok(None)
     }
 }
 
@@ -306,6 +398,28 @@ mod tests {
             TopicSchema::parse(include_str!("../../schemas/payments.toml"), "payments.toml").unwrap();
         assert_eq!(schema.event_time_index().map(|i| schema.fields[i].name.as_str()), Some("ts"));
         assert_eq!(schema.fields.len(), 9);
+    }
+
+    #[test]
+    fn given_json_edge_cases_when_extracted_then_they_follow_the_rules() {
+        let schema = payments();
+        let mut out = Vec::new();
+        // Escaped key names match; undeclared nested values are skipped.
+        assert!(extract(&schema, Some(br#"{"x":{"a":[1,{"b":2}]},"t\u0073":5,"amount_cents":6}"#), &mut out));
+        assert_eq!(out[..2], [Value::Int(5), Value::Int(6)]);
+        // JSON null is missing: fine for optional fields, bad for required ones.
+        assert!(extract(&schema, Some(br#"{"ts":1,"amount_cents":2,"country":null}"#), &mut out));
+        assert!(!extract(&schema, Some(br#"{"ts":null,"amount_cents":2}"#), &mut out));
+        // A declared field holding an object or array is the wrong type.
+        assert!(!extract(&schema, Some(br#"{"ts":1,"amount_cents":2,"country":{"c":"FR"}}"#), &mut out));
+        assert_eq!(out[2], Value::Null);
+        // Trailing bytes after the object make the value unparsable.
+        assert!(!extract(&schema, Some(br#"{"ts":1,"amount_cents":2} x"#), &mut out));
+        assert_eq!(out, vec![Value::Null; 5]);
+        // Integers beyond i64 are not int64; any number is float64.
+        assert!(!extract(&schema, Some(br#"{"ts":1,"amount_cents":18446744073709551615}"#), &mut out));
+        assert!(extract(&schema, Some(br#"{"ts":1,"amount_cents":2,"score":-3}"#), &mut out));
+        assert_eq!(out[3], Value::Float(-3.0));
     }
 
     #[test]
