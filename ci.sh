@@ -18,12 +18,12 @@ if ! command -v kcat >/dev/null 2>&1; then
 fi
 kcat -V | head -1
 
-step "interop clients (Python: confluent-kafka, kafka-python, duckdb into target/py)"
-if [ ! -x target/py/bin/python ] || ! target/py/bin/python -c "import confluent_kafka, kafka, duckdb" 2>/dev/null; then
+step "interop clients (Python: confluent-kafka, kafka-python, duckdb, moto S3 server into target/py)"
+if [ ! -x target/py/bin/python ] || ! target/py/bin/python -c "import confluent_kafka, kafka, duckdb, moto, boto3" 2>/dev/null; then
   python3 -m venv target/py
-  target/py/bin/pip install -q --disable-pip-version-check confluent-kafka==2.16.1 kafka-python==2.3.3 duckdb==1.4.2
+  target/py/bin/pip install -q --disable-pip-version-check confluent-kafka==2.16.1 kafka-python==2.3.3 duckdb==1.4.2 'moto[server]==5.2.5'
 fi
-target/py/bin/python -c "import confluent_kafka, kafka, duckdb; print('confluent-kafka', confluent_kafka.version()[0], 'librdkafka', confluent_kafka.libversion()[0], 'kafka-python', kafka.__version__, 'duckdb', duckdb.__version__)"
+target/py/bin/python -c "import confluent_kafka, kafka, duckdb, moto; print('confluent-kafka', confluent_kafka.version()[0], 'librdkafka', confluent_kafka.libversion()[0], 'kafka-python', kafka.__version__, 'duckdb', duckdb.__version__, 'moto', moto.__version__)"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

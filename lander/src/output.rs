@@ -6,7 +6,10 @@
 //!   directories it created, so a returned put is durable and atomic. Staging files a
 //!   crash leaves are invisible to listings and to `*.parquet` globs; recovery removes
 //!   them ([`Output::remove_staging_files`]).
-//! * Object stores (S3-style) make each put atomic by themselves.
+//! * S3 (and S3-compatible stores: MinIO, Ceph, R2) make each put atomic by themselves;
+//!   they are configured the usual way, from `AWS_*` environment variables
+//!   (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT`,
+//!   `AWS_ALLOW_HTTP`).
 //!
 //! One lander per local output directory: it holds an exclusive lock on
 //! `OUT/.lander.lock` while it runs.

@@ -317,3 +317,115 @@ fn given_a_kafka_protocol_broker_when_landed_with_brokers_then_each_offset_lands
     }
     server.stop();
 }
+
+/// A moto S3 server (from `target/py`, installed by ci.sh) on a free port.
+struct Moto {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl Moto {
+    fn start() -> Self {
+        let address = common::free_address();
+        let server = common::python().with_file_name("moto_server");
+        let child = Command::new(&server)
+            .args(["-H", "127.0.0.1", "-p", &address.port().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e} (run ./ci.sh to install moto)", server.display()));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(address).is_err() {
+            assert!(std::time::Instant::now() < deadline, "moto_server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, endpoint: format!("http://{address}") }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn given_an_s3_endpoint_when_landed_twice_then_objects_hold_each_offset_once() {
+    let moto = Moto::start();
+    let s3 = common::script("s3.py");
+    let s3 = s3.to_str().unwrap();
+    common::run_python(&[s3, &moto.endpoint, "create", "lake"]);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut config = EngineConfig::new(&data);
+    config.shards = 2;
+    config.pin_threads = false;
+    let engine = Engine::open(config).unwrap();
+    engine.create_topic("t", 2).unwrap();
+    let mut expected = Vec::new();
+    let mut append = |from: usize, to: usize| {
+        for partition in 0..2u32 {
+            let mut batch = BatchBuilder::default();
+            let values: Vec<String> = (from..to).map(|n| format!(r#"{{"n":{n},"p":{partition}}}"#)).collect();
+            for value in &values {
+                batch.push(engine::now_ms(), None, Some(value.as_bytes()));
+            }
+            let ack = engine.append("t", partition, batch.finish()).wait().unwrap();
+            for (i, value) in values.into_iter().enumerate() {
+                expected.push(((partition as i32, ack.base_offset + i as i64), value.into_bytes()));
+            }
+        }
+    };
+    let land = || {
+        let output = corelog()
+            .args(["land", "--data-dir", data.to_str().unwrap(), "--out", "s3://lake/landed", "--once"])
+            .envs([
+                ("AWS_ENDPOINT", moto.endpoint.as_str()),
+                ("AWS_ALLOW_HTTP", "true"),
+                ("AWS_ACCESS_KEY_ID", "test"),
+                ("AWS_SECRET_ACCESS_KEY", "test"),
+                ("AWS_REGION", "us-east-1"),
+            ])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    };
+    append(0, 400);
+    land();
+    append(400, 700);
+    // A part of a commit that never reached its manifest: recovery must delete it.
+    let first = common::run_python(&[
+        s3,
+        &moto.endpoint,
+        "download",
+        "lake",
+        "landed/t/",
+        dir.path().join("first").to_str().unwrap(),
+    ]);
+    let part = first["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .find(|k| k.ends_with(".parquet"))
+        .unwrap()
+        .to_string();
+    let stray = format!("{}/part-0-{:020}-{:020}.parquet", part.rsplit_once('/').unwrap().0, 400, 1_000_000);
+    common::run_python(&[s3, &moto.endpoint, "copy", "lake", &part, &stray]);
+    land();
+    let dest = dir.path().join("download");
+    let listed =
+        common::run_python(&[s3, &moto.endpoint, "download", "lake", "landed/", dest.to_str().unwrap()]);
+    let keys: Vec<&str> = listed["keys"].as_array().unwrap().iter().map(|k| k.as_str().unwrap()).collect();
+    assert!(
+        keys.contains(&"landed/t/_landed/0.json") && keys.contains(&"landed/t/_landed/1.json"),
+        "{keys:?}"
+    );
+    assert!(!keys.contains(&stray.as_str()), "the stray part was deleted: {keys:?}");
+    let manifest = std::fs::read_to_string(dest.join("landed/t/_landed/1.json")).unwrap();
+    assert!(manifest.contains(r#""next_offset":700"#), "{manifest}");
+    expected.sort();
+    assert_eq!(landed_values(&dest), expected, "every offset once, values byte-identical");
+    engine.shutdown().unwrap();
+}
