@@ -20,6 +20,8 @@ enum Command {
     Serve(corelog_tools::serve::ServeArgs),
     /// Land segment files as hour-partitioned Parquet, exactly once.
     Land(corelog_tools::land::LandArgs),
+    /// Run a batch job over landed Parquet (work stealing, speculation, retries).
+    Batch(corelog_tools::batch::BatchArgs),
     /// Produce one record per stdin line (acks=all, idempotent).
     Produce(corelog_tools::client::ProduceArgs),
     /// Print records, one value per line, optionally as a consumer-group member.
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => corelog_tools::demo::run(&args).map(|_| ExitCode::SUCCESS),
         Command::Serve(args) => corelog_tools::serve::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Batch(args) => corelog_tools::batch::run(&args).map(|_| ExitCode::SUCCESS),
         Command::Land(args) => corelog_tools::land::run(&args).map(|_| ExitCode::SUCCESS),
         Command::Produce(args) => corelog_tools::client::produce(&args).map(|sent| {
             eprintln!("corelog produce: {sent} records acknowledged");

@@ -1,0 +1,359 @@
+//! The `hourly` job: per event-time hour, merchant and country, the count, sum, min,
+//! max, p50 and p99 of `amount_cents` over the landed payments.
+//!
+//! Stages:
+//! 1. **scan + partial aggregate** — one task per morsel: read only the needed columns
+//!    (`ts`, `timestamp`, `merchant_id`, `country`, `amount_cents`), skip rows outside
+//!    `[from, to)` and rows without a merchant, country or amount (bad records), and
+//!    aggregate into per-key partials, hash-partitioned into `R` exchange buckets;
+//! 2. **final aggregate** — one task per bucket: merge that bucket of every partial;
+//! 3. **write** — one task per hour: `OUTPUT/hourly/dt=YYYY-MM-DD/hr=HH/part-00000.parquet`,
+//!    rows sorted by merchant and country, written atomically (see [`crate::output`]).
+//!
+//! Percentiles come from a mergeable DDSketch (`sketches-ddsketch`, relative accuracy
+//! [`SKETCH_RELATIVE_ACCURACY`]): the reported q-quantile is within 1% (relative) of the
+//! exact nearest-rank value, rank `ceil(q·n)` (DuckDB's `quantile_disc`). Count, sum, min and
+//! max are exact. The sketch is also written (`amount_sketch`, DDSketch's Java binary
+//! encoding) so `daily` can roll hours up without the raw rows.
+
+use crate::morsel::{Morsel, Plan};
+use crate::output::write_parquet_atomic;
+use crate::scheduler::{Scheduler, StageProgress, StageReport, TaskContext, TaskError};
+use arrow_array::builder::{
+    BinaryBuilder, Float64Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
+};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int64Type, TimestampMillisecondType};
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReaderBuilder, RowSelection, RowSelector};
+use parquet::arrow::ProjectionMask;
+use sketches_ddsketch::{Config as SketchConfig, DDSketch};
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Relative accuracy of the percentile sketch.
+pub const SKETCH_RELATIVE_ACCURACY: f64 = 0.01;
+/// Bins a sketch may use before it collapses its lowest ones.
+pub const SKETCH_BINS_MAX: u32 = 2048;
+/// Exchange buckets between the partial and the final aggregate.
+pub const EXCHANGE_BUCKETS: usize = 16;
+/// Rows per record batch read from Parquet.
+pub const READ_BATCH_ROWS: usize = 8192;
+/// Milliseconds per hour.
+pub const HOUR_MS: i64 = 3_600_000;
+
+/// The grouping key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HourKey {
+    /// Event-time hour, hours since the epoch (UTC).
+    pub hour: i64,
+    /// Merchant.
+    pub merchant_id: String,
+    /// Country.
+    pub country: String,
+}
+
+/// Aggregates of one key.
+#[derive(Clone)]
+pub struct Aggregate {
+    /// Rows.
+    pub count: u64,
+    /// Sum of amounts.
+    pub sum: i64,
+    /// Smallest amount.
+    pub min: i64,
+    /// Largest amount.
+    pub max: i64,
+    /// Amount distribution.
+    pub sketch: DDSketch,
+}
+
+impl std::fmt::Debug for Aggregate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Aggregate")
+            .field("count", &self.count)
+            .field("sum", &self.sum)
+            .field("min", &self.min)
+            .field("max", &self.max)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A fresh sketch with the job's accuracy.
+pub fn new_sketch() -> DDSketch {
+    DDSketch::new(SketchConfig::new(SKETCH_RELATIVE_ACCURACY, SKETCH_BINS_MAX, 1.0e-9))
+}
+
+impl Aggregate {
+    fn new() -> Self {
+        Self { count: 0, sum: 0, min: i64::MAX, max: i64::MIN, sketch: new_sketch() }
+    }
+
+    fn add(&mut self, amount: i64) {
+        self.count += 1;
+        self.sum = self.sum.wrapping_add(amount);
+        self.min = self.min.min(amount);
+        self.max = self.max.max(amount);
+        self.sketch.add(amount as f64);
+    }
+
+    /// Folds `other` in.
+    pub fn merge(&mut self, other: &Self) {
+        self.count += other.count;
+        self.sum = self.sum.wrapping_add(other.sum);
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+        self.sketch.merge(&other.sketch).expect("sketches share one configuration");
+    }
+
+    /// The nearest-rank q-quantile of the amounts: the value at 1-based rank
+    /// `ceil(q·n)`, as DuckDB's `quantile_disc`, within the sketch's accuracy.
+    pub fn quantile(&self, q: f64) -> f64 {
+        assert!((0.0..=1.0).contains(&q));
+        let n = self.count;
+        if n == 0 {
+            return f64::NAN;
+        }
+        // DDSketch answers rank floor(q'·(n-1)) (0-based); pick q' that lands on the
+        // 0-based nearest rank k = ceil(q·n) - 1, half a rank inside to absorb rounding.
+        let k = ((q * n as f64).ceil() as u64).clamp(1, n) - 1;
+        let sketch_q = if k == n - 1 { 1.0 } else { (k as f64 + 0.5) / (n - 1) as f64 };
+        self.sketch.quantile(sketch_q).expect("q in 0..=1").unwrap_or(f64::NAN)
+    }
+}
+
+/// Settings of a run.
+#[derive(Debug, Clone)]
+pub struct HourlyJob {
+    /// The lander's output root (`INPUT/<topic>/dt=…`).
+    pub input: PathBuf,
+    /// Topic to read.
+    pub topic: String,
+    /// Where `hourly/` goes.
+    pub output: PathBuf,
+    /// Only event times at or after this (ms since the epoch).
+    pub from_ms: Option<i64>,
+    /// Only event times before this.
+    pub to_ms: Option<i64>,
+}
+
+/// Errors of a job.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// Planning failed.
+    #[error("{0}")]
+    Morsel(#[from] crate::morsel::MorselError),
+    /// A stage failed.
+    #[error("{0}")]
+    Stage(#[from] crate::scheduler::StageError),
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default)]
+pub struct JobReport {
+    /// The morsel plan.
+    pub plan: Plan,
+    /// One report per stage.
+    pub stages: Vec<StageReport>,
+    /// Rows aggregated.
+    pub rows: u64,
+    /// Rows skipped for lacking a merchant, country or amount.
+    pub bad_rows: u64,
+    /// Output groups (rows written).
+    pub groups: usize,
+    /// Files written.
+    pub files: Vec<PathBuf>,
+}
+
+type Partial = Vec<HashMap<HourKey, Aggregate>>;
+
+fn bucket_of(key: &HourKey) -> usize {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    (hasher.finish() % EXCHANGE_BUCKETS as u64) as usize
+}
+
+fn task_error(error: impl std::fmt::Display) -> TaskError {
+    TaskError::Failed(error.to_string())
+}
+
+/// Stage 1 for one morsel.
+fn partial_aggregate(
+    morsel: &Morsel,
+    job: &HourlyJob,
+    context: &TaskContext<'_>,
+) -> Result<(Partial, u64, u64), TaskError> {
+    let file = std::fs::File::open(&morsel.file).map_err(task_error)?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(task_error)?;
+    let wanted = ["ts", "timestamp", "merchant_id", "country", "amount_cents"];
+    let projection = ProjectionMask::columns(builder.parquet_schema(), wanted);
+    let selection =
+        RowSelection::from(vec![RowSelector::skip(morsel.first_row), RowSelector::select(morsel.rows)]);
+    let reader = builder
+        .with_row_groups(vec![morsel.row_group])
+        .with_row_selection(selection)
+        .with_projection(projection)
+        .with_batch_size(READ_BATCH_ROWS)
+        .build()
+        .map_err(task_error)?;
+    let mut partial: Partial = (0..EXCHANGE_BUCKETS).map(|_| HashMap::new()).collect();
+    let (mut rows, mut bad) = (0u64, 0u64);
+    for batch in reader {
+        context.checkpoint()?;
+        let batch = batch.map_err(task_error)?;
+        let column = |name: &str| batch.column_by_name(name).cloned();
+        let (Some(timestamp), Some(merchant), Some(country), Some(amount)) =
+            (column("timestamp"), column("merchant_id"), column("country"), column("amount_cents"))
+        else {
+            return Err(TaskError::Failed(format!("{}: missing payments columns", morsel.file.display())));
+        };
+        let event_time = column("ts");
+        let timestamp = timestamp.as_primitive::<TimestampMillisecondType>();
+        let event_time = event_time.as_ref().map(|c| c.as_primitive::<TimestampMillisecondType>());
+        let merchant = merchant.as_string::<i32>();
+        let country = country.as_string::<i32>();
+        let amount = amount.as_primitive::<Int64Type>();
+        for i in 0..batch.num_rows() {
+            let time = match event_time {
+                Some(ts) if ts.is_valid(i) => ts.value(i),
+                _ => timestamp.value(i),
+            };
+            if job.from_ms.is_some_and(|from| time < from) || job.to_ms.is_some_and(|to| time >= to) {
+                continue;
+            }
+            if !(merchant.is_valid(i) && country.is_valid(i) && amount.is_valid(i)) {
+                bad += 1;
+                continue;
+            }
+            rows += 1;
+            let key = HourKey {
+                hour: time.div_euclid(HOUR_MS),
+                merchant_id: merchant.value(i).to_string(),
+                country: country.value(i).to_string(),
+            };
+            partial[bucket_of(&key)].entry(key).or_insert_with(Aggregate::new).add(amount.value(i));
+        }
+    }
+    Ok((partial, rows, bad))
+}
+
+/// The output schema of `hourly`.
+pub fn output_schema() -> SchemaRef {
+    let ts = DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
+    Arc::new(Schema::new(vec![
+        Field::new("hour", ts, false),
+        Field::new("merchant_id", DataType::Utf8, false),
+        Field::new("country", DataType::Utf8, false),
+        Field::new("count", DataType::Int64, false),
+        Field::new("sum_amount_cents", DataType::Int64, false),
+        Field::new("min_amount_cents", DataType::Int64, false),
+        Field::new("max_amount_cents", DataType::Int64, false),
+        Field::new("p50_amount_cents", DataType::Float64, false),
+        Field::new("p99_amount_cents", DataType::Float64, false),
+        Field::new("amount_sketch", DataType::Binary, false),
+    ]))
+}
+
+/// Rows of one hour as a record batch (sorted by merchant, country).
+pub fn hour_batch(rows: &[(&HourKey, &Aggregate)]) -> RecordBatch {
+    let mut hour = TimestampMillisecondBuilder::new().with_timezone("UTC");
+    let (mut merchant, mut country) = (StringBuilder::new(), StringBuilder::new());
+    let (mut count, mut sum, mut min, mut max) =
+        (Int64Builder::new(), Int64Builder::new(), Int64Builder::new(), Int64Builder::new());
+    let (mut p50, mut p99) = (Float64Builder::new(), Float64Builder::new());
+    let mut sketch = BinaryBuilder::new();
+    for (key, aggregate) in rows {
+        hour.append_value(key.hour * HOUR_MS);
+        merchant.append_value(&key.merchant_id);
+        country.append_value(&key.country);
+        count.append_value(aggregate.count as i64);
+        sum.append_value(aggregate.sum);
+        min.append_value(aggregate.min);
+        max.append_value(aggregate.max);
+        p50.append_value(aggregate.quantile(0.5));
+        p99.append_value(aggregate.quantile(0.99));
+        sketch.append_value(aggregate.sketch.to_java_bytes());
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(hour.finish()),
+        Arc::new(merchant.finish()),
+        Arc::new(country.finish()),
+        Arc::new(count.finish()),
+        Arc::new(sum.finish()),
+        Arc::new(min.finish()),
+        Arc::new(max.finish()),
+        Arc::new(p50.finish()),
+        Arc::new(p99.finish()),
+        Arc::new(sketch.finish()),
+    ];
+    RecordBatch::try_new(output_schema(), columns).expect("columns match the schema")
+}
+
+/// `OUTPUT/hourly/dt=YYYY-MM-DD/hr=HH/part-00000.parquet`.
+pub fn hour_path(output: &Path, hour: i64) -> PathBuf {
+    let time = chrono::DateTime::from_timestamp_millis(hour * HOUR_MS).expect("hour in range");
+    output.join(format!("hourly/{}/part-00000.parquet", time.format("dt=%Y-%m-%d/hr=%H")))
+}
+
+/// Runs the job on `scheduler`. `progress[i]` receives stage `i`'s live counters.
+pub fn run(
+    job: &HourlyJob,
+    scheduler: &Scheduler,
+    progress: &[StageProgress; 3],
+    on_stage: &mut dyn FnMut(&str, usize),
+) -> Result<JobReport, JobError> {
+    let files = crate::morsel::parquet_files(&job.input.join(&job.topic))?;
+    let plan = crate::morsel::plan(&files, "ts", job.from_ms, job.to_ms)?;
+    let mut report = JobReport { plan: plan.clone(), ..JobReport::default() };
+
+    on_stage("scan", plan.morsels.len());
+    let (partials, scan) = scheduler.run_stage("scan", plan.morsels.len(), &progress[0], |context| {
+        partial_aggregate(&plan.morsels[context.task], job, context)
+    })?;
+    report.stages.push(scan);
+    report.rows = partials.iter().map(|(_, rows, _)| rows).sum();
+    report.bad_rows = partials.iter().map(|(_, _, bad)| bad).sum();
+
+    on_stage("aggregate", EXCHANGE_BUCKETS);
+    let (finals, aggregate) =
+        scheduler.run_stage("aggregate", EXCHANGE_BUCKETS, &progress[1], |context| {
+            let mut merged: HashMap<HourKey, Aggregate> = HashMap::new();
+            for (partial, _, _) in &partials {
+                context.checkpoint()?;
+                for (key, aggregate) in &partial[context.task] {
+                    match merged.get_mut(key) {
+                        Some(existing) => existing.merge(aggregate),
+                        None => {
+                            merged.insert(key.clone(), aggregate.clone());
+                        }
+                    }
+                }
+            }
+            Ok(merged)
+        })?;
+    report.stages.push(aggregate);
+
+    let mut by_hour: BTreeMap<i64, Vec<(&HourKey, &Aggregate)>> = BTreeMap::new();
+    for (key, aggregate) in finals.iter().flatten() {
+        by_hour.entry(key.hour).or_default().push((key, aggregate));
+    }
+    for rows in by_hour.values_mut() {
+        rows.sort_by(|a, b| a.0.cmp(b.0));
+    }
+    report.groups = by_hour.values().map(Vec::len).sum();
+    let hours: Vec<(i64, Vec<(&HourKey, &Aggregate)>)> = by_hour.into_iter().collect();
+    on_stage("write", hours.len());
+    let (files, write) = scheduler.run_stage("write", hours.len(), &progress[2], |context| {
+        let (hour, rows) = &hours[context.task];
+        context.checkpoint()?;
+        let path = hour_path(&job.output, *hour);
+        write_parquet_atomic(&path, &hour_batch(rows), context).map_err(task_error)?;
+        Ok(path)
+    })?;
+    report.stages.push(write);
+    report.files = files;
+    Ok(report)
+}

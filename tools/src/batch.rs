@@ -1,0 +1,216 @@
+//! `corelog batch JOB`: runs a batch job over landed Parquet with progress bars per
+//! stage and a summary table.
+
+use anyhow::{bail, Context, Result};
+use batch::hourly::{HourlyJob, JobReport};
+use batch::{Injection, Scheduler, SchedulerConfig, Speculation, StageProgress};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// Jobs this build runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Job {
+    /// Per merchant and country per event-time hour: count, sum, min, max, p50, p99 of amount_cents.
+    Hourly,
+}
+
+/// on|off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
+}
+
+/// Flags of `corelog batch` (DESIGN.md's CLI contract).
+#[derive(Debug, Clone, clap::Args)]
+pub struct BatchArgs {
+    /// The job.
+    pub job: Job,
+    /// The lander's output directory (`INPUT/<topic>/dt=…/hr=…`).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Where the job writes (`OUTPUT/<job>/dt=…`).
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Topic to read.
+    #[arg(long, default_value = "payments")]
+    pub topic: String,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Speculative copies of straggling tasks.
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    pub speculation: Switch,
+    /// Speculation: straggler past this multiple of the median task time.
+    #[arg(long, default_value_t = 3.0)]
+    pub speculation_multiplier: f64,
+    /// Speculation: fraction of tasks finished before it starts.
+    #[arg(long, default_value_t = 0.9)]
+    pub speculation_quantile: f64,
+    /// Speculation: never for tasks that ran less than this (ms).
+    #[arg(long, default_value_t = 100)]
+    pub speculation_min_runtime_ms: u64,
+    /// Retries of a failed task before the job fails.
+    #[arg(long, default_value_t = batch::scheduler::RETRIES_MAX_DEFAULT)]
+    pub retries: u32,
+    /// Only event times at or after this (ms since the epoch).
+    #[arg(long)]
+    pub from: Option<i64>,
+    /// Only event times before this (ms since the epoch).
+    #[arg(long)]
+    pub to: Option<i64>,
+    /// FAILURE INJECTION (tests, benches): make this worker slow.
+    #[arg(long)]
+    pub inject_slow_worker: Option<usize>,
+    /// FAILURE INJECTION (tests, benches): fail this fraction of task attempts.
+    #[arg(long, default_value_t = 0.0)]
+    pub inject_task_failure_rate: f64,
+    /// Seed of injected failures.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+fn scheduler(args: &BatchArgs) -> Result<Scheduler> {
+    let workers = args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if workers == 0 {
+        bail!("--workers must be positive");
+    }
+    if !(0.0..1.0).contains(&args.inject_task_failure_rate) {
+        bail!("--inject-task-failure-rate must be in [0, 1)");
+    }
+    if args.inject_slow_worker.is_some_and(|w| w >= workers) {
+        bail!("--inject-slow-worker must name one of the {workers} workers");
+    }
+    if !(args.speculation_quantile > 0.0
+        && args.speculation_quantile <= 1.0
+        && args.speculation_multiplier >= 1.0)
+    {
+        bail!("--speculation-quantile must be in (0, 1] and --speculation-multiplier at least 1");
+    }
+    Ok(Scheduler::new(SchedulerConfig {
+        workers,
+        speculation: (args.speculation == Switch::On).then_some(Speculation {
+            multiplier: args.speculation_multiplier,
+            quantile: args.speculation_quantile,
+            min_runtime_ms: args.speculation_min_runtime_ms,
+        }),
+        retries_max: args.retries,
+        inject: Injection {
+            slow_worker: args.inject_slow_worker,
+            task_failure_rate: args.inject_task_failure_rate,
+            seed: args.seed,
+        },
+    }))
+}
+
+/// Runs the job, showing progress on a terminal; returns its report.
+pub fn run(args: &BatchArgs) -> Result<JobReport> {
+    if !args.input.join(&args.topic).is_dir() {
+        bail!("{}: no landed topic {:?} (run corelog land first)", args.input.display(), args.topic);
+    }
+    let scheduler = scheduler(args)?;
+    let progress: [StageProgress; 3] = Default::default();
+    let stage_index = AtomicUsize::new(usize::MAX);
+    let stage_tasks = AtomicUsize::new(0);
+    let finished = AtomicBool::new(false);
+    let bars = indicatif::MultiProgress::new();
+    let style = indicatif::ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} tasks {msg}")
+        .expect("valid progress template")
+        .progress_chars("=> ");
+    let job = HourlyJob {
+        input: args.input.clone(),
+        topic: args.topic.clone(),
+        output: args.output.clone(),
+        from_ms: args.from,
+        to_ms: args.to,
+    };
+    let report = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut shown: Vec<indicatif::ProgressBar> = Vec::new();
+            let names = ["scan", "aggregate", "write"];
+            loop {
+                let done = finished.load(Ordering::Acquire);
+                let index = stage_index.load(Ordering::Acquire);
+                while index != usize::MAX && shown.len() <= index {
+                    let bar =
+                        bars.add(indicatif::ProgressBar::new(stage_tasks.load(Ordering::Acquire) as u64));
+                    bar.set_style(style.clone());
+                    bar.set_prefix(names[shown.len()]);
+                    shown.push(bar);
+                }
+                for (i, bar) in shown.iter().enumerate() {
+                    let p = &progress[i];
+                    bar.set_position(p.done.load(Ordering::Relaxed) as u64);
+                    bar.set_message(format!(
+                        "stolen {} speculated {}",
+                        p.stolen.load(Ordering::Relaxed),
+                        p.speculated.load(Ordering::Relaxed)
+                    ));
+                }
+                if done {
+                    shown.iter().for_each(indicatif::ProgressBar::finish);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let mut on_stage = |_name: &str, tasks: usize| {
+            stage_tasks.store(tasks, Ordering::Release);
+            let next = stage_index.load(Ordering::Acquire).wrapping_add(1);
+            stage_index.store(next, Ordering::Release);
+        };
+        let result = match args.job {
+            Job::Hourly => batch::hourly::run(&job, &scheduler, &progress, &mut on_stage),
+        };
+        finished.store(true, Ordering::Release);
+        result
+    })
+    .context("hourly")?;
+    print_summary(&report, &mut std::io::stderr().lock())?;
+    Ok(report)
+}
+
+/// The summary table.
+pub fn print_summary(report: &JobReport, out: &mut dyn Write) -> std::io::Result<()> {
+    let plan = &report.plan;
+    writeln!(
+        out,
+        "corelog batch: {} files, {} row groups ({} pruned by statistics, {} split), {} morsels",
+        plan.files,
+        plan.row_groups,
+        plan.row_groups_pruned,
+        plan.row_groups_split,
+        plan.morsels.len()
+    )?;
+    writeln!(
+        out,
+        "{:<10} {:>6} {:>7} {:>8} {:>11} {:>5} {:>10} {:>9}",
+        "stage", "tasks", "stolen", "retried", "speculated", "won", "wasted", "time"
+    )?;
+    for stage in &report.stages {
+        writeln!(
+            out,
+            "{:<10} {:>6} {:>7} {:>8} {:>11} {:>5} {:>8.0}ms {:>7.0}ms",
+            stage.stage,
+            stage.tasks,
+            stage.stolen,
+            stage.retried,
+            stage.speculated,
+            stage.speculation_won,
+            stage.wasted.as_secs_f64() * 1e3,
+            stage.elapsed.as_secs_f64() * 1e3
+        )?;
+    }
+    writeln!(
+        out,
+        "rows {} (skipped {} without merchant/country/amount), groups {}, files {}",
+        report.rows,
+        report.bad_rows,
+        report.groups,
+        report.files.len()
+    )
+}

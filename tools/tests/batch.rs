@@ -1,0 +1,143 @@
+//! `corelog batch hourly` as a real process over Parquet landed by `corelog land`:
+//! results equal DuckDB's SQL over the same files; an injected slow worker (with
+//! speculation) and injected task failures (with retries) leave the output files
+//! byte-identical.
+
+use corelog_tools::payments::{partition_for, Generator};
+use engine::batch::BatchBuilder;
+use engine::{Engine, EngineConfig};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+mod common;
+
+const EVENTS: u64 = 60_000;
+const PARTITIONS: u32 = 3;
+
+fn corelog(args: &[&str]) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_corelog")).args(args).output().unwrap();
+    (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+/// Appends payments over six hours of event time and lands them with the repo schema.
+fn landed_payments(dir: &Path) -> PathBuf {
+    let data = dir.join("data");
+    let mut config = EngineConfig::new(&data);
+    config.shards = 2;
+    config.pin_threads = false;
+    config.log.retention_ms = None;
+    let engine = Engine::open(config).unwrap();
+    engine.create_topic("payments", PARTITIONS).unwrap();
+    let mut generator = Generator::new(11, 5_000, 1.1, 1_764_000_000_000, 6 * 3_600_000_000 / EVENTS);
+    let (mut key, mut value) = (Vec::new(), Vec::new());
+    let mut batches: Vec<BatchBuilder> = (0..PARTITIONS).map(|_| BatchBuilder::default()).collect();
+    for n in 0..EVENTS {
+        let payment = generator.next_payment();
+        key.clear();
+        value.clear();
+        payment.key(&mut key);
+        payment.json(&mut value);
+        batches[partition_for(&key, PARTITIONS) as usize].push(payment.ts, Some(&key), Some(&value));
+        if n % 1000 == 999 {
+            for (p, batch) in batches.iter_mut().enumerate() {
+                if batch.record_count() > 0 {
+                    engine.append("payments", p as u32, batch.finish()).wait().unwrap();
+                    *batch = BatchBuilder::default();
+                }
+            }
+        }
+    }
+    engine.shutdown().unwrap();
+    let out = dir.join("landed");
+    let schemas = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas");
+    let (ok, log) = corelog(&[
+        "land",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--schemas",
+        schemas.to_str().unwrap(),
+        "--once",
+    ]);
+    assert!(ok, "{log}");
+    out
+}
+
+/// Every file under `root`, by path relative to it, with its bytes.
+fn relative_files(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                files.push((path.strip_prefix(root).unwrap().to_path_buf(), std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+fn stage_column(log: &str, stage: &str, column: usize) -> u64 {
+    let line =
+        log.lines().find(|l| l.starts_with(stage)).unwrap_or_else(|| panic!("no {stage} row in {log}"));
+    line.split_whitespace().nth(column).unwrap().parse().unwrap()
+}
+
+#[test]
+fn given_landed_payments_when_hourly_runs_then_it_equals_duckdb_and_survives_stragglers_and_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let landed = landed_payments(dir.path());
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut args =
+            vec!["batch", "hourly", "--input", landed.to_str().unwrap(), "--output", out.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let (ok, log) = corelog(&args);
+        assert!(ok, "{log}");
+        (out, log)
+    };
+    let (plain, log) = run("plain", &["--workers", "2", "--speculation", "off"]);
+    println!("{log}");
+    let report = common::run_python(&[
+        common::script("hourly_check.py").to_str().unwrap(),
+        landed.to_str().unwrap(),
+        plain.to_str().unwrap(),
+    ]);
+    assert_eq!(report["expected_rows"], EVENTS, "{report}");
+    assert_eq!(report["expected_groups"], report["our_groups"], "{report}");
+    assert_eq!(report["exact_mismatches"], 0, "count, sum, min, max equal DuckDB's: {report}");
+    assert_eq!(report["p50_outside_accuracy"], 0, "{report}");
+    assert_eq!(report["p99_outside_accuracy"], 0, "{report}");
+    let expected = relative_files(&plain);
+    assert_eq!(expected.len(), 6, "one file per event-time hour");
+
+    let (slow, log) =
+        run("slow", &["--workers", "2", "--inject-slow-worker", "0", "--speculation-min-runtime-ms", "10"]);
+    println!("{log}");
+    assert!(stage_column(&log, "scan", 4) > 0, "a straggler on the slow worker was speculated: {log}");
+    assert!(stage_column(&log, "scan", 5) > 0, "a speculative copy won: {log}");
+    assert_eq!(relative_files(&slow), expected, "speculation leaves the output byte-identical");
+
+    let (flaky, log) = run("flaky", &["--workers", "2", "--inject-task-failure-rate", "0.2", "--seed", "7"]);
+    println!("{log}");
+    assert!(
+        stage_column(&log, "scan", 3) + stage_column(&log, "aggregate", 3) > 0,
+        "failed tasks were retried: {log}"
+    );
+    assert_eq!(relative_files(&flaky), expected, "retries leave the output byte-identical");
+}
+
+#[test]
+fn given_bad_arguments_when_batch_runs_then_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, log) =
+        corelog(&["batch", "hourly", "--input", dir.path().to_str().unwrap(), "--output", "/tmp/x"]);
+    assert!(!ok && log.contains("no landed topic"), "{log}");
+    let (ok, log) = corelog(&["batch", "daily", "--input", "a", "--output", "b"]);
+    assert!(!ok && log.contains("invalid value"), "{log}");
+}
