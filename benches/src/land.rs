@@ -235,7 +235,12 @@ fn lag(args: &LandArgs, dir: &Path, figures: &mut Vec<Figure>) -> Result<()> {
         for (p, next, appended_at) in appended {
             let files = &covered[p as usize];
             let Some((_, landed)) = files.get(files.partition_point(|(last, _)| *last < next - 1)) else {
-                bail!("partition {p}: offset {} never landed", next - 1);
+                bail!(
+                    "partition {p}: offset {} never landed (landed through {:?}, {} files)",
+                    next - 1,
+                    files.last().map(|f| f.0),
+                    files.len()
+                );
             };
             let appended_system = now_system - now_instant.duration_since(appended_at);
             let lag = landed.duration_since(appended_system).unwrap_or_default();

@@ -6,8 +6,9 @@
 //! * only bytes below a length observed *before* an `fdatasync` of the segment are
 //!   read, so nothing handed out can be taken back by a power loss;
 //! * every batch is CRC-checked and must carry the next expected offset; a batch that
-//!   fails is the tail still being written and is retried on the next read, unless the
-//!   next segment already starts past it, which is corruption and an error;
+//!   fails is the tail still being written and is retried on the next read (with a
+//!   fresh look at the file's length), unless the next segment already starts past it
+//!   and the stop persists for [`CORRUPTION_GRACE_MS`], which is corruption and an error;
 //! * the reader moves to the next segment only when it starts exactly at the offset
 //!   after the last batch read (a segment is sealed once its successor exists, but its
 //!   last write may still be in flight when the successor appears).
@@ -17,6 +18,12 @@ use engine::batch::{frame_len, BatchView, BATCH_HEADER_BYTES};
 use engine::segment::{parse_log_name, FollowedSegment};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How long a scan may stay stopped at one position of a segment that has a successor
+/// before the segment is reported corrupt (a write in flight at a roll finishes far
+/// sooner).
+pub const CORRUPTION_GRACE_MS: u64 = 5_000;
 
 /// Where a reader stands in one partition.
 #[derive(Debug)]
@@ -28,6 +35,11 @@ struct Cursor {
     next_offset: i64,
     /// Length known to be durable.
     durable_len: u64,
+    /// The last scan stopped at a batch it could not accept (a write in progress):
+    /// the next read must look at the file's length again.
+    stalled: bool,
+    /// Since when a scan has stopped at `position` while a later segment exists.
+    stuck_since: Option<(u64, Instant)>,
 }
 
 /// Reads partitions from an engine data directory.
@@ -53,7 +65,14 @@ impl SegmentSource {
         let path = partition_dir(&self.data_dir, topic, partition)
             .join(format!("{}.log", engine::segment::file_stem(base)));
         let segment = FollowedSegment::open(&path)?;
-        Ok(Cursor { segment, position: 0, next_offset: base, durable_len: 0 })
+        Ok(Cursor {
+            segment,
+            position: 0,
+            next_offset: base,
+            durable_len: 0,
+            stalled: false,
+            stuck_since: None,
+        })
     }
 
     /// Positions a cursor at the batch holding `from` (or the first batch after it).
@@ -130,9 +149,9 @@ impl Source for SegmentSource {
         };
         let mut bytes_read = 0usize;
         loop {
-            if cursor.position >= cursor.durable_len {
-                let len = cursor.segment.durable_len()?;
-                cursor.durable_len = len;
+            if cursor.position >= cursor.durable_len || cursor.stalled {
+                cursor.durable_len = cursor.segment.durable_len()?;
+                cursor.stalled = false;
             }
             let end = cursor.durable_len;
             let mut stalled = None;
@@ -163,6 +182,7 @@ impl Source for SegmentSource {
                 cursor.position += len as u64;
                 cursor.next_offset = next;
             }
+            cursor.stalled = stalled.is_some();
             let next_offset = cursor.next_offset.max(from);
             if bytes_read >= bytes_max {
                 return Ok(ReadOutcome { next_offset, caught_up: false, skipped });
@@ -183,13 +203,29 @@ impl Source for SegmentSource {
                     let segment = FollowedSegment::open(
                         &path.join(format!("{}.log", engine::segment::file_stem(base))),
                     )?;
-                    *cursor = Cursor { segment, position: 0, next_offset: base, durable_len: 0 };
+                    *cursor = Cursor {
+                        segment,
+                        position: 0,
+                        next_offset: base,
+                        durable_len: 0,
+                        stalled: false,
+                        stuck_since: None,
+                    };
                 }
-                Some(base)
-                    if base > cursor.next_offset
-                        && stalled.is_some()
-                        && cursor.segment.current_len()? == end =>
-                {
+                Some(base) if base > cursor.next_offset && stalled.is_some() => {
+                    // Either the segment's last write is still landing (it can be in
+                    // flight when the engine rolls) or the sealed segment is corrupt:
+                    // only a stop that persists at one position is corruption.
+                    let since = match cursor.stuck_since {
+                        Some((position, since)) if position == cursor.position => since,
+                        _ => {
+                            cursor.stuck_since = Some((cursor.position, Instant::now()));
+                            return Ok(ReadOutcome { next_offset, caught_up: true, skipped });
+                        }
+                    };
+                    if since.elapsed() < Duration::from_millis(CORRUPTION_GRACE_MS) {
+                        return Ok(ReadOutcome { next_offset, caught_up: true, skipped });
+                    }
                     return Err(SourceError::Corrupt {
                         topic: topic.to_string(),
                         partition,

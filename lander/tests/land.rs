@@ -333,3 +333,36 @@ fn given_retain_until_landed_when_retention_runs_then_only_landed_segments_are_d
     assert_eq!(read_rows(&out).len(), 40);
     engine.shutdown().unwrap();
 }
+
+#[test]
+fn given_a_batch_still_being_written_when_read_again_then_it_is_read_once_complete() {
+    use lander::Source;
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("t-0")).unwrap();
+    let batch = |base: i64, count: usize| {
+        let mut builder = BatchBuilder::default();
+        for n in 0..count {
+            builder.push(1, None, Some(format!("v{}", base + n as i64).as_bytes()));
+        }
+        let mut bytes = builder.finish();
+        engine::batch::assign_base_offset(&mut bytes, base);
+        bytes
+    };
+    let (first, second) = (batch(0, 3), batch(3, 2));
+    let path = data.join("t-0/00000000000000000000.log");
+    let mut file = std::fs::File::create(&path).unwrap();
+    file.write_all(&first).unwrap();
+    file.write_all(&second[..second.len() / 2]).unwrap();
+    let mut source = SegmentSource::new(&data).unwrap();
+    let mut records = Vec::new();
+    let outcome = source.read("t", 0, 0, 1 << 20, &mut records).unwrap();
+    assert_eq!((records.len(), outcome.next_offset, outcome.caught_up), (3, 3, true));
+    // The rest of the write lands; the next read must see it.
+    file.write_all(&second[second.len() / 2..]).unwrap();
+    records.clear();
+    let outcome = source.read("t", 0, 3, 1 << 20, &mut records).unwrap();
+    assert_eq!((records.len(), outcome.next_offset), (2, 5), "the completed batch is read");
+    assert_eq!(records[1].value.as_deref(), Some(&b"v4"[..]));
+}
