@@ -11,6 +11,7 @@
 //!   found by walking `INPUT/<topic>/dt=…/hr=…`, pruned by row-group statistics;
 //! * [`hourly`]: the `hourly` job (scan + partial aggregate, exchange by key, final
 //!   aggregate, atomic Parquet writes per hour);
+//! * [`daily`]: the `daily` job, a rollup of `hourly` output that merges its sketches;
 //! * [`output`]: atomic, idempotent output files.
 //!
 //! Invariants: `batch` never reads segment files and does no network I/O; a task's
@@ -21,6 +22,7 @@
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+pub mod daily;
 pub mod hourly;
 pub mod morsel;
 pub mod output;

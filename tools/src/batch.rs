@@ -14,6 +14,8 @@ use std::time::Duration;
 pub enum Job {
     /// Per merchant and country per event-time hour: count, sum, min, max, p50, p99 of amount_cents.
     Hourly,
+    /// Rollup of `hourly` output (--input is an hourly --output) to days.
+    Daily,
 }
 
 /// on|off.
@@ -109,8 +111,14 @@ fn scheduler(args: &BatchArgs) -> Result<Scheduler> {
 
 /// Runs the job, showing progress on a terminal; returns its report.
 pub fn run(args: &BatchArgs) -> Result<JobReport> {
-    if !args.input.join(&args.topic).is_dir() {
-        bail!("{}: no landed topic {:?} (run corelog land first)", args.input.display(), args.topic);
+    match args.job {
+        Job::Hourly if !args.input.join(&args.topic).is_dir() => {
+            bail!("{}: no landed topic {:?} (run corelog land first)", args.input.display(), args.topic)
+        }
+        Job::Daily if !args.input.join("hourly").is_dir() => {
+            bail!("{}: no hourly/ directory (run corelog batch hourly first)", args.input.display())
+        }
+        _ => {}
     }
     let scheduler = scheduler(args)?;
     let progress: [StageProgress; 3] = Default::default();
@@ -165,11 +173,15 @@ pub fn run(args: &BatchArgs) -> Result<JobReport> {
         };
         let result = match args.job {
             Job::Hourly => batch::hourly::run(&job, &scheduler, &progress, &mut on_stage),
+            Job::Daily => {
+                let daily = batch::daily::DailyJob { input: args.input.clone(), output: args.output.clone() };
+                batch::daily::run(&daily, &scheduler, &progress, &mut on_stage)
+            }
         };
         finished.store(true, Ordering::Release);
         result
     })
-    .context("hourly")?;
+    .with_context(|| format!("{:?} job", args.job))?;
     print_summary(&report, &mut std::io::stderr().lock())?;
     Ok(report)
 }

@@ -1,5 +1,5 @@
-//! `corelog batch hourly` as a real process over Parquet landed by `corelog land`:
-//! results equal DuckDB's SQL over the same files; an injected slow worker (with
+//! `corelog batch hourly` and `daily` as real processes over Parquet landed by
+//! `corelog land`: results equal DuckDB's SQL over the same files; an injected slow worker (with
 //! speculation) and injected task failures (with retries) leave the output files
 //! byte-identical.
 
@@ -28,7 +28,8 @@ fn landed_payments(dir: &Path) -> PathBuf {
     config.log.retention_ms = None;
     let engine = Engine::open(config).unwrap();
     engine.create_topic("payments", PARTITIONS).unwrap();
-    let mut generator = Generator::new(11, 5_000, 1.1, 1_764_000_000_000, 6 * 3_600_000_000 / EVENTS);
+    // 21:00 UTC to 03:00: six hours over two days.
+    let mut generator = Generator::new(11, 5_000, 1.1, 1_764_018_000_000, 6 * 3_600_000_000 / EVENTS);
     let (mut key, mut value) = (Vec::new(), Vec::new());
     let mut batches: Vec<BatchBuilder> = (0..PARTITIONS).map(|_| BatchBuilder::default()).collect();
     for n in 0..EVENTS {
@@ -116,6 +117,23 @@ fn given_landed_payments_when_hourly_runs_then_it_equals_duckdb_and_survives_str
     let expected = relative_files(&plain);
     assert_eq!(expected.len(), 6, "one file per event-time hour");
 
+    // daily rolls the hourly output up (merging sketches) and equals DuckDB per day.
+    let daily = dir.path().join("daily");
+    let (ok, log) =
+        corelog(&["batch", "daily", "--input", plain.to_str().unwrap(), "--output", daily.to_str().unwrap()]);
+    assert!(ok, "{log}");
+    assert_eq!(relative_files(&daily).len(), 2, "the six hours span two days");
+    let report = common::run_python(&[
+        common::script("daily_check.py").to_str().unwrap(),
+        landed.to_str().unwrap(),
+        daily.to_str().unwrap(),
+    ]);
+    assert_eq!(report["expected_rows"], EVENTS, "{report}");
+    assert_eq!(report["expected_groups"], report["our_groups"], "{report}");
+    assert_eq!(report["exact_mismatches"], 0, "{report}");
+    assert_eq!(report["p50_outside_accuracy"], 0, "{report}");
+    assert_eq!(report["p99_outside_accuracy"], 0, "{report}");
+
     let (slow, log) =
         run("slow", &["--workers", "2", "--inject-slow-worker", "0", "--speculation-min-runtime-ms", "10"]);
     println!("{log}");
@@ -138,6 +156,9 @@ fn given_bad_arguments_when_batch_runs_then_one_line_errors() {
     let (ok, log) =
         corelog(&["batch", "hourly", "--input", dir.path().to_str().unwrap(), "--output", "/tmp/x"]);
     assert!(!ok && log.contains("no landed topic"), "{log}");
-    let (ok, log) = corelog(&["batch", "daily", "--input", "a", "--output", "b"]);
+    let (ok, log) = corelog(&["batch", "rings", "--input", "a", "--output", "b"]);
     assert!(!ok && log.contains("invalid value"), "{log}");
+    let (ok, log) =
+        corelog(&["batch", "daily", "--input", dir.path().to_str().unwrap(), "--output", "/tmp/x"]);
+    assert!(!ok && log.contains("no hourly/"), "{log}");
 }

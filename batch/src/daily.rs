@@ -1,0 +1,191 @@
+//! The `daily` job: rolls `hourly` output up to days, per merchant and country,
+//! without the raw rows: counts and sums add, min and max fold, and the hourly
+//! DDSketches (`amount_sketch`) merge, which keeps their 1% relative accuracy.
+//!
+//! Input: `INPUT/hourly/dt=…/hr=…/*.parquet` (an `hourly` output directory). Output:
+//! `OUTPUT/daily/dt=YYYY-MM-DD/part-00000.parquet` with the same columns as `hourly`
+//! except `hour`, replaced by `day` (timestamp of the day's midnight, UTC).
+//! Stages: scan + partial rollup per morsel, final rollup per exchange bucket, one
+//! write task per day.
+
+use crate::hourly::{Aggregate, JobError, JobReport, EXCHANGE_BUCKETS, HOUR_MS, READ_BATCH_ROWS};
+use crate::morsel::Morsel;
+use crate::output::write_parquet_atomic;
+use crate::scheduler::{Scheduler, StageProgress, TaskContext, TaskError};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int64Type, TimestampMillisecondType};
+use arrow_array::RecordBatch;
+use arrow_schema::{DataType, Field, Schema};
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReaderBuilder, RowSelection, RowSelector};
+use sketches_ddsketch::DDSketch;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Milliseconds per day.
+pub const DAY_MS: i64 = 24 * HOUR_MS;
+
+/// Settings of a run.
+#[derive(Debug, Clone)]
+pub struct DailyJob {
+    /// An `hourly` output directory (holding `hourly/`).
+    pub input: PathBuf,
+    /// Where `daily/` goes.
+    pub output: PathBuf,
+}
+
+/// (day in days since the epoch, merchant, country).
+type DayKey = (i64, String, String);
+type Partial = Vec<HashMap<DayKey, Aggregate>>;
+
+fn bucket_of(key: &DayKey) -> usize {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    (hasher.finish() % EXCHANGE_BUCKETS as u64) as usize
+}
+
+fn task_error(error: impl std::fmt::Display) -> TaskError {
+    TaskError::Failed(error.to_string())
+}
+
+fn fold(into: &mut HashMap<DayKey, Aggregate>, key: DayKey, aggregate: Aggregate) {
+    match into.get_mut(&key) {
+        Some(existing) => existing.merge(&aggregate),
+        None => {
+            into.insert(key, aggregate);
+        }
+    }
+}
+
+fn partial_rollup(morsel: &Morsel, context: &TaskContext<'_>) -> Result<Partial, TaskError> {
+    let file = std::fs::File::open(&morsel.file).map_err(task_error)?;
+    let selection =
+        RowSelection::from(vec![RowSelector::skip(morsel.first_row), RowSelector::select(morsel.rows)]);
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(task_error)?
+        .with_row_groups(vec![morsel.row_group])
+        .with_row_selection(selection)
+        .with_batch_size(READ_BATCH_ROWS)
+        .build()
+        .map_err(task_error)?;
+    let mut partial: Partial = (0..EXCHANGE_BUCKETS).map(|_| HashMap::new()).collect();
+    for batch in reader {
+        context.checkpoint()?;
+        let batch = batch.map_err(task_error)?;
+        let column = |name: &str| {
+            batch.column_by_name(name).cloned().ok_or_else(|| {
+                TaskError::Failed(format!("{}: no column {name} (not hourly output?)", morsel.file.display()))
+            })
+        };
+        let hour = column("hour")?;
+        let hour = hour.as_primitive::<TimestampMillisecondType>();
+        let (merchant, country) = (column("merchant_id")?, column("country")?);
+        let (merchant, country) = (merchant.as_string::<i32>(), country.as_string::<i32>());
+        let ints = ["count", "sum_amount_cents", "min_amount_cents", "max_amount_cents"].map(column);
+        let [count, sum, min, max] = ints;
+        let (count, sum, min, max) = (count?, sum?, min?, max?);
+        let (count, sum) = (count.as_primitive::<Int64Type>(), sum.as_primitive::<Int64Type>());
+        let (min, max) = (min.as_primitive::<Int64Type>(), max.as_primitive::<Int64Type>());
+        let sketch = column("amount_sketch")?;
+        let sketch = sketch.as_binary::<i32>();
+        for i in 0..batch.num_rows() {
+            let decoded = DDSketch::from_java_bytes(sketch.value(i)).map_err(|e| {
+                TaskError::Failed(format!("{}: bad amount_sketch: {e:?}", morsel.file.display()))
+            })?;
+            let aggregate = Aggregate {
+                count: count.value(i) as u64,
+                sum: sum.value(i),
+                min: min.value(i),
+                max: max.value(i),
+                sketch: decoded,
+            };
+            let key = (
+                hour.value(i).div_euclid(DAY_MS),
+                merchant.value(i).to_string(),
+                country.value(i).to_string(),
+            );
+            fold(&mut partial[bucket_of(&key)], key, aggregate);
+        }
+    }
+    Ok(partial)
+}
+
+fn day_batch(rows: &[(&DayKey, &Aggregate)]) -> RecordBatch {
+    let keys: Vec<crate::hourly::HourKey> = rows
+        .iter()
+        .map(|((day, merchant, country), _)| crate::hourly::HourKey {
+            hour: day * 24,
+            merchant_id: merchant.clone(),
+            country: country.clone(),
+        })
+        .collect();
+    let pairs: Vec<(&crate::hourly::HourKey, &Aggregate)> =
+        keys.iter().zip(rows.iter().map(|(_, a)| *a)).collect();
+    let hourly = crate::hourly::hour_batch(&pairs);
+    let mut fields: Vec<Field> = hourly.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields[0] = Field::new(
+        "day",
+        DataType::Timestamp(arrow_schema::TimeUnit::Millisecond, Some("UTC".into())),
+        false,
+    );
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), hourly.columns().to_vec())
+        .expect("same columns, renamed")
+}
+
+/// `OUTPUT/daily/dt=YYYY-MM-DD/part-00000.parquet`.
+pub fn day_path(output: &Path, day: i64) -> PathBuf {
+    let time = chrono::DateTime::from_timestamp_millis(day * DAY_MS).expect("day in range");
+    output.join(format!("daily/{}/part-00000.parquet", time.format("dt=%Y-%m-%d")))
+}
+
+/// Runs the job on `scheduler`.
+pub fn run(
+    job: &DailyJob,
+    scheduler: &Scheduler,
+    progress: &[StageProgress; 3],
+    on_stage: &mut dyn FnMut(&str, usize),
+) -> Result<JobReport, JobError> {
+    let files = crate::morsel::parquet_files(&job.input.join("hourly"))?;
+    let plan = crate::morsel::plan(&files, "hour", None, None)?;
+    let mut report = JobReport { plan: plan.clone(), ..JobReport::default() };
+    on_stage("scan", plan.morsels.len());
+    let (partials, scan) = scheduler.run_stage("scan", plan.morsels.len(), &progress[0], |context| {
+        partial_rollup(&plan.morsels[context.task], context)
+    })?;
+    report.stages.push(scan);
+    on_stage("aggregate", EXCHANGE_BUCKETS);
+    let (finals, aggregate) =
+        scheduler.run_stage("aggregate", EXCHANGE_BUCKETS, &progress[1], |context| {
+            let mut merged: HashMap<DayKey, Aggregate> = HashMap::new();
+            for partial in &partials {
+                context.checkpoint()?;
+                for (key, aggregate) in &partial[context.task] {
+                    fold(&mut merged, key.clone(), aggregate.clone());
+                }
+            }
+            Ok(merged)
+        })?;
+    report.stages.push(aggregate);
+    let mut by_day: BTreeMap<i64, Vec<(&DayKey, &Aggregate)>> = BTreeMap::new();
+    for (key, aggregate) in finals.iter().flatten() {
+        by_day.entry(key.0).or_default().push((key, aggregate));
+    }
+    for rows in by_day.values_mut() {
+        rows.sort_by(|a, b| a.0.cmp(b.0));
+    }
+    report.groups = by_day.values().map(Vec::len).sum();
+    report.rows = by_day.values().flatten().map(|(_, a)| a.count).sum();
+    let days: Vec<(i64, Vec<(&DayKey, &Aggregate)>)> = by_day.into_iter().collect();
+    on_stage("write", days.len());
+    let (files, write) = scheduler.run_stage("write", days.len(), &progress[2], |context| {
+        let (day, rows) = &days[context.task];
+        context.checkpoint()?;
+        let path = day_path(&job.output, *day);
+        write_parquet_atomic(&path, &day_batch(rows), context).map_err(task_error)?;
+        Ok(path)
+    })?;
+    report.stages.push(write);
+    report.files = files;
+    Ok(report)
+}
