@@ -12,6 +12,8 @@
 //! * [`hourly`]: the `hourly` job (scan + partial aggregate, exchange by key, final
 //!   aggregate, atomic Parquet writes per hour);
 //! * [`daily`]: the `daily` job, a rollup of `hourly` output that merges its sketches;
+//! * [`rings`]: the `rings` job, connected components of the user–card–device graph
+//!   (union-find per task, merged), written as a deny-list;
 //! * [`output`]: atomic, idempotent output files.
 //!
 //! Invariants: `batch` never reads segment files and does no network I/O; a task's
@@ -26,6 +28,7 @@ pub mod daily;
 pub mod hourly;
 pub mod morsel;
 pub mod output;
+pub mod rings;
 pub mod scheduler;
 
 pub use scheduler::{Injection, Scheduler, SchedulerConfig, Speculation, StageProgress, StageReport};

@@ -6,7 +6,8 @@ use batch::hourly::{HourlyJob, JobReport};
 use batch::{Injection, Scheduler, SchedulerConfig, Speculation, StageProgress};
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// Jobs this build runs.
@@ -16,6 +17,8 @@ pub enum Job {
     Hourly,
     /// Rollup of `hourly` output (--input is an hourly --output) to days.
     Daily,
+    /// Fraud rings: connected components of the user–card–device graph, as a deny-list.
+    Rings,
 }
 
 /// on|off.
@@ -74,6 +77,9 @@ pub struct BatchArgs {
     /// Seed of injected failures.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// rings: smallest component reported, in users.
+    #[arg(long, default_value_t = batch::rings::MIN_RING_SIZE_DEFAULT)]
+    pub min_ring_size: usize,
 }
 
 fn scheduler(args: &BatchArgs) -> Result<Scheduler> {
@@ -112,7 +118,7 @@ fn scheduler(args: &BatchArgs) -> Result<Scheduler> {
 /// Runs the job, showing progress on a terminal; returns its report.
 pub fn run(args: &BatchArgs) -> Result<JobReport> {
     match args.job {
-        Job::Hourly if !args.input.join(&args.topic).is_dir() => {
+        Job::Hourly | Job::Rings if !args.input.join(&args.topic).is_dir() => {
             bail!("{}: no landed topic {:?} (run corelog land first)", args.input.display(), args.topic)
         }
         Job::Daily if !args.input.join("hourly").is_dir() => {
@@ -122,8 +128,7 @@ pub fn run(args: &BatchArgs) -> Result<JobReport> {
     }
     let scheduler = scheduler(args)?;
     let progress: [StageProgress; 3] = Default::default();
-    let stage_index = AtomicUsize::new(usize::MAX);
-    let stage_tasks = AtomicUsize::new(0);
+    let stages: Mutex<Vec<(String, usize)>> = Mutex::new(Vec::new());
     let finished = AtomicBool::new(false);
     let bars = indicatif::MultiProgress::new();
     let style = indicatif::ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} tasks {msg}")
@@ -139,15 +144,12 @@ pub fn run(args: &BatchArgs) -> Result<JobReport> {
     let report = std::thread::scope(|scope| {
         scope.spawn(|| {
             let mut shown: Vec<indicatif::ProgressBar> = Vec::new();
-            let names = ["scan", "aggregate", "write"];
             loop {
                 let done = finished.load(Ordering::Acquire);
-                let index = stage_index.load(Ordering::Acquire);
-                while index != usize::MAX && shown.len() <= index {
-                    let bar =
-                        bars.add(indicatif::ProgressBar::new(stage_tasks.load(Ordering::Acquire) as u64));
+                for (name, tasks) in stages.lock().expect("stages lock").iter().skip(shown.len()) {
+                    let bar = bars.add(indicatif::ProgressBar::new(*tasks as u64));
                     bar.set_style(style.clone());
-                    bar.set_prefix(names[shown.len()]);
+                    bar.set_prefix(name.clone());
                     shown.push(bar);
                 }
                 for (i, bar) in shown.iter().enumerate() {
@@ -166,16 +168,33 @@ pub fn run(args: &BatchArgs) -> Result<JobReport> {
                 std::thread::sleep(Duration::from_millis(100));
             }
         });
-        let mut on_stage = |_name: &str, tasks: usize| {
-            stage_tasks.store(tasks, Ordering::Release);
-            let next = stage_index.load(Ordering::Acquire).wrapping_add(1);
-            stage_index.store(next, Ordering::Release);
+        let mut on_stage = |name: &str, tasks: usize| {
+            stages.lock().expect("stages lock").push((name.to_string(), tasks));
         };
         let result = match args.job {
             Job::Hourly => batch::hourly::run(&job, &scheduler, &progress, &mut on_stage),
             Job::Daily => {
                 let daily = batch::daily::DailyJob { input: args.input.clone(), output: args.output.clone() };
                 batch::daily::run(&daily, &scheduler, &progress, &mut on_stage)
+            }
+            Job::Rings => {
+                let rings = batch::rings::RingsJob {
+                    input: args.input.clone(),
+                    topic: args.topic.clone(),
+                    output: args.output.clone(),
+                    min_ring_size: args.min_ring_size,
+                    from_ms: args.from,
+                    to_ms: args.to,
+                };
+                batch::rings::run(&rings, &scheduler, &progress, &mut on_stage).map(|(report, found)| {
+                    let users: usize = found.iter().map(|r| r.users.len()).sum();
+                    eprintln!(
+                        "corelog batch rings: {} rings ({users} users) of at least {} users",
+                        found.len(),
+                        args.min_ring_size
+                    );
+                    report
+                })
             }
         };
         finished.store(true, Ordering::Release);

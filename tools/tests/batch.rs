@@ -19,8 +19,9 @@ fn corelog(args: &[&str]) -> (bool, String) {
     (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
 }
 
-/// Appends payments over six hours of event time and lands them with the repo schema.
-fn landed_payments(dir: &Path) -> PathBuf {
+/// Appends payments over six hours of event time, plus `extra` JSON values, and lands
+/// them with the repo schema.
+fn landed_payments(dir: &Path, extra: &[String]) -> PathBuf {
     let data = dir.join("data");
     let mut config = EngineConfig::new(&data);
     config.shards = 2;
@@ -47,6 +48,11 @@ fn landed_payments(dir: &Path) -> PathBuf {
                 }
             }
         }
+    }
+    for (n, value) in extra.iter().enumerate() {
+        let mut batch = BatchBuilder::default();
+        batch.push(1_764_018_000_000, None, Some(value.as_bytes()));
+        engine.append("payments", n as u32 % PARTITIONS, batch.finish()).wait().unwrap();
     }
     engine.shutdown().unwrap();
     let out = dir.join("landed");
@@ -92,7 +98,7 @@ fn stage_column(log: &str, stage: &str, column: usize) -> u64 {
 #[test]
 fn given_landed_payments_when_hourly_runs_then_it_equals_duckdb_and_survives_stragglers_and_failures() {
     let dir = tempfile::tempdir().unwrap();
-    let landed = landed_payments(dir.path());
+    let landed = landed_payments(dir.path(), &[]);
     let run = |name: &str, extra: &[&str]| {
         let out = dir.path().join(name);
         let mut args =
@@ -156,9 +162,93 @@ fn given_bad_arguments_when_batch_runs_then_one_line_errors() {
     let (ok, log) =
         corelog(&["batch", "hourly", "--input", dir.path().to_str().unwrap(), "--output", "/tmp/x"]);
     assert!(!ok && log.contains("no landed topic"), "{log}");
-    let (ok, log) = corelog(&["batch", "rings", "--input", "a", "--output", "b"]);
+    let (ok, log) = corelog(&["batch", "reconcile", "--input", "a", "--output", "b"]);
     assert!(!ok && log.contains("invalid value"), "{log}");
     let (ok, log) =
         corelog(&["batch", "daily", "--input", dir.path().to_str().unwrap(), "--output", "/tmp/x"]);
     assert!(!ok && log.contains("no hourly/"), "{log}");
+}
+
+fn ring_payment(user: &str, card: &str, device: &str) -> String {
+    format!(
+        r#"{{"event_id":"x","ts":1764018000000,"user_id":"{user}","card_id":"{card}","device_id":"{device}","merchant_id":"m1","amount_cents":100,"currency":"USD","country":"US"}}"#
+    )
+}
+
+#[test]
+fn given_planted_rings_when_rings_runs_then_it_finds_each_and_no_smaller_group() {
+    let mut extra = Vec::new();
+    let mut planted: Vec<Vec<String>> = Vec::new();
+    // Rings of 4..=8 users chained through shared cards; devices are personal.
+    for (ring, size) in (4..=8).enumerate() {
+        let users: Vec<String> = (0..size).map(|j| format!("ring{ring}u{j}")).collect();
+        for (j, user) in users.iter().enumerate() {
+            extra.push(ring_payment(user, &format!("ring{ring}c{j}"), &format!("ring{ring}d{j}")));
+            extra.push(ring_payment(user, &format!("ring{ring}c{}", j + 1), &format!("ring{ring}d{j}")));
+        }
+        let mut sorted = users.clone();
+        sorted.sort();
+        planted.push(sorted);
+    }
+    // Households: 2 users sharing a device, 3 users sharing a card. Not rings at 4.
+    for pair in 0..10 {
+        for j in 0..2 {
+            extra.push(ring_payment(
+                &format!("pair{pair}u{j}"),
+                &format!("pair{pair}c{j}"),
+                &format!("pair{pair}d"),
+            ));
+        }
+    }
+    for triple in 0..3 {
+        for j in 0..3 {
+            extra.push(ring_payment(
+                &format!("tri{triple}u{j}"),
+                &format!("tri{triple}c"),
+                &format!("tri{triple}d{j}"),
+            ));
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let landed = landed_payments(dir.path(), &extra);
+    let out = dir.path().join("rings");
+    let (ok, log) = corelog(&[
+        "batch",
+        "rings",
+        "--input",
+        landed.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--workers",
+        "2",
+    ]);
+    assert!(ok, "{log}");
+    assert!(log.contains("5 rings (30 users)"), "{log}");
+    // Read the deny-list back: users per ring id.
+    let file = std::fs::File::open(out.join("rings/part-00000.parquet")).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut found: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
+    let mut cards = 0;
+    for batch in reader {
+        use arrow_array::cast::AsArray;
+        let batch = batch.unwrap();
+        let ring = batch.column_by_name("ring_id").unwrap().as_string::<i32>().clone();
+        let kind = batch.column_by_name("kind").unwrap().as_string::<i32>().clone();
+        let id = batch.column_by_name("id").unwrap().as_string::<i32>().clone();
+        for i in 0..batch.num_rows() {
+            match kind.value(i) {
+                "user" => found.entry(ring.value(i).to_string()).or_default().push(id.value(i).to_string()),
+                "card" => cards += 1,
+                _ => {}
+            }
+        }
+    }
+    let mut found: Vec<Vec<String>> = found.into_values().collect();
+    found.sort();
+    planted.sort();
+    assert_eq!(found, planted, "every planted ring, nothing else");
+    assert_eq!(cards, (4..=8).map(|size| size + 1).sum::<usize>(), "each ring's cards are on the deny-list");
 }
