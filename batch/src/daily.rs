@@ -143,7 +143,7 @@ pub fn day_path(output: &Path, day: i64) -> PathBuf {
 pub fn run(
     job: &DailyJob,
     scheduler: &Scheduler,
-    progress: &[StageProgress; 3],
+    progress: &[StageProgress; crate::hourly::STAGES_MAX],
     on_stage: &mut dyn FnMut(&str, usize),
 ) -> Result<JobReport, JobError> {
     let files = crate::morsel::parquet_files(&job.input.join("hourly"))?;

@@ -44,6 +44,14 @@ pub const EXCHANGE_BUCKETS: usize = 16;
 pub const READ_BATCH_ROWS: usize = 8192;
 /// Milliseconds per hour.
 pub const HOUR_MS: i64 = 3_600_000;
+/// Stages a job may have (progress counters are allocated for this many).
+pub const STAGES_MAX: usize = 4;
+/// Default sub-keys a hot key is salted over.
+pub const SKEW_SALTS_DEFAULT: usize = 8;
+/// A key is hot above this multiple of the median key's rows...
+pub const SKEW_MEDIAN_FACTOR: u64 = 5;
+/// ...counted over at most this many scan partials.
+pub const SKEW_SAMPLE_MORSELS: usize = 64;
 
 /// The grouping key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -166,9 +174,14 @@ pub struct JobReport {
     pub groups: usize,
     /// Files written.
     pub files: Vec<PathBuf>,
+    /// Hot keys found by the skew sample, with their sampled rows (largest first).
+    pub hot_keys: Vec<(HourKey, u64)>,
+    /// Sub-keys each hot key was salted over (0 when none was hot).
+    pub salts: usize,
 }
 
-type Partial = Vec<HashMap<HourKey, Aggregate>>;
+/// A scan task's partial aggregate, by exchange bucket.
+pub type Partial = Vec<HashMap<HourKey, Aggregate>>;
 
 fn bucket_of(key: &HourKey) -> usize {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -298,11 +311,49 @@ pub fn hour_path(output: &Path, hour: i64) -> PathBuf {
     output.join(format!("hourly/{}/part-00000.parquet", time.format("dt=%Y-%m-%d/hr=%H")))
 }
 
-/// Runs the job on `scheduler`. `progress[i]` receives stage `i`'s live counters.
+/// Finds hot keys from the scan's per-morsel key counts (a sample of at most
+/// [`SKEW_SAMPLE_MORSELS`] partials, evenly spread): a key is hot when its rows exceed
+/// [`SKEW_MEDIAN_FACTOR`] × the median key's and it alone carries at least a quarter of
+/// an average exchange bucket. Returns them with their sampled rows, largest first.
+pub fn hot_keys(partials: &[&Partial]) -> Vec<(HourKey, u64)> {
+    let step = partials.len().div_ceil(SKEW_SAMPLE_MORSELS).max(1);
+    let mut counts: HashMap<&HourKey, u64> = HashMap::new();
+    for partial in partials.iter().step_by(step) {
+        for (key, aggregate) in partial.iter().flatten() {
+            *counts.entry(key).or_default() += aggregate.count;
+        }
+    }
+    if counts.is_empty() {
+        return Vec::new();
+    }
+    let mut sorted: Vec<u64> = counts.values().copied().collect();
+    sorted.sort_unstable();
+    let median = sorted[sorted.len() / 2];
+    let total: u64 = sorted.iter().sum();
+    let floor = total / (4 * EXCHANGE_BUCKETS as u64);
+    let mut hot: Vec<(HourKey, u64)> = counts
+        .into_iter()
+        .filter(|(_, rows)| *rows > SKEW_MEDIAN_FACTOR * median && *rows >= floor.max(1))
+        .map(|(key, rows)| (key.clone(), rows))
+        .collect();
+    hot.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    hot
+}
+
+fn salted_bucket(key: &HourKey, salt: usize) -> usize {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    salt.hash(&mut hasher);
+    (hasher.finish() % EXCHANGE_BUCKETS as u64) as usize
+}
+
+/// Runs the job on `scheduler`. `progress[i]` receives stage `i`'s live counters:
+/// scan, aggregate, unsalt, write. `salts` > 1 enables skew handling.
 pub fn run(
     job: &HourlyJob,
     scheduler: &Scheduler,
-    progress: &[StageProgress; 3],
+    progress: &[StageProgress; STAGES_MAX],
+    salts: usize,
     on_stage: &mut dyn FnMut(&str, usize),
 ) -> Result<JobReport, JobError> {
     let files = crate::morsel::parquet_files(&job.input.join(&job.topic))?;
@@ -317,13 +368,34 @@ pub fn run(
     report.rows = partials.iter().map(|(_, rows, _)| rows).sum();
     report.bad_rows = partials.iter().map(|(_, _, bad)| bad).sum();
 
+    // Skew: a hot key's partials (one per morsel) would all merge in one task; salted,
+    // morsel m's partial of hot key k merges in bucket hash(k, m % salts), and the
+    // `unsalt` stage merges the salted sub-aggregates of each hot key.
+    let hot: Vec<(HourKey, u64)> = if salts > 1 {
+        hot_keys(&partials.iter().map(|(p, _, _)| p).collect::<Vec<_>>())
+    } else {
+        Vec::new()
+    };
+    let hot_set: HashMap<&HourKey, usize> = hot.iter().enumerate().map(|(i, (k, _))| (k, i)).collect();
+    report.hot_keys = hot.clone();
+    report.salts = if hot.is_empty() { 0 } else { salts };
+
     on_stage("aggregate", EXCHANGE_BUCKETS);
-    let (finals, aggregate) =
-        scheduler.run_stage("aggregate", EXCHANGE_BUCKETS, &progress[1], |context| {
+    type Merged = (HashMap<HourKey, Aggregate>, Vec<(usize, Aggregate)>);
+    let (finals, aggregate) = scheduler.run_stage(
+        "aggregate",
+        EXCHANGE_BUCKETS,
+        &progress[1],
+        |context| -> Result<Merged, TaskError> {
+            let bucket = context.task;
             let mut merged: HashMap<HourKey, Aggregate> = HashMap::new();
-            for (partial, _, _) in &partials {
+            let mut salted: HashMap<usize, Aggregate> = HashMap::new();
+            for (morsel, (partial, _, _)) in partials.iter().enumerate() {
                 context.checkpoint()?;
-                for (key, aggregate) in &partial[context.task] {
+                for (key, aggregate) in &partial[bucket] {
+                    if hot_set.contains_key(key) {
+                        continue;
+                    }
                     match merged.get_mut(key) {
                         Some(existing) => existing.merge(aggregate),
                         None => {
@@ -331,13 +403,47 @@ pub fn run(
                         }
                     }
                 }
+                for (key, hot_index) in &hot_set {
+                    if salted_bucket(key, morsel % salts.max(1)) != bucket {
+                        continue;
+                    }
+                    if let Some(aggregate) = partial[bucket_of(key)].get(*key) {
+                        match salted.get_mut(hot_index) {
+                            Some(existing) => existing.merge(aggregate),
+                            None => {
+                                salted.insert(*hot_index, aggregate.clone());
+                            }
+                        }
+                    }
+                }
             }
-            Ok(merged)
-        })?;
+            Ok((merged, salted.into_iter().collect()))
+        },
+    )?;
     report.stages.push(aggregate);
 
+    on_stage("unsalt", hot.len());
+    let (unsalted, unsalt) = scheduler.run_stage("unsalt", hot.len(), &progress[2], |context| {
+        let mut total: Option<Aggregate> = None;
+        for (_, salted) in &finals {
+            for (hot_index, aggregate) in salted {
+                if *hot_index == context.task {
+                    match total.as_mut() {
+                        Some(existing) => existing.merge(aggregate),
+                        None => total = Some(aggregate.clone()),
+                    }
+                }
+            }
+        }
+        context.checkpoint()?;
+        Ok(total.expect("a hot key was seen in the scan"))
+    })?;
+    report.stages.push(unsalt);
+    let finals: Vec<HashMap<HourKey, Aggregate>> = finals.into_iter().map(|(merged, _)| merged).collect();
+    let hot_rows: Vec<(&HourKey, &Aggregate)> = hot.iter().map(|(key, _)| key).zip(unsalted.iter()).collect();
+
     let mut by_hour: BTreeMap<i64, Vec<(&HourKey, &Aggregate)>> = BTreeMap::new();
-    for (key, aggregate) in finals.iter().flatten() {
+    for (key, aggregate) in finals.iter().flatten().chain(hot_rows) {
         by_hour.entry(key.hour).or_default().push((key, aggregate));
     }
     for rows in by_hour.values_mut() {
@@ -346,7 +452,7 @@ pub fn run(
     report.groups = by_hour.values().map(Vec::len).sum();
     let hours: Vec<(i64, Vec<(&HourKey, &Aggregate)>)> = by_hour.into_iter().collect();
     on_stage("write", hours.len());
-    let (files, write) = scheduler.run_stage("write", hours.len(), &progress[2], |context| {
+    let (files, write) = scheduler.run_stage("write", hours.len(), &progress[3], |context| {
         let (hour, rows) = &hours[context.task];
         context.checkpoint()?;
         let path = hour_path(&job.output, *hour);

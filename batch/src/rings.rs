@@ -246,7 +246,7 @@ pub fn rings_path(output: &Path) -> PathBuf {
 pub fn run(
     job: &RingsJob,
     scheduler: &Scheduler,
-    progress: &[StageProgress; 3],
+    progress: &[StageProgress; crate::hourly::STAGES_MAX],
     on_stage: &mut dyn FnMut(&str, usize),
 ) -> Result<(JobReport, Vec<Ring>), JobError> {
     let files = crate::morsel::parquet_files(&job.input.join(&job.topic))?;

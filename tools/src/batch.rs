@@ -77,6 +77,12 @@ pub struct BatchArgs {
     /// Seed of injected failures.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// hourly: salt hot keys (share above 5× the median key) over `--skew-salts` sub-keys.
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    pub skew: Switch,
+    /// hourly: sub-keys per hot key.
+    #[arg(long, default_value_t = batch::hourly::SKEW_SALTS_DEFAULT)]
+    pub skew_salts: usize,
     /// rings: smallest component reported, in users.
     #[arg(long, default_value_t = batch::rings::MIN_RING_SIZE_DEFAULT)]
     pub min_ring_size: usize,
@@ -127,7 +133,7 @@ pub fn run(args: &BatchArgs) -> Result<JobReport> {
         _ => {}
     }
     let scheduler = scheduler(args)?;
-    let progress: [StageProgress; 3] = Default::default();
+    let progress: [StageProgress; batch::hourly::STAGES_MAX] = Default::default();
     let stages: Mutex<Vec<(String, usize)>> = Mutex::new(Vec::new());
     let finished = AtomicBool::new(false);
     let bars = indicatif::MultiProgress::new();
@@ -172,7 +178,10 @@ pub fn run(args: &BatchArgs) -> Result<JobReport> {
             stages.lock().expect("stages lock").push((name.to_string(), tasks));
         };
         let result = match args.job {
-            Job::Hourly => batch::hourly::run(&job, &scheduler, &progress, &mut on_stage),
+            Job::Hourly => {
+                let salts = if args.skew == Switch::On { args.skew_salts } else { 0 };
+                batch::hourly::run(&job, &scheduler, &progress, salts, &mut on_stage)
+            }
             Job::Daily => {
                 let daily = batch::daily::DailyJob { input: args.input.clone(), output: args.output.clone() };
                 batch::daily::run(&daily, &scheduler, &progress, &mut on_stage)
@@ -234,6 +243,18 @@ pub fn print_summary(report: &JobReport, out: &mut dyn Write) -> std::io::Result
             stage.speculation_won,
             stage.wasted.as_secs_f64() * 1e3,
             stage.elapsed.as_secs_f64() * 1e3
+        )?;
+    }
+    if let Some((key, rows)) = report.hot_keys.first() {
+        writeln!(
+            out,
+            "skew: {} hot keys salted over {} sub-keys; hottest {}/{} hour {} with {} sampled rows",
+            report.hot_keys.len(),
+            report.salts,
+            key.merchant_id,
+            key.country,
+            key.hour,
+            rows
         )?;
     }
     writeln!(

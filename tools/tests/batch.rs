@@ -1,7 +1,8 @@
 //! `corelog batch hourly` and `daily` as real processes over Parquet landed by
-//! `corelog land`: results equal DuckDB's SQL over the same files; an injected slow worker (with
-//! speculation) and injected task failures (with retries) leave the output files
-//! byte-identical.
+//! `corelog land`: results equal DuckDB's SQL over the same files; a hot key is detected
+//! and salted, and salting, an injected slow worker (with speculation) and injected task
+//! failures (with retries) all leave the output files byte-identical; `rings` finds
+//! planted rings.
 
 use corelog_tools::payments::{partition_for, Generator};
 use engine::batch::BatchBuilder;
@@ -49,9 +50,11 @@ fn landed_payments(dir: &Path, extra: &[String]) -> PathBuf {
             }
         }
     }
-    for (n, value) in extra.iter().enumerate() {
+    for (n, chunk) in extra.chunks(500).enumerate() {
         let mut batch = BatchBuilder::default();
-        batch.push(1_764_018_000_000, None, Some(value.as_bytes()));
+        for value in chunk {
+            batch.push(1_764_018_000_000, None, Some(value.as_bytes()));
+        }
         engine.append("payments", n as u32 % PARTITIONS, batch.finish()).wait().unwrap();
     }
     engine.shutdown().unwrap();
@@ -96,9 +99,19 @@ fn stage_column(log: &str, stage: &str, column: usize) -> u64 {
 }
 
 #[test]
-fn given_landed_payments_when_hourly_runs_then_it_equals_duckdb_and_survives_stragglers_and_failures() {
+fn given_landed_payments_with_a_hot_key_when_hourly_runs_then_it_equals_duckdb_whatever_the_scheduling() {
     let dir = tempfile::tempdir().unwrap();
-    let landed = landed_payments(dir.path(), &[]);
+    // A hot key: 6,000 more payments of one merchant in one country and hour.
+    let hot: Vec<String> = (0..6_000)
+        .map(|n: i64| {
+            format!(
+                r#"{{"event_id":"h{n}","ts":{},"user_id":"u{n}","card_id":"c{n}","device_id":"d{n}","merchant_id":"mHOT","amount_cents":{},"currency":"USD","country":"US"}}"#,
+                1_764_018_000_000 + n,
+                100 + n * 7 % 5_000
+            )
+        })
+        .collect();
+    let landed = landed_payments(dir.path(), &hot);
     let run = |name: &str, extra: &[&str]| {
         let out = dir.path().join(name);
         let mut args =
@@ -115,9 +128,13 @@ fn given_landed_payments_when_hourly_runs_then_it_equals_duckdb_and_survives_str
         landed.to_str().unwrap(),
         plain.to_str().unwrap(),
     ]);
-    assert_eq!(report["expected_rows"], EVENTS, "{report}");
+    assert_eq!(report["expected_rows"], EVENTS + 6_000, "{report}");
     assert_eq!(report["expected_groups"], report["our_groups"], "{report}");
     assert_eq!(report["exact_mismatches"], 0, "count, sum, min, max equal DuckDB's: {report}");
+    assert!(
+        log.contains("hot keys salted") && log.contains("hottest mHOT/US"),
+        "the hot key was detected: {log}"
+    );
     assert_eq!(report["p50_outside_accuracy"], 0, "{report}");
     assert_eq!(report["p99_outside_accuracy"], 0, "{report}");
     let expected = relative_files(&plain);
@@ -134,7 +151,7 @@ fn given_landed_payments_when_hourly_runs_then_it_equals_duckdb_and_survives_str
         landed.to_str().unwrap(),
         daily.to_str().unwrap(),
     ]);
-    assert_eq!(report["expected_rows"], EVENTS, "{report}");
+    assert_eq!(report["expected_rows"], EVENTS + 6_000, "{report}");
     assert_eq!(report["expected_groups"], report["our_groups"], "{report}");
     assert_eq!(report["exact_mismatches"], 0, "{report}");
     assert_eq!(report["p50_outside_accuracy"], 0, "{report}");
@@ -146,6 +163,10 @@ fn given_landed_payments_when_hourly_runs_then_it_equals_duckdb_and_survives_str
     assert!(stage_column(&log, "scan", 4) > 0, "a straggler on the slow worker was speculated: {log}");
     assert!(stage_column(&log, "scan", 5) > 0, "a speculative copy won: {log}");
     assert_eq!(relative_files(&slow), expected, "speculation leaves the output byte-identical");
+
+    let (unsalted, log) = run("unsalted", &["--workers", "2", "--skew", "off"]);
+    assert!(!log.contains("hot keys salted"), "{log}");
+    assert_eq!(relative_files(&unsalted), expected, "salting leaves the output byte-identical");
 
     let (flaky, log) = run("flaky", &["--workers", "2", "--inject-task-failure-rate", "0.2", "--seed", "7"]);
     println!("{log}");
