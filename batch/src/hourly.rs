@@ -48,10 +48,8 @@ pub const HOUR_MS: i64 = 3_600_000;
 pub const STAGES_MAX: usize = 4;
 /// Default sub-keys a hot key is salted over.
 pub const SKEW_SALTS_DEFAULT: usize = 8;
-/// A key is hot above this multiple of the median key's rows...
+/// A key is hot above this multiple of the median key's rows.
 pub const SKEW_MEDIAN_FACTOR: u64 = 5;
-/// ...counted over at most this many scan partials.
-pub const SKEW_SAMPLE_MORSELS: usize = 64;
 
 /// The grouping key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -183,6 +181,30 @@ pub struct JobReport {
 /// A scan task's partial aggregate, by exchange bucket.
 pub type Partial = Vec<HashMap<HourKey, Aggregate>>;
 
+/// An [`HourKey`] borrowed from a record batch; hashes exactly as the owned key.
+#[derive(Hash)]
+struct KeyRef<'a> {
+    hour: i64,
+    merchant_id: &'a str,
+    country: &'a str,
+}
+
+impl KeyRef<'_> {
+    fn to_owned(&self) -> HourKey {
+        HourKey {
+            hour: self.hour,
+            merchant_id: self.merchant_id.to_string(),
+            country: self.country.to_string(),
+        }
+    }
+}
+
+impl hashbrown::Equivalent<HourKey> for KeyRef<'_> {
+    fn equivalent(&self, key: &HourKey) -> bool {
+        self.hour == key.hour && self.merchant_id == key.merchant_id && self.country == key.country
+    }
+}
+
 fn bucket_of(key: &HourKey) -> usize {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     key.hash(&mut hasher);
@@ -212,7 +234,9 @@ fn partial_aggregate(
         .with_batch_size(READ_BATCH_ROWS)
         .build()
         .map_err(task_error)?;
-    let mut partial: Partial = (0..EXCHANGE_BUCKETS).map(|_| HashMap::new()).collect();
+    // Rows are looked up by a borrowed key: one String allocation per distinct key per
+    // morsel, not per row.
+    let mut local: hashbrown::HashMap<HourKey, Aggregate> = hashbrown::HashMap::new();
     let (mut rows, mut bad) = (0u64, 0u64);
     for batch in reader {
         context.checkpoint()?;
@@ -242,13 +266,24 @@ fn partial_aggregate(
                 continue;
             }
             rows += 1;
-            let key = HourKey {
+            let key = KeyRef {
                 hour: time.div_euclid(HOUR_MS),
-                merchant_id: merchant.value(i).to_string(),
-                country: country.value(i).to_string(),
+                merchant_id: merchant.value(i),
+                country: country.value(i),
             };
-            partial[bucket_of(&key)].entry(key).or_insert_with(Aggregate::new).add(amount.value(i));
+            match local.get_mut(&key) {
+                Some(aggregate) => aggregate.add(amount.value(i)),
+                None => {
+                    let mut aggregate = Aggregate::new();
+                    aggregate.add(amount.value(i));
+                    local.insert(key.to_owned(), aggregate);
+                }
+            }
         }
+    }
+    let mut partial: Partial = (0..EXCHANGE_BUCKETS).map(|_| HashMap::new()).collect();
+    for (key, aggregate) in local {
+        partial[bucket_of(&key)].insert(key, aggregate);
     }
     Ok((partial, rows, bad))
 }
@@ -311,14 +346,13 @@ pub fn hour_path(output: &Path, hour: i64) -> PathBuf {
     output.join(format!("hourly/{}/part-00000.parquet", time.format("dt=%Y-%m-%d/hr=%H")))
 }
 
-/// Finds hot keys from the scan's per-morsel key counts (a sample of at most
-/// [`SKEW_SAMPLE_MORSELS`] partials, evenly spread): a key is hot when its rows exceed
+/// Finds hot keys from the scan's per-morsel key counts (the partials are already a
+/// compact sample: one entry per key per morsel): a key is hot when its rows exceed
 /// [`SKEW_MEDIAN_FACTOR`] × the median key's and it alone carries at least a quarter of
 /// an average exchange bucket. Returns them with their sampled rows, largest first.
 pub fn hot_keys(partials: &[&Partial]) -> Vec<(HourKey, u64)> {
-    let step = partials.len().div_ceil(SKEW_SAMPLE_MORSELS).max(1);
     let mut counts: HashMap<&HourKey, u64> = HashMap::new();
-    for partial in partials.iter().step_by(step) {
+    for partial in partials {
         for (key, aggregate) in partial.iter().flatten() {
             *counts.entry(key).or_default() += aggregate.count;
         }

@@ -35,11 +35,11 @@ pub struct LandArgs {
     pub quick: bool,
 }
 
-fn schemas_dir() -> PathBuf {
+pub(crate) fn schemas_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas")
 }
 
-fn python() -> PathBuf {
+pub(crate) fn python() -> PathBuf {
     std::env::var_os("CORELOG_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/py/bin/python"))

@@ -5,11 +5,12 @@
 //! `target/bench/<scenario>.json`, with a bar chart of the ratios in
 //! `target/bench/<scenario>.svg`. `--quick` keeps a scenario under a minute.
 //! Scenarios arrive with their issues: `append` (engine core) and `kafka` (Kafka
-//! protocol), `land` (lander); `batch` and `e2e` with the batch and stream issues.
+//! protocol), `land` (lander), `batch` (batch runner); `e2e` with the stream issue.
 
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 
 mod append;
+mod batch;
 mod fio;
 mod kafka;
 mod land;
@@ -36,6 +37,8 @@ enum Scenario {
     /// Lander events/s against DuckDB writing the same rows to Parquet, and landing
     /// lag at a fixed append rate against the configured bound.
     Land(land::LandArgs),
+    /// The hourly batch job against DuckDB's SQL, and with a straggler and a hot key.
+    Batch(batch::BatchArgs),
 }
 
 fn report_files(group: &str, figures: &[report::Figure]) -> anyhow::Result<()> {
@@ -55,6 +58,10 @@ fn main() -> anyhow::Result<()> {
         Scenario::Kafka(args) => {
             let figures = kafka::bench(&args)?;
             report_files("kafka", &figures)?;
+        }
+        Scenario::Batch(args) => {
+            let figures = batch::bench(&args)?;
+            report_files("batch", &figures)?;
         }
         Scenario::Land(args) => {
             let figures = land::bench(&args)?;
