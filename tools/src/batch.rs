@@ -83,6 +83,12 @@ pub struct BatchArgs {
     /// hourly: sub-keys per hot key.
     #[arg(long, default_value_t = batch::hourly::SKEW_SALTS_DEFAULT)]
     pub skew_salts: usize,
+    /// rings: also produce the deny-list to `--deny-topic` on this broker (HOST:PORT).
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// rings: topic the deny-list is produced to with `--brokers`.
+    #[arg(long, default_value = "denylist")]
+    pub deny_topic: String,
     /// rings: smallest component reported, in users.
     #[arg(long, default_value_t = batch::rings::MIN_RING_SIZE_DEFAULT)]
     pub min_ring_size: usize,
@@ -180,11 +186,11 @@ pub fn run(args: &BatchArgs) -> Result<JobReport> {
         let result = match args.job {
             Job::Hourly => {
                 let salts = if args.skew == Switch::On { args.skew_salts } else { 0 };
-                batch::hourly::run(&job, &scheduler, &progress, salts, &mut on_stage)
+                batch::hourly::run(&job, &scheduler, &progress, salts, &mut on_stage).map(|r| (r, Vec::new()))
             }
             Job::Daily => {
                 let daily = batch::daily::DailyJob { input: args.input.clone(), output: args.output.clone() };
-                batch::daily::run(&daily, &scheduler, &progress, &mut on_stage)
+                batch::daily::run(&daily, &scheduler, &progress, &mut on_stage).map(|r| (r, Vec::new()))
             }
             Job::Rings => {
                 let rings = batch::rings::RingsJob {
@@ -202,7 +208,7 @@ pub fn run(args: &BatchArgs) -> Result<JobReport> {
                         found.len(),
                         args.min_ring_size
                     );
-                    report
+                    (report, found)
                 })
             }
         };
@@ -210,8 +216,36 @@ pub fn run(args: &BatchArgs) -> Result<JobReport> {
         result
     })
     .with_context(|| format!("{:?} job", args.job))?;
+    let (report, rings) = report;
     print_summary(&report, &mut std::io::stderr().lock())?;
+    if let (Job::Rings, Some(brokers)) = (args.job, &args.brokers) {
+        let sent = publish_deny_list(brokers, &args.deny_topic, &rings)?;
+        eprintln!(
+            "corelog batch rings: {sent} deny-list records produced to {:?} on {brokers}",
+            args.deny_topic
+        );
+    }
     Ok(report)
+}
+
+/// Produces one record per ring member to `topic`: key = the member's id, value =
+/// `{"ring_id":…,"kind":"user|card|device","id":…,"ring_users":N}` (what a stream
+/// query's deny-list loads).
+pub fn publish_deny_list(brokers: &str, topic: &str, rings: &[batch::rings::Ring]) -> Result<u64> {
+    let records = rings.iter().flat_map(|ring| {
+        [("user", &ring.users), ("card", &ring.cards), ("device", &ring.devices)].into_iter().flat_map(
+            move |(kind, members)| {
+                members.iter().map(move |id| {
+                    let value = serde_json::json!({
+                        "ring_id": ring.ring_id, "kind": kind, "id": id, "ring_users": ring.users.len()
+                    });
+                    Ok((Some(id.clone()), value.to_string()))
+                })
+            },
+        )
+    });
+    crate::client::produce_records(brokers, topic, records)
+        .with_context(|| format!("producing the deny-list to {topic:?} on {brokers}"))
 }
 
 /// The summary table.

@@ -93,19 +93,33 @@ fn key_of(line: &str, field: &str, number: usize) -> Result<String> {
 
 /// Produces stdin lines; returns how many were acknowledged.
 pub fn produce(args: &ProduceArgs) -> Result<u64> {
+    let stdin = std::io::stdin();
+    let records = stdin.lock().lines().enumerate().map(|(index, line)| {
+        let line = line.context("reading stdin")?;
+        let key = args.key_field.as_deref().map(|field| key_of(&line, field, index + 1)).transpose()?;
+        Ok((key, line))
+    });
+    produce_records(&args.brokers, &args.topic, records)
+}
+
+/// Produces `(key, value)` records with acks=all and idempotence, in order; returns how
+/// many were acknowledged. Stops at the first error.
+pub fn produce_records(
+    brokers: &str,
+    topic: &str,
+    records: impl Iterator<Item = Result<(Option<String>, String)>>,
+) -> Result<u64> {
     let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &args.brokers)
+        .set("bootstrap.servers", brokers)
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .create()
         .context("creating the producer")?;
-    let stdin = std::io::stdin();
     let mut sent = 0u64;
-    for (index, line) in stdin.lock().lines().enumerate() {
-        let line = line.context("reading stdin")?;
-        let key = args.key_field.as_deref().map(|field| key_of(&line, field, index + 1)).transpose()?;
-        let mut record: BaseRecord<'_, String, String> = BaseRecord::to(&args.topic).payload(&line);
+    for (index, record) in records.enumerate() {
+        let (key, value) = record?;
+        let mut record: BaseRecord<'_, String, String> = BaseRecord::to(topic).payload(&value);
         if let Some(key) = &key {
             record = record.key(key);
         }
@@ -119,7 +133,7 @@ pub fn produce(args: &ProduceArgs) -> Result<u64> {
                     producer.poll(Duration::from_millis(10));
                     pending = back;
                 }
-                Err((error, _)) => bail!("line {}: {error}", index + 1),
+                Err((error, _)) => bail!("record {}: {error}", index + 1),
             }
         }
         sent += 1;

@@ -233,6 +233,7 @@ fn given_planted_rings_when_rings_runs_then_it_finds_each_and_no_smaller_group()
     let dir = tempfile::tempdir().unwrap();
     let landed = landed_payments(dir.path(), &extra);
     let out = dir.path().join("rings");
+    let server = common::Server::start(&dir.path().join("broker"), &[]);
     let (ok, log) = corelog(&[
         "batch",
         "rings",
@@ -242,9 +243,29 @@ fn given_planted_rings_when_rings_runs_then_it_finds_each_and_no_smaller_group()
         out.to_str().unwrap(),
         "--workers",
         "2",
+        "--brokers",
+        &server.brokers(),
     ]);
     assert!(ok, "{log}");
     assert!(log.contains("5 rings (30 users)"), "{log}");
+    // The deny-list was also produced to the `denylist` topic, one record per member.
+    let members = 30 + (4..=8).map(|size| size + 1).sum::<usize>() + 30;
+    let consumed = Command::new(env!("CARGO_BIN_EXE_corelog"))
+        .args(["consume", "--brokers", &server.brokers(), "--topic", "denylist", "--from", "earliest"])
+        .args(["--count", &members.to_string()])
+        .output()
+        .unwrap();
+    assert!(consumed.status.success(), "{}", String::from_utf8_lossy(&consumed.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&consumed.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), members);
+    let mut published: Vec<String> =
+        lines.iter().filter(|v| v["kind"] == "user").map(|v| v["id"].as_str().unwrap().to_string()).collect();
+    published.sort();
+    let mut planted_users: Vec<String> = planted.iter().flatten().cloned().collect();
+    planted_users.sort();
+    assert_eq!(published, planted_users, "every ring user is on the published deny-list");
+    server.stop();
     // Read the deny-list back: users per ring id.
     let file = std::fs::File::open(out.join("rings/part-00000.parquet")).unwrap();
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
