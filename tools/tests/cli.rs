@@ -32,6 +32,8 @@ fn demo_appends_and_reads_back_every_event() {
     assert!(ok, "demo failed: {stderr}");
     assert_eq!(number_after(&stdout, "appended"), 30_000, "{stdout}");
     assert_eq!(number_after(&stdout, "read back"), 30_000, "{stdout}");
+    assert_eq!(number_after(&stdout, "landed"), 30_000, "{stdout}");
+    assert_eq!(number_after(&stdout, "hourly"), 30_000, "{stdout}");
     let sample = stdout.lines().find(|l| l.trim_start().starts_with("sample")).unwrap();
     let json: serde_json::Value = serde_json::from_str(sample.trim_start()["sample".len()..].trim()).unwrap();
     assert!(json["user_id"].as_str().unwrap().starts_with('u'));
