@@ -58,6 +58,7 @@ use part::PartBuilder;
 use schema::{TopicSchema, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Milliseconds in an hour.
@@ -117,6 +118,8 @@ pub struct LanderConfig {
     /// Register landed offsets under this data dir with this lander id (the retention
     /// handshake with an engine reading the same data dir).
     pub registration: Option<(PathBuf, String)>,
+    /// Threads landing partitions in parallel (each partition on one thread per step).
+    pub workers: usize,
 }
 
 impl Default for LanderConfig {
@@ -127,6 +130,7 @@ impl Default for LanderConfig {
             max_lag_ms: MAX_LAG_MS_DEFAULT,
             file_bytes_max: FILE_BYTES_MAX_DEFAULT,
             registration: None,
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
@@ -154,6 +158,17 @@ pub struct Progress {
     pub caught_up: bool,
 }
 
+impl Progress {
+    /// Adds another worker's counters (records, bad records, files, bytes, skipped).
+    fn add(&mut self, other: &Progress) {
+        self.records += other.records;
+        self.bad_records += other.bad_records;
+        self.files += other.files;
+        self.bytes += other.bytes;
+        self.skipped_offsets += other.skipped_offsets;
+    }
+}
+
 #[derive(Debug)]
 struct PartitionState {
     topic: String,
@@ -175,14 +190,12 @@ struct PartitionState {
 
 /// A lander over one source and one output.
 pub struct Lander<S: Source> {
-    source: S,
+    source: Mutex<S>,
     output: Output,
     config: LanderConfig,
     schemas: HashMap<String, (TopicSchema, SchemaRef)>,
     partitions: BTreeMap<(String, u32), PartitionState>,
     progress: Progress,
-    typed: Vec<Value>,
-    records: Vec<LandRecord>,
     registered: Option<BTreeMap<(String, u32), i64>>,
     discovered_at: Option<Instant>,
 }
@@ -224,18 +237,16 @@ fn clamp_event_ms(ms: i64) -> i64 {
     ms.clamp(-62_167_219_200_000, 253_402_300_799_999)
 }
 
-impl<S: Source> Lander<S> {
+impl<S: Source + Send> Lander<S> {
     /// A lander; nothing is read or recovered until the first [`Lander::step`].
     pub fn new(source: S, output: Output, config: LanderConfig) -> Self {
         Self {
-            source,
+            source: Mutex::new(source),
             output,
             config,
             schemas: HashMap::new(),
             partitions: BTreeMap::new(),
             progress: Progress::default(),
-            typed: Vec::new(),
-            records: Vec::new(),
             registered: None,
             discovered_at: None,
         }
@@ -257,7 +268,7 @@ impl<S: Source> Lander<S> {
             return Ok(());
         }
         self.discovered_at = Some(Instant::now());
-        let topics = self.source.topics()?;
+        let topics = self.source.get_mut().expect("source lock").topics()?;
         for (topic, count) in topics {
             if self.config.topics.as_ref().is_some_and(|wanted| !wanted.contains(&topic)) {
                 continue;
@@ -327,25 +338,145 @@ impl<S: Source> Lander<S> {
     /// read. Returns whether every partition is caught up.
     pub fn step(&mut self, finish: bool) -> Result<bool, LandError> {
         self.discover()?;
-        let keys: Vec<(String, u32)> = self.partitions.keys().cloned().collect();
+        let states: Vec<((String, u32), PartitionState)> =
+            std::mem::take(&mut self.partitions).into_iter().collect();
+        let workers = self.config.workers.clamp(1, states.len().max(1));
+        let mut groups: Vec<Vec<((String, u32), PartitionState)>> =
+            (0..workers).map(|_| Vec::new()).collect();
+        for (i, state) in states.into_iter().enumerate() {
+            groups[i % workers].push(state);
+        }
+        let (source, output, config, schemas) = (&self.source, &self.output, &self.config, &self.schemas);
+        let run_group = |mut group: Vec<((String, u32), PartitionState)>| {
+            let mut worker = Worker::new(source, output, config, schemas);
+            let mut result = Ok(());
+            for (_, state) in &mut group {
+                result = worker.land_partition(state, finish);
+                if result.is_err() {
+                    break;
+                }
+            }
+            let all_caught_up = group.iter().all(|(_, state)| state.caught_up);
+            (group, worker.progress, result.map(|_| all_caught_up))
+        };
+        let outcomes: Vec<_> = if workers == 1 {
+            groups.into_iter().map(run_group).collect()
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = groups.into_iter().map(|g| scope.spawn(|| run_group(g))).collect();
+                handles.into_iter().map(|h| h.join().expect("lander worker thread")).collect()
+            })
+        };
         let mut all_caught_up = true;
-        for key in keys {
-            let mut state = self.partitions.remove(&key).expect("key listed above");
-            let result = self.land_partition(&mut state, finish);
-            all_caught_up &= state.caught_up;
-            self.partitions.insert(key, state);
-            result?;
+        let mut first_error = None;
+        for (group, progress, result) in outcomes {
+            self.partitions.extend(group);
+            self.progress.add(&progress);
+            match result {
+                Ok(caught_up) => all_caught_up &= caught_up,
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        if let Some(error) = first_error {
+            return Err(error);
         }
         self.register()?;
         self.progress.caught_up = all_caught_up;
         Ok(all_caught_up)
     }
 
+    /// Commits everything read so far in every partition (a clean stop).
+    pub fn flush(&mut self) -> Result<(), LandError> {
+        let keys: Vec<(String, u32)> = self.partitions.keys().cloned().collect();
+        for key in keys {
+            let mut state = self.partitions.remove(&key).expect("key listed above");
+            let next_offset = state.read_next;
+            let mut worker = Worker::new(&self.source, &self.output, &self.config, &self.schemas);
+            let result = if next_offset > state.manifest.next_offset {
+                worker.commit(&mut state, next_offset)
+            } else {
+                Ok(())
+            };
+            let progress = worker.progress;
+            self.progress.add(&progress);
+            self.partitions.insert(key, state);
+            result?;
+        }
+        self.register()
+    }
+
+    /// Rewrites the registration file when a manifest moved.
+    fn register(&mut self) -> Result<(), LandError> {
+        let Some((data_dir, id)) = &self.config.registration else { return Ok(()) };
+        let landed: BTreeMap<(String, u32), i64> =
+            self.partitions.iter().map(|(k, s)| (k.clone(), s.manifest.next_offset)).collect();
+        if self.registered.as_ref() == Some(&landed) {
+            return Ok(());
+        }
+        engine::landed::write_registration(data_dir, id, &landed).map_err(LandError::Registration)?;
+        self.registered = Some(landed);
+        Ok(())
+    }
+
+    /// Refreshes end offsets and lag figures (call about once a second).
+    pub fn update_lag(&mut self) {
+        let now = engine::now_ms();
+        let (mut lag_offsets, mut lag_ms) = (0i64, 0i64);
+        for state in self.partitions.values_mut() {
+            if let Ok(end) =
+                self.source.get_mut().expect("source lock").end_offset(&state.topic, state.partition)
+            {
+                state.end_offset = end.max(state.read_next);
+            }
+            lag_offsets += (state.end_offset - state.manifest.next_offset).max(0);
+            if let Some(oldest) = state.oldest_open_ms {
+                lag_ms = lag_ms.max(now - oldest);
+            }
+        }
+        self.progress.lag_offsets = lag_offsets;
+        self.progress.lag_seconds = lag_ms.max(0) as f64 / 1000.0;
+        metrics::gauge!("lander_lag_offsets").set(lag_offsets as f64);
+        metrics::gauge!("lander_lag_seconds").set(self.progress.lag_seconds);
+    }
+}
+
+/// One thread's view of a [`Lander`] while it lands a group of partitions.
+struct Worker<'a, S> {
+    source: &'a Mutex<S>,
+    output: &'a Output,
+    config: &'a LanderConfig,
+    schemas: &'a HashMap<String, (TopicSchema, SchemaRef)>,
+    /// What this worker did (merged into the lander's totals).
+    progress: Progress,
+    typed: Vec<Value>,
+    records: Vec<LandRecord>,
+}
+
+impl<'a, S: Source> Worker<'a, S> {
+    fn new(
+        source: &'a Mutex<S>,
+        output: &'a Output,
+        config: &'a LanderConfig,
+        schemas: &'a HashMap<String, (TopicSchema, SchemaRef)>,
+    ) -> Self {
+        Self {
+            source,
+            output,
+            config,
+            schemas,
+            progress: Progress::default(),
+            typed: Vec::new(),
+            records: Vec::new(),
+        }
+    }
+
     fn land_partition(&mut self, state: &mut PartitionState, finish: bool) -> Result<(), LandError> {
         for _ in 0..READS_PER_STEP_MAX {
             let mut records = std::mem::take(&mut self.records);
             records.clear();
-            let outcome = self.source.read(
+            let outcome = self.source.lock().expect("source lock").read(
                 &state.topic,
                 state.partition,
                 state.read_next,
@@ -470,55 +601,6 @@ impl<S: Source> Lander<S> {
         metrics::counter!("lander_records").increment(records);
         metrics::counter!("lander_files").increment(files);
         Ok(())
-    }
-
-    /// Commits everything read so far in every partition (a clean stop).
-    pub fn flush(&mut self) -> Result<(), LandError> {
-        let keys: Vec<(String, u32)> = self.partitions.keys().cloned().collect();
-        for key in keys {
-            let mut state = self.partitions.remove(&key).expect("key listed above");
-            let next_offset = state.read_next;
-            let result = if next_offset > state.manifest.next_offset {
-                self.commit(&mut state, next_offset)
-            } else {
-                Ok(())
-            };
-            self.partitions.insert(key, state);
-            result?;
-        }
-        self.register()
-    }
-
-    /// Rewrites the registration file when a manifest moved.
-    fn register(&mut self) -> Result<(), LandError> {
-        let Some((data_dir, id)) = &self.config.registration else { return Ok(()) };
-        let landed: BTreeMap<(String, u32), i64> =
-            self.partitions.iter().map(|(k, s)| (k.clone(), s.manifest.next_offset)).collect();
-        if self.registered.as_ref() == Some(&landed) {
-            return Ok(());
-        }
-        engine::landed::write_registration(data_dir, id, &landed).map_err(LandError::Registration)?;
-        self.registered = Some(landed);
-        Ok(())
-    }
-
-    /// Refreshes end offsets and lag figures (call about once a second).
-    pub fn update_lag(&mut self) {
-        let now = engine::now_ms();
-        let (mut lag_offsets, mut lag_ms) = (0i64, 0i64);
-        for state in self.partitions.values_mut() {
-            if let Ok(end) = self.source.end_offset(&state.topic, state.partition) {
-                state.end_offset = end.max(state.read_next);
-            }
-            lag_offsets += (state.end_offset - state.manifest.next_offset).max(0);
-            if let Some(oldest) = state.oldest_open_ms {
-                lag_ms = lag_ms.max(now - oldest);
-            }
-        }
-        self.progress.lag_offsets = lag_offsets;
-        self.progress.lag_seconds = lag_ms.max(0) as f64 / 1000.0;
-        metrics::gauge!("lander_lag_offsets").set(lag_offsets as f64);
-        metrics::gauge!("lander_lag_seconds").set(self.progress.lag_seconds);
     }
 }
 

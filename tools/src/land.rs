@@ -47,6 +47,9 @@ pub struct LandArgs {
     /// Serve Prometheus metrics (text format) at http://ADDR/metrics.
     #[arg(long)]
     pub metrics: Option<SocketAddr>,
+    /// Threads landing partitions in parallel (default: all cores).
+    #[arg(long)]
+    pub workers: Option<usize>,
     /// Do not register landed offsets for `corelog serve --retain-until-landed`.
     #[arg(long)]
     pub no_register: bool,
@@ -56,8 +59,8 @@ pub struct LandArgs {
 pub fn run(args: &LandArgs) -> Result<Progress> {
     let max_lag_ms = parse_duration_ms(&args.max_lag)?;
     let poll_ms = parse_duration_ms(&args.poll)?;
-    if max_lag_ms <= 0 || poll_ms <= 0 || args.file_bytes == 0 {
-        bail!("--max-lag, --poll and --file-bytes must be positive");
+    if max_lag_ms <= 0 || poll_ms <= 0 || args.file_bytes == 0 || args.workers == Some(0) {
+        bail!("--max-lag, --poll, --file-bytes and --workers must be positive");
     }
     if let Some(address) = args.metrics {
         metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -76,6 +79,7 @@ pub fn run(args: &LandArgs) -> Result<Progress> {
         max_lag_ms: max_lag_ms as u64,
         file_bytes_max: args.file_bytes,
         registration: None,
+        workers: args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
     };
     let poll = Duration::from_millis(poll_ms as u64);
     let progress = match (&args.data_dir, &args.brokers) {
@@ -110,7 +114,7 @@ pub fn run(args: &LandArgs) -> Result<Progress> {
 
 /// Steps `lander` until it is caught up (`once`) or `stop` is set, then commits what it
 /// read. Shows a progress line on a terminal.
-pub fn run_until<S: Source>(
+pub fn run_until<S: Source + Send>(
     lander: &mut Lander<S>,
     once: bool,
     poll: Duration,
