@@ -28,7 +28,8 @@
 //! A commit happens when a record's event-time hour is later than every hour seen so
 //! far in the partition (the hour boundary; late records go to a part of their own
 //! hour, a new file, never a rewrite), when a part reaches `file_bytes_max`, when the
-//! oldest buffered record has waited `max_lag` (so quiet partitions land), and at the
+//! oldest buffered record has waited 90% of `max_lag` (so quiet partitions land, and the
+//! commit itself fits in the rest), and at the
 //! end of `--once` or a clean stop.
 //!
 //! Invariants: the lander never writes under the engine's data directory except its
@@ -63,6 +64,9 @@ use std::time::{Duration, Instant};
 
 /// Milliseconds in an hour.
 pub const HOUR_MS: i64 = 3_600_000;
+/// A partition commits once its oldest buffered record has waited this fraction of
+/// `max_lag`, leaving the rest for the commit itself (encode, fsynced puts).
+pub const LAG_COMMIT_FRACTION: f64 = 0.9;
 /// Default `--max-lag`.
 pub const MAX_LAG_MS_DEFAULT: u64 = 60_000;
 /// Default size at which a part file is closed.
@@ -509,9 +513,9 @@ impl<'a, S: Source> Worker<'a, S> {
                 break;
             }
         }
-        let lagging = state
-            .buffered_since
-            .is_some_and(|t| t.elapsed() >= Duration::from_millis(self.config.max_lag_ms));
+        let lagging = state.buffered_since.is_some_and(|t| {
+            t.elapsed() >= Duration::from_millis(self.config.max_lag_ms).mul_f64(LAG_COMMIT_FRACTION)
+        });
         let unrecorded =
             state.read_next > state.manifest.next_offset && state.open.is_empty() && state.caught_up;
         if lagging || ((finish || unrecorded) && state.read_next > state.manifest.next_offset) {
