@@ -26,11 +26,12 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Int64Type, TimestampMillisecondType};
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use hashbrown::HashMap;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReaderBuilder, RowSelection, RowSelector};
 use parquet::arrow::ProjectionMask;
 use sketches_ddsketch::{Config as SketchConfig, DDSketch};
-use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
+use std::collections::BTreeMap;
+use std::hash::Hash;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -205,10 +206,16 @@ impl hashbrown::Equivalent<HourKey> for KeyRef<'_> {
     }
 }
 
+/// FNV-1a over the key's fields, then `salt`: the exchange's partitioning (stable, and
+/// cheaper than SipHash on this hot path).
+fn key_hash(key: &HourKey, salt: u64) -> u64 {
+    let bytes = key.hour.to_le_bytes().into_iter().chain(key.merchant_id.bytes()).chain([0xff]);
+    let bytes = bytes.chain(key.country.bytes()).chain(salt.to_le_bytes());
+    bytes.fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
+
 fn bucket_of(key: &HourKey) -> usize {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut hasher);
-    (hasher.finish() % EXCHANGE_BUCKETS as u64) as usize
+    (key_hash(key, 0) % EXCHANGE_BUCKETS as u64) as usize
 }
 
 fn task_error(error: impl std::fmt::Display) -> TaskError {
@@ -236,7 +243,7 @@ fn partial_aggregate(
         .map_err(task_error)?;
     // Rows are looked up by a borrowed key: one String allocation per distinct key per
     // morsel, not per row.
-    let mut local: hashbrown::HashMap<HourKey, Aggregate> = hashbrown::HashMap::new();
+    let mut local: HashMap<HourKey, Aggregate> = HashMap::new();
     let (mut rows, mut bad) = (0u64, 0u64);
     for batch in reader {
         context.checkpoint()?;
@@ -375,10 +382,7 @@ pub fn hot_keys(partials: &[&Partial]) -> Vec<(HourKey, u64)> {
 }
 
 fn salted_bucket(key: &HourKey, salt: usize) -> usize {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut hasher);
-    salt.hash(&mut hasher);
-    (hasher.finish() % EXCHANGE_BUCKETS as u64) as usize
+    (key_hash(key, salt as u64 + 1) % EXCHANGE_BUCKETS as u64) as usize
 }
 
 /// Runs the job on `scheduler`. `progress[i]` receives stage `i`'s live counters:
