@@ -8,7 +8,7 @@
 //! Stages: scan + partial rollup per morsel, final rollup per exchange bucket, one
 //! write task per day.
 
-use crate::hourly::{Aggregate, JobError, JobReport, EXCHANGE_BUCKETS, HOUR_MS, READ_BATCH_ROWS};
+use crate::hourly::{Aggregate, JobError, JobReport, EXCHANGE_BUCKETS, HOUR_MS};
 use crate::morsel::Morsel;
 use crate::output::write_parquet_atomic;
 use crate::scheduler::{Scheduler, StageProgress, TaskContext, TaskError};
@@ -16,7 +16,6 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Int64Type, TimestampMillisecondType};
 use arrow_array::RecordBatch;
 use arrow_schema::{DataType, Field, Schema};
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReaderBuilder, RowSelection, RowSelector};
 use sketches_ddsketch::DDSketch;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
@@ -59,16 +58,7 @@ fn fold(into: &mut HashMap<DayKey, Aggregate>, key: DayKey, aggregate: Aggregate
 }
 
 fn partial_rollup(morsel: &Morsel, context: &TaskContext<'_>) -> Result<Partial, TaskError> {
-    let file = std::fs::File::open(&morsel.file).map_err(task_error)?;
-    let selection =
-        RowSelection::from(vec![RowSelector::skip(morsel.first_row), RowSelector::select(morsel.rows)]);
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(task_error)?
-        .with_row_groups(vec![morsel.row_group])
-        .with_row_selection(selection)
-        .with_batch_size(READ_BATCH_ROWS)
-        .build()
-        .map_err(task_error)?;
+    let reader = crate::morsel::reader(morsel, None).map_err(TaskError::Failed)?;
     let mut partial: Partial = (0..EXCHANGE_BUCKETS).map(|_| HashMap::new()).collect();
     for batch in reader {
         context.checkpoint()?;

@@ -27,8 +27,6 @@ use arrow_array::types::{Int64Type, TimestampMillisecondType};
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use hashbrown::HashMap;
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReaderBuilder, RowSelection, RowSelector};
-use parquet::arrow::ProjectionMask;
 use sketches_ddsketch::{Config as SketchConfig, DDSketch};
 use std::collections::BTreeMap;
 use std::hash::Hash;
@@ -41,8 +39,7 @@ pub const SKETCH_RELATIVE_ACCURACY: f64 = 0.01;
 pub const SKETCH_BINS_MAX: u32 = 2048;
 /// Exchange buckets between the partial and the final aggregate.
 pub const EXCHANGE_BUCKETS: usize = 16;
-/// Rows per record batch read from Parquet.
-pub const READ_BATCH_ROWS: usize = 8192;
+pub use crate::morsel::READ_BATCH_ROWS;
 /// Milliseconds per hour.
 pub const HOUR_MS: i64 = 3_600_000;
 /// Stages a job may have (progress counters are allocated for this many).
@@ -228,19 +225,8 @@ fn partial_aggregate(
     job: &HourlyJob,
     context: &TaskContext<'_>,
 ) -> Result<(Partial, u64, u64), TaskError> {
-    let file = std::fs::File::open(&morsel.file).map_err(task_error)?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(task_error)?;
     let wanted = ["ts", "timestamp", "merchant_id", "country", "amount_cents"];
-    let projection = ProjectionMask::columns(builder.parquet_schema(), wanted);
-    let selection =
-        RowSelection::from(vec![RowSelector::skip(morsel.first_row), RowSelector::select(morsel.rows)]);
-    let reader = builder
-        .with_row_groups(vec![morsel.row_group])
-        .with_row_selection(selection)
-        .with_projection(projection)
-        .with_batch_size(READ_BATCH_ROWS)
-        .build()
-        .map_err(task_error)?;
+    let reader = crate::morsel::reader(morsel, Some(&wanted)).map_err(TaskError::Failed)?;
     // Rows are looked up by a borrowed key: one String allocation per distinct key per
     // morsel, not per row.
     let mut local: HashMap<HourKey, Aggregate> = HashMap::new();

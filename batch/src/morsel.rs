@@ -66,6 +66,33 @@ pub struct Plan {
     pub row_groups_split: usize,
 }
 
+/// Rows per record batch read from a morsel.
+pub const READ_BATCH_ROWS: usize = 8192;
+
+/// A reader over exactly the morsel's rows, decoding only `columns` (all when `None`).
+pub fn reader(
+    morsel: &Morsel,
+    columns: Option<&[&str]>,
+) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader, String> {
+    use parquet::arrow::arrow_reader::{ParquetRecordBatchReaderBuilder, RowSelection, RowSelector};
+    let file = std::fs::File::open(&morsel.file).map_err(|e| format!("{}: {e}", morsel.file.display()))?;
+    let parquet_error = |e: parquet::errors::ParquetError| format!("{}: {e}", morsel.file.display());
+    let mut builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_error)?;
+    if let Some(columns) = columns {
+        let projection =
+            parquet::arrow::ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
+        builder = builder.with_projection(projection);
+    }
+    let selection =
+        RowSelection::from(vec![RowSelector::skip(morsel.first_row), RowSelector::select(morsel.rows)]);
+    builder
+        .with_row_groups(vec![morsel.row_group])
+        .with_row_selection(selection)
+        .with_batch_size(READ_BATCH_ROWS)
+        .build()
+        .map_err(parquet_error)
+}
+
 /// Every `*.parquet` file under `dir` (recursively), sorted. Staging and hidden files
 /// (`_landed/`, names with `#`) are skipped.
 pub fn parquet_files(dir: &Path) -> Result<Vec<PathBuf>, MorselError> {

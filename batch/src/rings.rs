@@ -17,7 +17,7 @@
 //! `n² / 2^65` (3·10⁻⁸ for a million nodes), accepted and documented. Ring ids are the
 //! smallest user id of the ring, so they are stable across runs.
 
-use crate::hourly::{JobError, JobReport, READ_BATCH_ROWS};
+use crate::hourly::{JobError, JobReport};
 use crate::morsel::Morsel;
 use crate::output::write_parquet_atomic;
 use crate::scheduler::{Scheduler, StageProgress, TaskContext, TaskError};
@@ -25,8 +25,6 @@ use arrow_array::builder::{Int64Builder, StringBuilder};
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReaderBuilder, RowSelection, RowSelector};
-use parquet::arrow::ProjectionMask;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -146,18 +144,8 @@ fn task_error(error: impl std::fmt::Display) -> TaskError {
 }
 
 fn local_forest(morsel: &Morsel, context: &TaskContext<'_>) -> Result<Forest, TaskError> {
-    let file = std::fs::File::open(&morsel.file).map_err(task_error)?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(task_error)?;
-    let projection = ProjectionMask::columns(builder.parquet_schema(), ["user_id", "card_id", "device_id"]);
-    let selection =
-        RowSelection::from(vec![RowSelector::skip(morsel.first_row), RowSelector::select(morsel.rows)]);
-    let reader = builder
-        .with_row_groups(vec![morsel.row_group])
-        .with_row_selection(selection)
-        .with_projection(projection)
-        .with_batch_size(READ_BATCH_ROWS)
-        .build()
-        .map_err(task_error)?;
+    let reader = crate::morsel::reader(morsel, Some(&["user_id", "card_id", "device_id"]))
+        .map_err(TaskError::Failed)?;
     let mut forest = UnionFind::default();
     let mut names: HashMap<u64, (Kind, String)> = HashMap::new();
     for batch in reader {

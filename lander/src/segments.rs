@@ -42,6 +42,23 @@ struct Cursor {
     stuck_since: Option<(u64, Instant)>,
 }
 
+impl Cursor {
+    /// A cursor at the start of the segment based at `base`.
+    fn open(data_dir: &Path, topic: &str, partition: u32, base: i64) -> Result<Self, SourceError> {
+        let path = partition_dir(data_dir, topic, partition)
+            .join(format!("{}.log", engine::segment::file_stem(base)));
+        let segment = FollowedSegment::open(&path)?;
+        Ok(Self {
+            segment,
+            position: 0,
+            next_offset: base,
+            durable_len: 0,
+            stalled: false,
+            stuck_since: None,
+        })
+    }
+}
+
 /// Reads partitions from an engine data directory.
 #[derive(Debug)]
 pub struct SegmentSource {
@@ -62,17 +79,7 @@ impl SegmentSource {
     }
 
     fn open_cursor(&self, topic: &str, partition: u32, base: i64) -> Result<Cursor, SourceError> {
-        let path = partition_dir(&self.data_dir, topic, partition)
-            .join(format!("{}.log", engine::segment::file_stem(base)));
-        let segment = FollowedSegment::open(&path)?;
-        Ok(Cursor {
-            segment,
-            position: 0,
-            next_offset: base,
-            durable_len: 0,
-            stalled: false,
-            stuck_since: None,
-        })
+        Cursor::open(&self.data_dir, topic, partition, base)
     }
 
     /// Positions a cursor at the batch holding `from` (or the first batch after it).
@@ -199,18 +206,7 @@ impl Source for SegmentSource {
                     if stalled.is_none() && cursor.segment.current_len()? > end {
                         continue;
                     }
-                    let path = partition_dir(&self.data_dir, topic, partition);
-                    let segment = FollowedSegment::open(
-                        &path.join(format!("{}.log", engine::segment::file_stem(base))),
-                    )?;
-                    *cursor = Cursor {
-                        segment,
-                        position: 0,
-                        next_offset: base,
-                        durable_len: 0,
-                        stalled: false,
-                        stuck_since: None,
-                    };
+                    *cursor = Cursor::open(&self.data_dir, topic, partition, base)?;
                 }
                 Some(base) if base > cursor.next_offset && stalled.is_some() => {
                     // Either the segment's last write is still landing (it can be in

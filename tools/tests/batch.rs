@@ -124,7 +124,8 @@ fn given_landed_payments_with_a_hot_key_when_hourly_runs_then_it_equals_duckdb_w
     let (plain, log) = run("plain", &["--workers", "2", "--speculation", "off"]);
     println!("{log}");
     let report = common::run_python(&[
-        common::script("hourly_check.py").to_str().unwrap(),
+        common::script("rollup_check.py").to_str().unwrap(),
+        "hourly",
         landed.to_str().unwrap(),
         plain.to_str().unwrap(),
     ]);
@@ -147,7 +148,8 @@ fn given_landed_payments_with_a_hot_key_when_hourly_runs_then_it_equals_duckdb_w
     assert!(ok, "{log}");
     assert_eq!(relative_files(&daily).len(), 2, "the six hours span two days");
     let report = common::run_python(&[
-        common::script("daily_check.py").to_str().unwrap(),
+        common::script("rollup_check.py").to_str().unwrap(),
+        "daily",
         landed.to_str().unwrap(),
         daily.to_str().unwrap(),
     ]);

@@ -6,7 +6,6 @@
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type};
-use arrow_array::Array;
 use corelog_tools::payments::{partition_for, Generator};
 use engine::batch::BatchBuilder;
 use engine::{Engine, EngineConfig};
@@ -29,19 +28,7 @@ fn corelog() -> Command {
 }
 
 fn parquet_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let mut dirs = vec![dir.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path.extension().is_some_and(|e| e == "parquet") {
-                files.push(path);
-            }
-        }
-    }
-    files
+    batch::morsel::parquet_files(dir).unwrap()
 }
 
 /// Appends generated payments (6 hours of event time, 1% late by up to 2 hours, 0.1%
@@ -153,27 +140,10 @@ fn given_sigkills_while_landing_when_rerun_until_done_then_every_offset_lands_ex
 
     let mut seen: HashMap<(u32, i64), usize> = HashMap::new();
     let files = parquet_files(&out);
-    for file in &files {
-        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(file).unwrap())
-            .unwrap()
-            .build()
-            .unwrap();
-        for batch in reader {
-            let batch = batch.unwrap();
-            let partitions = batch.column_by_name("partition").unwrap().as_primitive::<Int32Type>().clone();
-            let offsets = batch.column_by_name("offset").unwrap().as_primitive::<Int64Type>().clone();
-            let stored = batch.column_by_name("value").unwrap().as_binary::<i32>().clone();
-            for i in 0..batch.num_rows() {
-                let key = (partitions.value(i) as u32, offsets.value(i));
-                *seen.entry(key).or_default() += 1;
-                assert!(stored.is_valid(i));
-                assert_eq!(
-                    Some(stored.value(i)),
-                    values.get(&key).map(Vec::as_slice),
-                    "seed {seed}: {key:?} differs"
-                );
-            }
-        }
+    for ((partition, offset), stored) in landed_values(&out) {
+        let key = (partition as u32, offset);
+        *seen.entry(key).or_default() += 1;
+        assert_eq!(Some(&stored), values.get(&key), "seed {seed}: {key:?} differs");
     }
     let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();
     assert!(twice.is_empty(), "seed {seed}: offsets landed more than once: {twice:?}");

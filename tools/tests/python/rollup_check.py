@@ -1,7 +1,7 @@
-"""Recomputes the `hourly` job with DuckDB SQL over the landed Parquet and compares it
-with corelog's output; prints the comparison as JSON.
+"""Recomputes the `hourly` or `daily` job with DuckDB SQL over the landed Parquet and
+compares it with corelog's output; prints the comparison as JSON.
 
-usage: hourly_check.py LANDED BATCH_OUT
+usage: rollup_check.py hourly|daily LANDED OUT
 Counts, sums, min and max must match exactly; p50/p99 within the sketch's 1% relative
 accuracy of quantile_disc (nearest rank, ceil(q*n)).
 """
@@ -10,12 +10,16 @@ import sys
 
 import duckdb
 
-landed, out = sys.argv[1], sys.argv[2]
+job, landed, out = sys.argv[1], sys.argv[2], sys.argv[3]
+period_ms, time_column, files = {
+    "hourly": (3600000, "hour", f"{out}/hourly/*/*/*.parquet"),
+    "daily": (86400000, "day", f"{out}/daily/*/*.parquet"),
+}[job]
 con = duckdb.connect()
 con.execute(
     f"""
     create table expected as
-    select epoch_ms(coalesce(ts, "timestamp")) // 3600000 as hour, merchant_id, country,
+    select epoch_ms(coalesce(ts, "timestamp")) // {period_ms} as hour, merchant_id, country,
            count(*) as n, sum(amount_cents) as s, min(amount_cents) as lo, max(amount_cents) as hi,
            quantile_disc(amount_cents, 0.5) as p50, quantile_disc(amount_cents, 0.99) as p99
     from read_parquet('{landed}/payments/*/*/*.parquet', hive_partitioning = true)
@@ -26,10 +30,10 @@ con.execute(
 con.execute(
     f"""
     create table ours as
-    select epoch_ms(hour) // 3600000 as hour, merchant_id, country, "count" as n,
+    select epoch_ms({time_column}) // {period_ms} as hour, merchant_id, country, "count" as n,
            sum_amount_cents as s, min_amount_cents as lo, max_amount_cents as hi,
            p50_amount_cents as p50, p99_amount_cents as p99
-    from read_parquet('{out}/hourly/*/*/*.parquet')
+    from read_parquet('{files}')
     """
 )
 row = con.execute(
