@@ -337,9 +337,10 @@ impl<S: Source + Send> Lander<S> {
         })
     }
 
-    /// One pass: discover partitions (at most every [`DISCOVERY_INTERVAL_MS`]), read what is available (bounded per partition),
-    /// and commit where a rotation rule says so. With `finish`, commits everything
-    /// read. Returns whether every partition is caught up.
+    /// One pass: discover partitions (at most every [`DISCOVERY_INTERVAL_MS`]), read what
+    /// is available (bounded per partition) on `workers` threads, and commit where a
+    /// rotation rule says so. With `finish`, commits everything read. Returns whether
+    /// every partition is caught up.
     pub fn step(&mut self, finish: bool) -> Result<bool, LandError> {
         self.discover()?;
         let states: Vec<((String, u32), PartitionState)> =
