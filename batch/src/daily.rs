@@ -8,7 +8,10 @@
 //! Stages: scan + partial rollup per morsel, final rollup per exchange bucket, one
 //! write task per day.
 
-use crate::hourly::{Aggregate, JobError, JobReport, EXCHANGE_BUCKETS, HOUR_MS};
+use crate::hourly::{
+    bucket_of, merge_into, write_periods, Aggregate, HourKey, JobError, JobReport, Partial, EXCHANGE_BUCKETS,
+    HOUR_MS,
+};
 use crate::morsel::Morsel;
 use crate::output::write_parquet_atomic;
 use crate::scheduler::{Scheduler, StageProgress, TaskContext, TaskError};
@@ -16,9 +19,8 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Int64Type, TimestampMillisecondType};
 use arrow_array::RecordBatch;
 use arrow_schema::{DataType, Field, Schema};
+use hashbrown::HashMap;
 use sketches_ddsketch::DDSketch;
-use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -34,27 +36,8 @@ pub struct DailyJob {
     pub output: PathBuf,
 }
 
-/// (day in days since the epoch, merchant, country).
-type DayKey = (i64, String, String);
-type Partial = Vec<HashMap<DayKey, Aggregate>>;
-
-fn bucket_of(key: &DayKey) -> usize {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut hasher);
-    (hasher.finish() % EXCHANGE_BUCKETS as u64) as usize
-}
-
 fn task_error(error: impl std::fmt::Display) -> TaskError {
     TaskError::Failed(error.to_string())
-}
-
-fn fold(into: &mut HashMap<DayKey, Aggregate>, key: DayKey, aggregate: Aggregate) {
-    match into.get_mut(&key) {
-        Some(existing) => existing.merge(&aggregate),
-        None => {
-            into.insert(key, aggregate);
-        }
-    }
 }
 
 fn partial_rollup(morsel: &Morsel, context: &TaskContext<'_>) -> Result<Partial, TaskError> {
@@ -90,29 +73,26 @@ fn partial_rollup(morsel: &Morsel, context: &TaskContext<'_>) -> Result<Partial,
                 max: max.value(i),
                 sketch: decoded,
             };
-            let key = (
-                hour.value(i).div_euclid(DAY_MS),
-                merchant.value(i).to_string(),
-                country.value(i).to_string(),
-            );
-            fold(&mut partial[bucket_of(&key)], key, aggregate);
+            // Keyed by the day's first hour, so `hourly`'s key, exchange and batch layout serve.
+            let key = HourKey {
+                hour: hour.value(i).div_euclid(DAY_MS) * 24,
+                merchant_id: merchant.value(i).to_string(),
+                country: country.value(i).to_string(),
+            };
+            match partial[bucket_of(&key)].entry(key) {
+                hashbrown::hash_map::Entry::Occupied(entry) => entry.into_mut().merge(&aggregate),
+                hashbrown::hash_map::Entry::Vacant(entry) => {
+                    entry.insert(aggregate);
+                }
+            }
         }
     }
     Ok(partial)
 }
 
-fn day_batch(rows: &[(&DayKey, &Aggregate)]) -> RecordBatch {
-    let keys: Vec<crate::hourly::HourKey> = rows
-        .iter()
-        .map(|((day, merchant, country), _)| crate::hourly::HourKey {
-            hour: day * 24,
-            merchant_id: merchant.clone(),
-            country: country.clone(),
-        })
-        .collect();
-    let pairs: Vec<(&crate::hourly::HourKey, &Aggregate)> =
-        keys.iter().zip(rows.iter().map(|(_, a)| *a)).collect();
-    let hourly = crate::hourly::hour_batch(&pairs);
+/// `hourly`'s batch with its first column renamed `day`.
+fn day_batch(rows: &[(&HourKey, &Aggregate)]) -> RecordBatch {
+    let hourly = crate::hourly::hour_batch(rows);
     let mut fields: Vec<Field> = hourly.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
     fields[0] = Field::new(
         "day",
@@ -147,35 +127,29 @@ pub fn run(
     on_stage("aggregate", EXCHANGE_BUCKETS);
     let (finals, aggregate) =
         scheduler.run_stage("aggregate", EXCHANGE_BUCKETS, &progress[1], |context| {
-            let mut merged: HashMap<DayKey, Aggregate> = HashMap::new();
+            let mut merged: HashMap<HourKey, Aggregate> = HashMap::new();
             for partial in &partials {
                 context.checkpoint()?;
                 for (key, aggregate) in &partial[context.task] {
-                    fold(&mut merged, key.clone(), aggregate.clone());
+                    merge_into(&mut merged, key, aggregate);
                 }
             }
             Ok(merged)
         })?;
     report.stages.push(aggregate);
-    let mut by_day: BTreeMap<i64, Vec<(&DayKey, &Aggregate)>> = BTreeMap::new();
-    for (key, aggregate) in finals.iter().flatten() {
-        by_day.entry(key.0).or_default().push((key, aggregate));
-    }
-    for rows in by_day.values_mut() {
-        rows.sort_by(|a, b| a.0.cmp(b.0));
-    }
-    report.groups = by_day.values().map(Vec::len).sum();
-    report.rows = by_day.values().flatten().map(|(_, a)| a.count).sum();
-    let days: Vec<(i64, Vec<(&DayKey, &Aggregate)>)> = by_day.into_iter().collect();
-    on_stage("write", days.len());
-    let (files, write) = scheduler.run_stage("write", days.len(), &progress[2], |context| {
-        let (day, rows) = &days[context.task];
-        context.checkpoint()?;
-        let path = day_path(&job.output, *day);
-        write_parquet_atomic(&path, &day_batch(rows), context).map_err(task_error)?;
-        Ok(path)
-    })?;
-    report.stages.push(write);
-    report.files = files;
+    report.rows = finals.iter().flatten().map(|(_, a)| a.count).sum();
+    let rows = finals.iter().flatten();
+    write_periods(
+        scheduler,
+        &progress[2],
+        on_stage,
+        rows,
+        |key| key.hour / 24,
+        &mut report,
+        |day, rows, context| {
+            let path = day_path(&job.output, day);
+            write_parquet_atomic(&path, &day_batch(rows), context).map(|()| path)
+        },
+    )?;
     Ok(report)
 }

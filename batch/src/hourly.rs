@@ -211,7 +211,21 @@ fn key_hash(key: &HourKey, salt: u64) -> u64 {
     bytes.fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
 }
 
-fn bucket_of(key: &HourKey) -> usize {
+/// Merges `aggregate` into `into[key]`, cloning it in when the key is new.
+pub(crate) fn merge_into<K: Hash + Eq + Clone>(
+    into: &mut HashMap<K, Aggregate>,
+    key: &K,
+    aggregate: &Aggregate,
+) {
+    match into.get_mut(key) {
+        Some(existing) => existing.merge(aggregate),
+        None => {
+            into.insert(key.clone(), aggregate.clone());
+        }
+    }
+}
+
+pub(crate) fn bucket_of(key: &HourKey) -> usize {
     (key_hash(key, 0) % EXCHANGE_BUCKETS as u64) as usize
 }
 
@@ -333,6 +347,38 @@ pub fn hour_batch(rows: &[(&HourKey, &Aggregate)]) -> RecordBatch {
     RecordBatch::try_new(output_schema(), columns).expect("columns match the schema")
 }
 
+/// The write stage of a rollup: groups the final rows by `period_of(key)`, sorts each
+/// group by key, and runs one task per period that writes it with `write` (which
+/// returns the file's path). Sets the report's groups, files and stage.
+pub(crate) fn write_periods<'a>(
+    scheduler: &Scheduler,
+    progress: &StageProgress,
+    on_stage: &mut dyn FnMut(&str, usize),
+    rows: impl Iterator<Item = (&'a HourKey, &'a Aggregate)>,
+    period_of: impl Fn(&HourKey) -> i64,
+    report: &mut JobReport,
+    write: impl Fn(i64, &[(&HourKey, &Aggregate)], &TaskContext<'_>) -> std::io::Result<PathBuf> + Sync,
+) -> Result<(), JobError> {
+    let mut by_period: BTreeMap<i64, Vec<(&HourKey, &Aggregate)>> = BTreeMap::new();
+    for (key, aggregate) in rows {
+        by_period.entry(period_of(key)).or_default().push((key, aggregate));
+    }
+    for rows in by_period.values_mut() {
+        rows.sort_by(|a, b| a.0.cmp(b.0));
+    }
+    report.groups = by_period.values().map(Vec::len).sum();
+    let periods: Vec<(i64, Vec<(&HourKey, &Aggregate)>)> = by_period.into_iter().collect();
+    on_stage("write", periods.len());
+    let (files, stage) = scheduler.run_stage("write", periods.len(), progress, |context| {
+        let (period, rows) = &periods[context.task];
+        context.checkpoint()?;
+        write(*period, rows, context).map_err(task_error)
+    })?;
+    report.stages.push(stage);
+    report.files = files;
+    Ok(())
+}
+
 /// `OUTPUT/hourly/dt=YYYY-MM-DD/hr=HH/part-00000.parquet`.
 pub fn hour_path(output: &Path, hour: i64) -> PathBuf {
     let time = chrono::DateTime::from_timestamp_millis(hour * HOUR_MS).expect("hour in range");
@@ -417,14 +463,8 @@ pub fn run(
             for (morsel, (partial, _, _)) in partials.iter().enumerate() {
                 context.checkpoint()?;
                 for (key, aggregate) in &partial[bucket] {
-                    if hot_set.contains_key(key) {
-                        continue;
-                    }
-                    match merged.get_mut(key) {
-                        Some(existing) => existing.merge(aggregate),
-                        None => {
-                            merged.insert(key.clone(), aggregate.clone());
-                        }
+                    if !hot_set.contains_key(key) {
+                        merge_into(&mut merged, key, aggregate);
                     }
                 }
                 for (key, hot_index) in &hot_set {
@@ -432,12 +472,7 @@ pub fn run(
                         continue;
                     }
                     if let Some(aggregate) = partial[bucket_of(key)].get(*key) {
-                        match salted.get_mut(hot_index) {
-                            Some(existing) => existing.merge(aggregate),
-                            None => {
-                                salted.insert(*hot_index, aggregate.clone());
-                            }
-                        }
+                        merge_into(&mut salted, hot_index, aggregate);
                     }
                 }
             }
@@ -466,24 +501,18 @@ pub fn run(
     let finals: Vec<HashMap<HourKey, Aggregate>> = finals.into_iter().map(|(merged, _)| merged).collect();
     let hot_rows: Vec<(&HourKey, &Aggregate)> = hot.iter().map(|(key, _)| key).zip(unsalted.iter()).collect();
 
-    let mut by_hour: BTreeMap<i64, Vec<(&HourKey, &Aggregate)>> = BTreeMap::new();
-    for (key, aggregate) in finals.iter().flatten().chain(hot_rows) {
-        by_hour.entry(key.hour).or_default().push((key, aggregate));
-    }
-    for rows in by_hour.values_mut() {
-        rows.sort_by(|a, b| a.0.cmp(b.0));
-    }
-    report.groups = by_hour.values().map(Vec::len).sum();
-    let hours: Vec<(i64, Vec<(&HourKey, &Aggregate)>)> = by_hour.into_iter().collect();
-    on_stage("write", hours.len());
-    let (files, write) = scheduler.run_stage("write", hours.len(), &progress[3], |context| {
-        let (hour, rows) = &hours[context.task];
-        context.checkpoint()?;
-        let path = hour_path(&job.output, *hour);
-        write_parquet_atomic(&path, &hour_batch(rows), context).map_err(task_error)?;
-        Ok(path)
-    })?;
-    report.stages.push(write);
-    report.files = files;
+    let rows = finals.iter().flatten().chain(hot_rows);
+    write_periods(
+        scheduler,
+        &progress[3],
+        on_stage,
+        rows,
+        |key| key.hour,
+        &mut report,
+        |hour, rows, context| {
+            let path = hour_path(&job.output, hour);
+            write_parquet_atomic(&path, &hour_batch(rows), context).map(|()| path)
+        },
+    )?;
     Ok(report)
 }
