@@ -23,6 +23,7 @@
 
 use crate::io::{self, EventFd, ProbeError, SharedEventFd};
 use crate::log::{AppendError, Fetched, LogConfig, ReadError, RecoveryReport};
+use crate::query::runner::RunningQuery;
 use crate::ring::{mpsc, spsc, Doorbell};
 use crate::shard::{self, AppendResult, PartitionInfo, Reply, Request, Response, ShardHandle, Submission};
 use crate::sync::{AtomicI64, AtomicU64, Ordering};
@@ -113,6 +114,9 @@ pub struct EngineConfig {
     /// Retention never deletes a segment a lander has not landed yet (see
     /// [`crate::landed`]).
     pub retain_until_landed: bool,
+    /// Stream queries run behind the appends of their source topics (see
+    /// [`crate::query`]).
+    pub queries: Vec<crate::query::QueryDef>,
 }
 
 impl EngineConfig {
@@ -130,6 +134,7 @@ impl EngineConfig {
             max_request_bytes: MAX_REQUEST_BYTES_DEFAULT,
             auto_create_partitions: Some(1),
             retain_until_landed: false,
+            queries: Vec::new(),
         }
     }
 }
@@ -223,6 +228,14 @@ pub enum EngineError {
         /// The batch's epoch.
         found: i16,
     },
+    /// A stream query cannot run as declared.
+    #[error("query {query}: {reason}")]
+    Query {
+        /// The query.
+        query: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A shard could not listen for Kafka connections.
     #[error("cannot listen on {0}")]
     Listen(String),
@@ -303,6 +316,7 @@ pub struct Engine {
     threads: Vec<std::thread::JoinHandle<()>>,
     catalog: Arc<Catalog>,
     recovery: Vec<(TopicPartition, RecoveryReport)>,
+    queries: Arc<[Arc<RunningQuery>]>,
     _lock: DirLock,
 }
 
@@ -328,6 +342,8 @@ impl Engine {
             Catalog::new(data_dir.clone(), topics.clone())
                 .map_err(|e| dir_error(format!("consumer groups: {e}")))?,
         );
+        let queries = prepare_queries(&catalog, &config)?;
+        let topics = catalog.topics();
         let config = Arc::new(config);
         let mut consumers = Vec::with_capacity(shards);
         let mut handles = Vec::with_capacity(shards);
@@ -368,6 +384,7 @@ impl Engine {
                 mesh_in,
                 partitions,
                 clean,
+                queries: queries.clone(),
             };
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
             let thread = std::thread::Builder::new()
@@ -377,7 +394,8 @@ impl Engine {
             threads.push(thread);
             ready.push(ready_rx);
         }
-        let mut engine = Self { config, handles, threads, catalog, recovery: Vec::new(), _lock: lock };
+        let mut engine =
+            Self { config, handles, threads, catalog, recovery: Vec::new(), queries, _lock: lock };
         for ready_rx in ready {
             match ready_rx.recv() {
                 Ok(Ok(reports)) => engine.recovery.extend(reports),
@@ -397,6 +415,12 @@ impl Engine {
     /// What recovery found in each partition when the engine opened.
     pub fn recovery_reports(&self) -> &[(TopicPartition, RecoveryReport)] {
         &self.recovery
+    }
+
+    /// The deny-list slot of query `name` (for a program that loads the list itself,
+    /// e.g. from the Parquet file `corelog batch rings` writes).
+    pub fn deny_list(&self, name: &str) -> Option<Arc<crate::query::deny::DenyList>> {
+        self.queries.iter().find(|q| q.def.name == name).map(|q| q.deny.clone())
     }
 
     /// Number of shards.
@@ -627,6 +651,49 @@ impl Catalog {
         *topics = next;
         Ok(())
     }
+}
+
+/// Checks the queries against the catalog and creates what they need: the source
+/// topic (with the auto-create partition count) when missing, and `<query>.agg` and
+/// `<query>.decisions` with as many partitions as the source, plus a missing
+/// deny-list topic (one partition).
+fn prepare_queries(
+    catalog: &Catalog,
+    config: &EngineConfig,
+) -> Result<Arc<[Arc<RunningQuery>]>, EngineError> {
+    let mut running = Vec::with_capacity(config.queries.len());
+    for def in &config.queries {
+        let error = |reason: String| EngineError::Query { query: def.name.clone(), reason };
+        let partitions = match catalog.partition_count(&def.source) {
+            Some(count) => count,
+            None => {
+                let count = config.auto_create_partitions.unwrap_or(1);
+                catalog.add(&def.source, count)?;
+                count
+            }
+        };
+        for sink in [def.agg_topic(), def.decisions_topic()] {
+            match catalog.partition_count(&sink) {
+                None => catalog.add(&sink, partitions)?,
+                Some(count) if count == partitions => {}
+                Some(count) => {
+                    return Err(error(format!(
+                        "{sink} has {count} partitions, its source {} has {partitions}: delete {sink} or \
+                         recreate it with {partitions}",
+                        def.source
+                    )))
+                }
+            }
+        }
+        if let Some(crate::query::DenySource::Topic(topic)) = &def.deny_list {
+            if catalog.partition_count(topic).is_none() {
+                catalog.add(topic, 1)?;
+            }
+        }
+        let def = Arc::new(def.clone());
+        running.push(Arc::new(RunningQuery { def, deny: Arc::default() }));
+    }
+    Ok(running.into())
 }
 
 fn validate_topic(name: &str, partitions: u32) -> Result<(), EngineError> {

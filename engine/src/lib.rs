@@ -8,6 +8,8 @@
 //!   indexes, appends, reads up to the high watermark, recovery, retention;
 //! * [`ring`], [`watermark`] and [`sync`]: the lock-free primitives shards share, on
 //!   a `sync` facade that `loom-tests` swaps for loom's types;
+//! * [`query`]: stream queries (windows, watermark, rules, deny-lists) run by the shard
+//!   that owns each source partition, right behind the durable append;
 //! * [`landed`]: the lander's landed-offset registrations that retention honours;
 //! * [`io`]: the io_uring probe and the per-shard writer/flusher (group commit);
 //! * [`shard`] and [`Engine`]: shard threads pinned one per core, partition ownership,
@@ -44,6 +46,7 @@ pub mod io;
 pub mod kafka;
 pub mod landed;
 pub mod log;
+pub mod query;
 pub mod ring;
 pub mod segment;
 pub mod shard;

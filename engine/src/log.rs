@@ -404,20 +404,23 @@ impl PartitionLog {
             return Err(ReadError::OffsetOutOfRange { offset, log_start_offset, high_watermark });
         }
         let empty = Fetched { bytes: Bytes::new(), next_offset: offset, high_watermark, log_start_offset };
+        if offset == high_watermark {
+            return Ok(empty);
+        }
         let Some(segment) = self.segment_for(offset) else { return Ok(empty) };
         let window = segment.slice(0, segment.size());
+        // Bytes past the high watermark may be placed but not yet written (zeros, or
+        // past the end of the file, where touching the mapping is SIGBUS): a frame is
+        // only looked at when the batch before it ends below the high watermark. The
+        // first frame holds offsets below `offset`, which is below the watermark.
         let mut position = segment.lookup_position(offset) as usize;
         let mut start = None;
         let mut next_offset = offset;
-        while position < window.len() {
-            let frame = &window[position..];
-            let base =
-                frame.get(0..8).map_or(i64::MAX, |b| i64::from_be_bytes(b.try_into().expect("8 bytes")));
-            if base >= high_watermark {
-                break;
-            }
-            let view = BatchView::parse(frame)
-                .map_err(|e| ReadError::Corrupt { offset: base.max(next_offset), reason: e.to_string() })?;
+        let mut scanned_through = offset;
+        while position < window.len() && scanned_through < high_watermark {
+            let view = BatchView::parse(&window[position..])
+                .map_err(|e| ReadError::Corrupt { offset: scanned_through, reason: e.to_string() })?;
+            scanned_through = view.next_offset();
             if view.next_offset() <= offset {
                 position += view.len();
                 continue;
@@ -429,13 +432,15 @@ impl PartitionLog {
             position += view.len();
             next_offset = view.next_offset();
         }
+        assert!(next_offset <= high_watermark, "read past the high watermark");
         let Some(first) = start else { return Ok(empty) };
         Ok(Fetched { bytes: window.slice(first..position), next_offset, high_watermark, log_start_offset })
     }
 
     /// The first offset whose record timestamp is >= `timestamp`, with that timestamp,
     /// or `None` when every record is older. Compressed batches answer with their base
-    /// offset and max timestamp.
+    /// offset and max timestamp. Like [`PartitionLog::read`], never looks at a frame
+    /// at or past the high watermark.
     pub fn offset_for_timestamp(&self, timestamp: i64) -> Option<(i64, i64)> {
         let high_watermark = self.high_watermark();
         let segment = self
@@ -443,7 +448,7 @@ impl PartitionLog {
             .iter()
             .find(|s| s.max_timestamp() >= timestamp && s.base_offset() < high_watermark)?;
         let window = segment.slice(0, segment.size());
-        let mut position = segment.lookup_time_position(timestamp) as usize;
+        let mut position = segment.lookup_time_position(timestamp, high_watermark - 1) as usize;
         while position < window.len() {
             let view = BatchView::parse(&window[position..]).ok()?;
             if view.base_offset() >= high_watermark {
@@ -456,6 +461,9 @@ impl PartitionLog {
                     .and_then(|records| records.into_iter().find(|r| r.timestamp >= timestamp))
                     .map(|r| (r.offset, r.timestamp));
                 return Some(record.unwrap_or((view.base_offset(), view.max_timestamp())));
+            }
+            if view.next_offset() >= high_watermark {
+                return None;
             }
             position += view.len();
         }

@@ -421,14 +421,16 @@ impl Segment {
         }
     }
 
-    /// Position from which to scan for the first batch with a timestamp >= `timestamp`.
-    pub fn lookup_time_position(&self, timestamp: i64) -> u64 {
+    /// Position from which to scan for the first batch with a timestamp >= `timestamp`,
+    /// never that of a batch holding `limit_offset` or later (index entries exist for
+    /// batches placed but not yet written).
+    pub fn lookup_time_position(&self, timestamp: i64, limit_offset: i64) -> u64 {
         let at = self.time_index.partition_point(|e| e.timestamp < timestamp);
         if at == 0 {
             return 0;
         }
         let offset = self.base_offset + i64::from(self.time_index[at - 1].relative_offset);
-        self.lookup_position(offset)
+        self.lookup_position(offset.min(limit_offset))
     }
 
     /// The mapped bytes `start..end` (zero-copy). `end` must not exceed the size.

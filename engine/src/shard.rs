@@ -29,6 +29,7 @@
 use crate::engine::{Catalog, EngineConfig, EngineError, FlushMode, TopicPartition};
 use crate::io::SharedEventFd;
 use crate::log::{AppendError, Fetched, LogConfig, PartitionLog, ReadError, RecoveryReport};
+use crate::query::runner::RunningQuery;
 use crate::ring::{mpsc, spsc, Doorbell};
 use bytes::BytesMut;
 use std::cell::{Cell, RefCell};
@@ -212,6 +213,7 @@ pub(crate) struct ShardSetup {
     pub(crate) mesh_in: Vec<Option<spsc::Consumer<MeshMessage>>>,
     pub(crate) partitions: Vec<TopicPartition>,
     pub(crate) clean: bool,
+    pub(crate) queries: Arc<[Arc<RunningQuery>]>,
 }
 
 /// Durability state published to waiters.
@@ -258,10 +260,10 @@ enum Sequenced {
     Duplicate(AppendResult),
 }
 
-struct Partition {
+pub(crate) struct Partition {
     tp: TopicPartition,
     producers: RefCell<HashMap<i64, ProducerState>>,
-    log: RefCell<PartitionLog>,
+    pub(crate) log: RefCell<PartitionLog>,
     flush: RefCell<FlushState>,
     active_file: RefCell<Option<(usize, Rc<tokio_uring::fs::File>)>>,
     durable: watch::Sender<Durable>,
@@ -517,7 +519,9 @@ impl Partition {
         }
     }
 
-    async fn wait_for(&self, offset: i64, timeout_ms: u64) -> i64 {
+    /// Resolves once the high watermark is past `offset` or after `timeout_ms`; the
+    /// high watermark then.
+    pub(crate) async fn wait_for(&self, offset: i64, timeout_ms: u64) -> i64 {
         let mut durable = self.durable.subscribe();
         let wait = durable.wait_for(|d| d.offset > offset || d.failed.is_some());
         let timeout = std::time::Duration::from_millis(timeout_ms.min(WAIT_MS_MAX));
@@ -576,6 +580,7 @@ pub(crate) struct Shard {
     next_token: Cell<u64>,
     stopping: Cell<bool>,
     stopped: Cell<bool>,
+    queries: Arc<[Arc<RunningQuery>]>,
 }
 
 /// Runs a shard on the calling thread until it is shut down. `ready` gets the
@@ -590,8 +595,18 @@ pub(crate) fn run(
     let mut builder = tokio_uring::builder();
     builder.entries(setup.config.uring_entries);
     builder.start(async move {
-        let ShardSetup { id, config, catalog, handles, submissions, mesh_out, mesh_in, partitions, clean } =
-            setup;
+        let ShardSetup {
+            id,
+            config,
+            catalog,
+            handles,
+            submissions,
+            mesh_out,
+            mesh_in,
+            partitions,
+            clean,
+            queries,
+        } = setup;
         let shard = Rc::new(Shard {
             id,
             config,
@@ -607,6 +622,7 @@ pub(crate) fn run(
             next_token: Cell::new(0),
             stopping: Cell::new(false),
             stopped: Cell::new(false),
+            queries,
         });
         let mut reports = Vec::new();
         for tp in partitions {
@@ -631,6 +647,7 @@ pub(crate) fn run(
             }
         }
         let _ = ready.send(Ok(reports));
+        shard.start_queries();
         let maintenance = tokio_uring::spawn(shard.clone().maintenance());
         shard.clone().main_loop().await;
         maintenance.abort();
@@ -784,8 +801,42 @@ impl Shard {
         outbox.is_empty()
     }
 
-    fn partition(&self, tp: &TopicPartition) -> Result<Rc<Partition>, EngineError> {
+    pub(crate) fn partition(&self, tp: &TopicPartition) -> Result<Rc<Partition>, EngineError> {
         self.partitions.borrow().get(tp).cloned().ok_or_else(|| EngineError::UnknownPartition(tp.clone()))
+    }
+
+    /// True while `partition` is still this shard's open partition `tp` (not deleted
+    /// or recreated).
+    pub(crate) fn owns(&self, tp: &TopicPartition, partition: &Rc<Partition>) -> bool {
+        self.partitions.borrow().get(tp).is_some_and(|open| Rc::ptr_eq(open, partition))
+    }
+
+    /// Starts every query over every source partition this shard owns, and (on shard
+    /// 0) the deny-list topic followers.
+    fn start_queries(self: &Rc<Self>) {
+        let owned: Vec<TopicPartition> = self.partitions.borrow().keys().cloned().collect();
+        for tp in owned {
+            self.start_queries_over(&tp);
+        }
+        if self.id == 0 {
+            for query in self.queries.iter() {
+                if let Some(crate::query::DenySource::Topic(topic)) = &query.def.deny_list {
+                    let follower = crate::query::runner::follow_deny_topic(
+                        self.clone(),
+                        topic.clone(),
+                        query.deny.clone(),
+                    );
+                    drop(tokio_uring::spawn(follower));
+                }
+            }
+        }
+    }
+
+    /// Starts the queries whose source is `tp`'s topic over `tp`.
+    fn start_queries_over(self: &Rc<Self>, tp: &TopicPartition) {
+        for query in self.queries.iter().filter(|q| *q.def.source == *tp.topic) {
+            drop(tokio_uring::spawn(crate::query::runner::run(self.clone(), query.clone(), tp.clone())));
+        }
     }
 
     async fn handle(self: Rc<Self>, request: Request) -> Response {
@@ -796,7 +847,8 @@ impl Shard {
             Request::CreatePartition(tp) => {
                 if !self.partitions.borrow().contains_key(&tp) {
                     let (partition, _) = Partition::open(tp.clone(), &self.config, false)?;
-                    self.partitions.borrow_mut().insert(tp, Rc::new(partition));
+                    self.partitions.borrow_mut().insert(tp.clone(), Rc::new(partition));
+                    self.start_queries_over(&tp);
                 }
                 Ok(Reply::Created)
             }

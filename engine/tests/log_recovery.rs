@@ -275,3 +275,20 @@ fn given_bad_input_when_appended_then_refused_and_log_unchanged() {
     assert_eq!(log.next_offset(), 0);
     assert_eq!(log.append_sync(batch(1, 10, NOW_MS), NOW_MS).unwrap(), (0, 1));
 }
+
+#[test]
+fn given_a_batch_placed_but_not_written_when_read_then_readers_stop_at_the_high_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), config(), false);
+    let (_, durable_end) = log.append_sync(batch(3, 40, NOW_MS), NOW_MS).unwrap();
+    // Placed: offsets and index entries assigned, bytes not written yet. The file
+    // ends at the first batch, so touching the mapping past it would be SIGBUS.
+    let plan = log.append(batch(2, 5000, NOW_MS + 1000), NOW_MS).unwrap();
+    assert_eq!(plan.base_offset, durable_end);
+    assert_eq!(log.high_watermark(), durable_end);
+    let fetched = log.read(0, 1 << 20).expect("read below the high watermark");
+    assert_eq!(fetched.next_offset, durable_end);
+    assert!(log.read(durable_end, 1 << 20).unwrap().bytes.is_empty());
+    assert_eq!(log.offset_for_timestamp(NOW_MS + 1000), None);
+    assert_eq!(log.offset_for_timestamp(NOW_MS + 1), Some((1, NOW_MS + 1)));
+}

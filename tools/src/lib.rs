@@ -13,6 +13,7 @@
 pub mod batch;
 pub mod client;
 pub mod demo;
+pub mod deny;
 pub mod inspect;
 pub mod land;
 pub mod payments;

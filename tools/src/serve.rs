@@ -44,6 +44,9 @@ pub struct ServeArgs {
     /// Never delete a segment a `corelog land` on this data dir has not landed yet.
     #[arg(long)]
     pub retain_until_landed: bool,
+    /// Run the stream queries declared in this directory's `*.toml` files.
+    #[arg(long)]
+    pub queries: Option<PathBuf>,
 }
 
 /// Histogram buckets for every latency metric, 50 µs to 5 s.
@@ -55,21 +58,7 @@ pub const RING_ENTRIES_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0
 
 /// Parses `7d`, `12h`, `30m`, `90s`, `250ms` (or `0`) into milliseconds.
 pub fn parse_duration_ms(text: &str) -> Result<i64> {
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: i64 = number
-        .parse()
-        .with_context(|| format!("{text:?}: expected a number with a unit (7d, 12h, 30m, 90s, 250ms)"))?;
-    let scale = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        "" if number == 0 => 0,
-        other => bail!("{text:?}: unknown unit {other:?} (ms, s, m, h, d)"),
-    };
-    number.checked_mul(scale).with_context(|| format!("{text:?} is too long"))
+    engine::query::parse_duration_ms(text).map_err(anyhow::Error::msg)
 }
 
 /// Runs the broker until a termination signal.
@@ -102,6 +91,10 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     let mut signals =
         signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
             .context("installing signal handlers")?;
+    if let Some(dir) = &args.queries {
+        config.queries = engine::query::load_dir(dir)?;
+    }
+    let queries = config.queries.clone();
     let engine = Engine::open(config).context("starting the engine")?;
     eprintln!(
         "corelog serve: {} shards listening on {}, data in {}, flush={}",
@@ -110,25 +103,20 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         args.data_dir.display(),
         args.flush
     );
+    let _loaders = crate::deny::start_parquet_loaders(&engine, &queries);
+    for query in &queries {
+        eprintln!(
+            "corelog serve: query {} over {} -> {}, {}",
+            query.name,
+            query.source,
+            query.agg_topic(),
+            query.decisions_topic()
+        );
+    }
     let signal = signals.forever().next();
     eprintln!("corelog serve: signal {signal:?}, shutting down");
+    drop(_loaders);
     engine.shutdown().context("shutting down")?;
     eprintln!("corelog serve: clean shutdown");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse_with_units_and_reject_garbage() {
-        assert_eq!(parse_duration_ms("7d").unwrap(), 7 * 86_400_000);
-        assert_eq!(parse_duration_ms("90s").unwrap(), 90_000);
-        assert_eq!(parse_duration_ms("250ms").unwrap(), 250);
-        assert_eq!(parse_duration_ms("0").unwrap(), 0);
-        assert!(parse_duration_ms("7").is_err());
-        assert!(parse_duration_ms("d").is_err());
-        assert!(parse_duration_ms("3w").is_err());
-    }
 }

@@ -1,0 +1,610 @@
+//! Runs one query over one source partition on the shard that owns the partition.
+//!
+//! The runner is a task on the owner's io_uring runtime. It waits on the partition's
+//! durability channel (woken by the same publish that acknowledges an append), reads
+//! the new batches straight from the mapped segment (`Bytes`, no copy), extracts the
+//! query's JSON fields in place, feeds the [`Operator`], and appends what it emits to
+//! partition `p` of `<query>.agg` and `<query>.decisions` (same partition number as the
+//! source; those partitions are written by this runner only). It waits for those
+//! appends to be durable before reading on, so at most one output batch per sink is
+//! in flight and a sink never has a gap.
+//!
+//! **Checkpoints and restart** (format in `docs/FORMATS.md`). Every
+//! `checkpoint_interval` the runner writes, after its outputs are durable,
+//! `DATA/__queries/<query>/<topic>-<p>.json`: the next source offset `X`, the replay
+//! point (`replay_from`, `max_time_ms`, see [`super::window`]) and how many records it
+//! has emitted to each sink through `X`. On start it resumes an operator at the replay
+//! point, drops what replay emits for triggers before `X` (already emitted), numbers
+//! later outputs from the checkpointed counts, and skips those whose number is not
+//! above the last `seq` found in the sink (emitted after the checkpoint, before a
+//! crash). Processing is deterministic, so a restart neither loses nor repeats a
+//! window. Any checkpoint, however old, is valid; a lost rename only means more replay.
+//! Decisions from deny rules depend on the deny-list in force, which may differ on
+//! replay: after a restart they follow the list loaded then.
+//!
+//! Invariants: the runner only touches its source partition's state on this thread;
+//! a checkpoint never claims outputs that are not durable; a failed output append
+//! restarts the runner from its checkpoint.
+
+use super::deny::{DenyList, DenyReader};
+use super::json::{extract, Scalar};
+use super::window::{Decision, DecisionValue, Event, Operator, Output, WindowResult};
+use super::{Condition, QueryDef};
+use crate::batch::{frame_len, BatchBuilder, BatchView};
+use crate::engine::{now_ms, EngineError, TopicPartition};
+use crate::shard::{AckLevel, Reply, Request, Shard};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+
+/// Directory of the data dir that holds query checkpoints.
+pub const QUERIES_DIR: &str = "__queries";
+/// Checkpoint format version.
+pub const CHECKPOINT_VERSION: u64 = 1;
+/// Bytes read from the source per round.
+pub const READ_CHUNK_BYTES: usize = 1 << 20;
+/// Longest the runner sleeps without new data before looking at its checkpoint and
+/// deny-list.
+pub const IDLE_WAIT_MS: u64 = 200;
+/// Pause before a runner whose output failed starts over.
+pub const RESTART_BACKOFF_MS: u64 = 1_000;
+/// Records per output batch at most.
+pub const OUTPUT_BATCH_RECORDS_MAX: usize = 4096;
+
+/// A query as the engine runs it: its definition and its deny-list slot.
+#[derive(Debug)]
+pub struct RunningQuery {
+    /// The definition.
+    pub def: Arc<QueryDef>,
+    /// Where its deny-list is published.
+    pub deny: Arc<DenyList>,
+}
+
+/// A query's progress over one partition, as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Outputs of triggers below this offset are durable.
+    pub next_offset: i64,
+    /// Where a replay starts.
+    pub replay_from: i64,
+    /// Largest event time seen before `replay_from`.
+    pub max_time_ms: i64,
+    /// Records emitted to `<query>.agg` by triggers below `next_offset`.
+    pub agg_seq: u64,
+    /// Records emitted to `<query>.decisions` by triggers below `next_offset`.
+    pub decision_seq: u64,
+}
+
+impl Checkpoint {
+    const START: Checkpoint =
+        Checkpoint { next_offset: 0, replay_from: 0, max_time_ms: i64::MIN, agg_seq: 0, decision_seq: 0 };
+
+    /// The file of `query` over `tp`.
+    pub fn path(data_dir: &Path, query: &str, tp: &TopicPartition) -> PathBuf {
+        data_dir.join(QUERIES_DIR).join(query).join(format!("{}.json", tp.dir_name()))
+    }
+
+    /// The stored text.
+    pub fn encode(&self) -> String {
+        serde_json::json!({
+            "version": CHECKPOINT_VERSION,
+            "next_offset": self.next_offset,
+            "replay_from": self.replay_from,
+            "max_time_ms": self.max_time_ms,
+            "agg_seq": self.agg_seq,
+            "decision_seq": self.decision_seq,
+        })
+        .to_string()
+    }
+
+    /// Parses stored text.
+    pub fn decode(text: &str) -> Result<Self, String> {
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        if value["version"].as_u64() != Some(CHECKPOINT_VERSION) {
+            return Err(format!("unsupported checkpoint version {}", value["version"]));
+        }
+        let int = |name: &str| value[name].as_i64().ok_or_else(|| format!("missing {name}"));
+        let count = |name: &str| value[name].as_u64().ok_or_else(|| format!("missing {name}"));
+        let checkpoint = Checkpoint {
+            next_offset: int("next_offset")?,
+            replay_from: int("replay_from")?,
+            max_time_ms: int("max_time_ms")?,
+            agg_seq: count("agg_seq")?,
+            decision_seq: count("decision_seq")?,
+        };
+        if checkpoint.replay_from > checkpoint.next_offset || checkpoint.replay_from < 0 {
+            return Err("replay_from past next_offset".into());
+        }
+        Ok(checkpoint)
+    }
+
+    /// Reads the checkpoint of `query` over `tp`, or the start when there is none.
+    /// An unreadable file is reported and treated as absent (replay from the start).
+    pub fn load(data_dir: &Path, query: &str, tp: &TopicPartition) -> Checkpoint {
+        let path = Self::path(data_dir, query, tp);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Self::decode(&text).unwrap_or_else(|reason| {
+                tracing::warn!(path = %path.display(), "ignoring bad query checkpoint: {reason}");
+                Self::START
+            }),
+            Err(_) => Self::START,
+        }
+    }
+}
+
+/// Runs `query` over `tp` until the shard stops or the partition goes away.
+pub(crate) async fn run(shard: Rc<Shard>, query: Arc<RunningQuery>, tp: TopicPartition) {
+    loop {
+        match run_once(&shard, &query, &tp).await {
+            Ok(()) => return,
+            Err(error) => {
+                if shard.stopping() {
+                    return;
+                }
+                tracing::warn!(query = %query.def.name, partition = %tp, "query restarts from its checkpoint: {error}");
+                tokio::time::sleep(std::time::Duration::from_millis(RESTART_BACKOFF_MS)).await;
+            }
+        }
+    }
+}
+
+/// Per-sink numbering: what the checkpoint says was emitted, and the last `seq`
+/// already in the sink.
+#[derive(Debug, Clone, Copy)]
+struct SinkSeq {
+    next: u64,
+    skip_through: u64,
+}
+
+impl SinkSeq {
+    /// Numbers one record; false when the sink already has it.
+    fn take(&mut self) -> (u64, bool) {
+        self.next += 1;
+        (self.next, self.next > self.skip_through)
+    }
+}
+
+struct Sink {
+    tp: TopicPartition,
+    seq: SinkSeq,
+    batch: BatchBuilder,
+    json: Vec<u8>,
+}
+
+impl Sink {
+    async fn open(
+        shard: &Rc<Shard>,
+        topic: String,
+        partition: u32,
+        emitted: u64,
+    ) -> Result<Self, EngineError> {
+        let tp = TopicPartition::new(&topic, partition);
+        let last = last_seq(shard, &tp).await?;
+        if last < emitted {
+            tracing::warn!(sink = %tp, last, emitted, "sink lost records its checkpoint counted (flush=os?)");
+        }
+        Ok(Self {
+            tp,
+            seq: SinkSeq { next: emitted, skip_through: last },
+            batch: BatchBuilder::default(),
+            json: Vec::with_capacity(256),
+        })
+    }
+
+    fn push(&mut self, key: &str, value: impl FnOnce(u64, &mut Vec<u8>)) {
+        let (seq, fresh) = self.seq.take();
+        if !fresh {
+            return;
+        }
+        self.json.clear();
+        value(seq, &mut self.json);
+        self.batch.push(now_ms(), Some(key.as_bytes()), Some(&self.json));
+    }
+
+    /// Appends what was pushed; resolves once durable.
+    fn flush(&mut self, shard: &Rc<Shard>) -> Option<tokio::sync::oneshot::Receiver<crate::shard::Response>> {
+        if self.batch.record_count() == 0 {
+            return None;
+        }
+        let batch = self.batch.finish();
+        Some(shard.submit(Request::Append { tp: self.tp.clone(), batch, ack: AckLevel::Durable }))
+    }
+}
+
+/// The `seq` of the last record in a sink partition (0 when empty).
+async fn last_seq(shard: &Rc<Shard>, tp: &TopicPartition) -> Result<u64, EngineError> {
+    let info = match shard.route(Request::Info(tp.clone())).await? {
+        Reply::Info(info) => info,
+        other => unreachable!("Info answered {other:?}"),
+    };
+    if info.high_watermark <= info.log_start_offset {
+        return Ok(0);
+    }
+    let request =
+        Request::Read { tp: tp.clone(), offset: info.high_watermark - 1, max_bytes: READ_CHUNK_BYTES };
+    let fetched = match shard.route(request).await? {
+        Reply::Read(fetched) => fetched,
+        other => unreachable!("Read answered {other:?}"),
+    };
+    let mut last = None;
+    for_each_batch(&fetched.bytes, |view| {
+        if let Some(record) = view.records().ok().and_then(|records| records.into_iter().last()) {
+            last = record.value.map(<[u8]>::to_vec);
+        }
+    });
+    let seq = last
+        .and_then(|value| serde_json::from_slice::<serde_json::Value>(&value).ok())
+        .and_then(|value| value["seq"].as_u64());
+    seq.ok_or_else(|| {
+        EngineError::Storage(format!("{tp}: last record carries no seq (not written by a query?)"))
+    })
+}
+
+fn for_each_batch(mut bytes: &[u8], mut f: impl FnMut(&BatchView<'_>)) {
+    while let Some(Ok(len)) = frame_len(bytes) {
+        if len > bytes.len() {
+            break;
+        }
+        if let Ok(view) = BatchView::parse(&bytes[..len]) {
+            f(&view);
+        }
+        bytes = &bytes[len..];
+    }
+}
+
+/// Field slots: key first, then time, value, distinct and one per deny rule, each
+/// name extracted once (a field may serve several roles).
+struct Fields<'d> {
+    names: Vec<&'d str>,
+    time: Option<usize>,
+    value: Option<usize>,
+    distinct: Option<usize>,
+    deny: Vec<usize>,
+}
+
+impl<'d> Fields<'d> {
+    fn new(def: &'d QueryDef) -> Self {
+        let mut names = vec![def.key_field.as_str()];
+        let mut slot = |name: &'d str| match names.iter().position(|n| *n == name) {
+            Some(index) => index,
+            None => {
+                names.push(name);
+                names.len() - 1
+            }
+        };
+        let time = def.time_field.as_deref().map(&mut slot);
+        let value = def.value_field.as_deref().map(&mut slot);
+        let distinct = def.distinct_field.as_deref().map(&mut slot);
+        let deny = def.deny_fields().map(&mut slot).collect();
+        Self { names, time, value, distinct, deny }
+    }
+}
+
+async fn run_once(
+    shard: &Rc<Shard>,
+    query: &Arc<RunningQuery>,
+    tp: &TopicPartition,
+) -> Result<(), EngineError> {
+    let def = query.def.clone();
+    let data_dir = shard.config.data_dir.clone();
+    let checkpoint = Checkpoint::load(&data_dir, &def.name, tp);
+    let mut agg = Sink::open(shard, def.agg_topic(), tp.partition, checkpoint.agg_seq).await?;
+    let mut decisions =
+        Sink::open(shard, def.decisions_topic(), tp.partition, checkpoint.decision_seq).await?;
+    let partition = shard.partition(tp)?;
+    let mut operator = Operator::resume(def.clone(), checkpoint.max_time_ms);
+    let mut offset = checkpoint.replay_from;
+    let mut deny = DenyReader::new(query.deny.clone());
+    let fields = Fields::new(&def);
+    let mut outputs = Vec::new();
+    let mut last_checkpoint_ms = now_ms();
+    let mut written = checkpoint;
+    let labels = [("query", def.name.clone())];
+    let mut reported = operator.stats();
+    tracing::info!(query = %def.name, partition = %tp, ?checkpoint, "query starts");
+    loop {
+        if shard.stopping() || !shard.owns(tp, &partition) {
+            return Ok(());
+        }
+        deny.refresh();
+        let fetched = partition.log.borrow().read(offset, READ_CHUNK_BYTES);
+        let fetched = match fetched {
+            Ok(fetched) => fetched,
+            Err(crate::log::ReadError::OffsetOutOfRange { log_start_offset, .. })
+                if offset < log_start_offset =>
+            {
+                tracing::warn!(query = %def.name, partition = %tp, offset, log_start_offset,
+                    "replay start was deleted by retention; windows before it are incomplete");
+                offset = log_start_offset;
+                continue;
+            }
+            Err(error) => return Err(EngineError::Read(error)),
+        };
+        if fetched.bytes.is_empty() {
+            maybe_checkpoint(
+                &data_dir,
+                &def,
+                tp,
+                &operator,
+                offset,
+                &agg,
+                &decisions,
+                &mut written,
+                &mut last_checkpoint_ms,
+            )
+            .await;
+            partition.wait_for(offset, IDLE_WAIT_MS).await;
+            continue;
+        }
+        let mut bad = 0u64;
+        for_each_batch(&fetched.bytes, |view| {
+            let records = match view.records() {
+                Ok(records) => records,
+                Err(_) => {
+                    bad += u64::from(view.record_count());
+                    return;
+                }
+            };
+            let mut slots: Vec<Option<Scalar<'_>>> = vec![None; fields.names.len()];
+            for record in records.iter().filter(|r| r.offset >= offset) {
+                let Some(value) = record.value else {
+                    bad += 1;
+                    continue;
+                };
+                if !extract(value, &fields.names, &mut slots) {
+                    bad += 1;
+                    continue;
+                }
+                let key = slots[0].as_ref().and_then(Scalar::as_str);
+                let time = match fields.time {
+                    Some(i) => slots[i].as_ref().and_then(Scalar::as_i64),
+                    None => Some(record.timestamp),
+                };
+                let number = fields.value.map(|i| slots[i].as_ref().and_then(Scalar::as_i64));
+                let (Some(key), Some(time_ms), Some(value)) = (key, time, number.unwrap_or(Some(0))) else {
+                    bad += 1;
+                    continue;
+                };
+                let distinct = fields.distinct.and_then(|i| slots[i].as_ref().and_then(Scalar::as_str));
+                let mut denied = [None; super::RULES_MAX];
+                for (&slot, id) in fields.deny.iter().zip(denied.iter_mut()) {
+                    *id = slots[slot].as_ref().and_then(Scalar::as_str);
+                }
+                let deny_count = fields.deny.len();
+                let event = Event { offset: record.offset, key, time_ms, value, distinct };
+                operator.process(&event, &denied[..deny_count], deny.set(), &mut outputs);
+            }
+        });
+        let chunk_end = fetched.next_offset;
+        for output in outputs.drain(..) {
+            let trigger = match &output {
+                Output::Window(window) => window.trigger_offset,
+                Output::Decision(decision) => decision.trigger_offset,
+            };
+            if trigger < checkpoint.next_offset {
+                continue; // replayed: emitted before the checkpoint
+            }
+            match output {
+                Output::Window(window) => {
+                    agg.push(&window.key, |seq, out| encode_window(&def, tp, seq, &window, out))
+                }
+                Output::Decision(decision) => {
+                    decisions.push(&decision.key, |seq, out| encode_decision(&def, tp, seq, &decision, out))
+                }
+            }
+            if agg.batch.record_count() >= OUTPUT_BATCH_RECORDS_MAX {
+                await_append(agg.flush(shard)).await?;
+            }
+            if decisions.batch.record_count() >= OUTPUT_BATCH_RECORDS_MAX {
+                await_append(decisions.flush(shard)).await?;
+            }
+        }
+        let pending = [agg.flush(shard), decisions.flush(shard)];
+        for append in pending {
+            await_append(append).await?;
+        }
+        offset = chunk_end;
+        let stats = operator.stats();
+        metrics::counter!("corelog_query_events_total", &labels).increment(stats.events - reported.events);
+        metrics::counter!("corelog_query_late_events_total", &labels)
+            .increment(stats.late_events - reported.late_events);
+        metrics::counter!("corelog_query_windows_total", &labels).increment(stats.windows - reported.windows);
+        metrics::counter!("corelog_query_decisions_total", &labels)
+            .increment(stats.decisions - reported.decisions);
+        metrics::counter!("corelog_query_bad_events_total", &labels).increment(bad);
+        metrics::gauge!("corelog_query_lag_offsets", &labels).set((fetched.high_watermark - offset) as f64);
+        reported = stats;
+        maybe_checkpoint(
+            &data_dir,
+            &def,
+            tp,
+            &operator,
+            offset,
+            &agg,
+            &decisions,
+            &mut written,
+            &mut last_checkpoint_ms,
+        )
+        .await;
+    }
+}
+
+async fn await_append(
+    append: Option<tokio::sync::oneshot::Receiver<crate::shard::Response>>,
+) -> Result<(), EngineError> {
+    let Some(append) = append else { return Ok(()) };
+    append.await.unwrap_or(Err(EngineError::ShuttingDown)).map(|_| ())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn maybe_checkpoint(
+    data_dir: &Path,
+    def: &QueryDef,
+    tp: &TopicPartition,
+    operator: &Operator,
+    offset: i64,
+    agg: &Sink,
+    decisions: &Sink,
+    written: &mut Checkpoint,
+    last_ms: &mut i64,
+) {
+    let now = now_ms();
+    if now - *last_ms < def.checkpoint_interval_ms || offset == written.next_offset {
+        return;
+    }
+    let (replay_from, max_time_ms) = operator.replay_point().unwrap_or((offset, operator.max_time_ms()));
+    let checkpoint = Checkpoint {
+        next_offset: offset,
+        replay_from,
+        max_time_ms,
+        agg_seq: agg.seq.next,
+        decision_seq: decisions.seq.next,
+    };
+    *last_ms = now;
+    match write_checkpoint(data_dir, &def.name, tp, &checkpoint).await {
+        Ok(()) => *written = checkpoint,
+        Err(error) => tracing::warn!(query = %def.name, partition = %tp, "checkpoint not written: {error}"),
+    }
+}
+
+/// Writes a checkpoint through io_uring: temp file, fdatasync, rename. The rename is
+/// not synced: losing it only leaves the previous (still valid) checkpoint.
+async fn write_checkpoint(
+    data_dir: &Path,
+    query: &str,
+    tp: &TopicPartition,
+    checkpoint: &Checkpoint,
+) -> std::io::Result<()> {
+    let path = Checkpoint::path(data_dir, query, tp);
+    let dir = path.parent().expect("checkpoint path has a directory");
+    if !dir.exists() {
+        std::fs::create_dir_all(dir)?; // unsynced like the rename: losing it loses nothing
+    }
+    let temp = path.with_extension("json.tmp");
+    let file = tokio_uring::fs::File::create(&temp).await?;
+    let (written, _) = file.write_all_at(checkpoint.encode().into_bytes(), 0).await;
+    written?;
+    file.sync_data().await?;
+    file.close().await?;
+    std::fs::rename(&temp, &path)
+}
+
+/// Follows a deny-list topic (every partition, from the start): each record's key is
+/// a denied id, a record with a null value removes it. Publishes the whole set to
+/// `list` whenever a round read something and every partition is caught up.
+pub(crate) async fn follow_deny_topic(shard: Rc<Shard>, topic: String, list: Arc<DenyList>) {
+    let mut ids: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut offsets: Vec<i64> = Vec::new();
+    let mut changed = false;
+    while !shard.stopping() {
+        let partitions = shard.catalog.partition_count(&topic).unwrap_or(0) as usize;
+        offsets.resize(partitions, 0);
+        let mut caught_up = true;
+        for (partition, offset) in offsets.iter_mut().enumerate() {
+            let tp = TopicPartition::new(&topic, partition as u32);
+            let request = Request::Read { tp, offset: *offset, max_bytes: READ_CHUNK_BYTES };
+            let fetched = match shard.route(request).await {
+                Ok(Reply::Read(fetched)) => fetched,
+                Ok(other) => unreachable!("Read answered {other:?}"),
+                Err(EngineError::Read(crate::log::ReadError::OffsetOutOfRange {
+                    log_start_offset, ..
+                })) if *offset < log_start_offset => {
+                    *offset = log_start_offset;
+                    caught_up = false;
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            for_each_batch(&fetched.bytes, |view| {
+                for record in view.records().unwrap_or_default().iter().filter(|r| r.offset >= *offset) {
+                    let Some(key) = record.key.and_then(|k| std::str::from_utf8(k).ok()) else { continue };
+                    changed |= match record.value {
+                        Some(_) => ids.insert(key.to_string()),
+                        None => ids.remove(key),
+                    };
+                }
+            });
+            caught_up &= fetched.next_offset >= fetched.high_watermark;
+            *offset = fetched.next_offset;
+        }
+        if changed && caught_up {
+            tracing::info!(topic, ids = ids.len(), "deny-list loaded");
+            list.publish(super::deny::DenySet::from_ids(ids.iter().cloned()));
+            changed = false;
+        }
+        if caught_up {
+            tokio::time::sleep(std::time::Duration::from_millis(IDLE_WAIT_MS)).await;
+        }
+    }
+}
+
+fn encode_window(def: &QueryDef, tp: &TopicPartition, seq: u64, window: &WindowResult, out: &mut Vec<u8>) {
+    let key = serde_json::to_string(&*window.key).expect("a string encodes");
+    let _ = write!(
+        out,
+        r#"{{"query":"{}","partition":{},"seq":{seq},"key":{key},"window_start":{},"window_end":{},"count":{}"#,
+        def.name, tp.partition, window.start_ms, window.end_ms, window.count
+    );
+    if def.value_field.is_some() {
+        let _ = write!(out, r#","sum":{},"min":{},"max":{}"#, window.sum, window.min, window.max);
+    }
+    if def.distinct_field.is_some() {
+        let _ = write!(out, r#","distinct":{}"#, window.distinct);
+    }
+    let _ = write!(out, r#","ts":{},"offset":{}}}"#, window.trigger_time_ms, window.trigger_offset);
+}
+
+fn encode_decision(def: &QueryDef, tp: &TopicPartition, seq: u64, decision: &Decision, out: &mut Vec<u8>) {
+    let rule = &def.rules[decision.rule];
+    let key = serde_json::to_string(&*decision.key).expect("a string encodes");
+    let name = serde_json::to_string(&rule.name).expect("a string encodes");
+    let _ = write!(
+        out,
+        r#"{{"query":"{}","partition":{},"seq":{seq},"rule":{name},"key":{key}"#,
+        def.name, tp.partition
+    );
+    if let Some((start, end)) = decision.window {
+        let _ = write!(out, r#","window_start":{start},"window_end":{end}"#);
+    }
+    match (&decision.value, &rule.condition) {
+        (DecisionValue::Aggregate(value), Condition::Threshold { aggregate, .. }) => {
+            let _ = write!(out, r#","{}":{value}"#, aggregate.name());
+        }
+        (DecisionValue::Denied(id), Condition::Denied { field }) => {
+            let id = serde_json::to_string(&**id).expect("a string encodes");
+            let _ = write!(out, r#","field":"{field}","denied":{id}"#);
+        }
+        _ => unreachable!("a decision matches its rule"),
+    }
+    let _ = write!(out, r#","ts":{},"offset":{}}}"#, decision.trigger_time_ms, decision.trigger_offset);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn given_a_checkpoint_when_encoded_then_it_decodes_to_itself_and_bad_text_is_refused() {
+        let checkpoint = Checkpoint {
+            next_offset: 900,
+            replay_from: 700,
+            max_time_ms: 1_700_000_000_000,
+            agg_seq: 12,
+            decision_seq: 3,
+        };
+        assert_eq!(Checkpoint::decode(&checkpoint.encode()).unwrap(), checkpoint);
+        assert!(Checkpoint::decode(&checkpoint.encode().replace("\"version\":1", "\"version\":9")).is_err());
+        assert!(Checkpoint::decode("{").is_err());
+        let backwards = Checkpoint { replay_from: 901, ..checkpoint };
+        assert!(Checkpoint::decode(&backwards.encode()).is_err());
+    }
+
+    #[test]
+    fn given_a_sink_tail_when_numbering_then_records_at_or_below_it_are_skipped() {
+        let mut seq = SinkSeq { next: 10, skip_through: 12 };
+        assert_eq!(seq.take(), (11, false));
+        assert_eq!(seq.take(), (12, false));
+        assert_eq!(seq.take(), (13, true));
+    }
+}
