@@ -14,6 +14,7 @@ pub mod batch;
 pub mod client;
 pub mod demo;
 pub mod deny;
+pub mod gen;
 pub mod inspect;
 pub mod land;
 pub mod payments;

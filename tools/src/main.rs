@@ -22,6 +22,8 @@ enum Command {
     Land(corelog_tools::land::LandArgs),
     /// Run a batch job over landed Parquet (work stealing, speculation, retries).
     Batch(corelog_tools::batch::BatchArgs),
+    /// Produce payments at an exact offered rate (open loop), with planted rings and late events.
+    Gen(corelog_tools::gen::GenArgs),
     /// Produce one record per stdin line (acks=all, idempotent).
     Produce(corelog_tools::client::ProduceArgs),
     /// Print records, one value per line, optionally as a consumer-group member.
@@ -49,6 +51,10 @@ fn main() -> ExitCode {
         Command::Serve(args) => corelog_tools::serve::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Batch(args) => corelog_tools::batch::run(&args).map(|_| ExitCode::SUCCESS),
         Command::Land(args) => corelog_tools::land::run(&args).map(|_| ExitCode::SUCCESS),
+        Command::Gen(args) => corelog_tools::gen::run(&args, |_| {}).map(|report| {
+            corelog_tools::gen::print_report(&args, &report);
+            ExitCode::SUCCESS
+        }),
         Command::Produce(args) => corelog_tools::client::produce(&args).map(|sent| {
             eprintln!("corelog produce: {sent} records acknowledged");
             ExitCode::SUCCESS
