@@ -102,7 +102,7 @@ pub struct GenReport {
     pub ring_events: u64,
     /// Furthest the sender fell behind schedule.
     pub behind_max: Duration,
-    /// Wall time.
+    /// Wall time of the sending (the last acknowledgements come after).
     pub elapsed: Duration,
 }
 
@@ -190,8 +190,8 @@ pub fn run(args: &GenArgs, mut on_sent: impl FnMut(&crate::payments::Payment)) -
         report.ring_events += u64::from(payment.ring);
         on_sent(&payment);
     }
-    producer.flush(Duration::from_millis(FLUSH_TIMEOUT_MS)).context("waiting for acknowledgements")?;
     report.elapsed = started.elapsed();
+    producer.flush(Duration::from_millis(FLUSH_TIMEOUT_MS)).context("waiting for acknowledgements")?;
     report.acked = producer.context().acked.load(Ordering::Relaxed);
     report.failed = producer.context().failed.load(Ordering::Relaxed);
     ensure!(report.failed == 0, "{} of {} events were not acknowledged", report.failed, report.sent);

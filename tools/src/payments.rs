@@ -159,7 +159,11 @@ impl Generator {
             (RING_USER_BASE + member, RING_SHARED_BASE + ring, RING_SHARED_BASE + ring)
         } else {
             let user = self.users.sample(&mut self.rng) as u64;
-            (user, user * 2 + u64::from(self.rng.gen_ratio(1, 8)), user * 2 + u64::from(self.rng.gen_ratio(1, 16)))
+            (
+                user,
+                user * 2 + u64::from(self.rng.gen_ratio(1, 8)),
+                user * 2 + u64::from(self.rng.gen_ratio(1, 16)),
+            )
         };
         Payment {
             sequence,
@@ -204,7 +208,14 @@ mod tests {
 
     #[test]
     fn given_planted_rings_and_late_events_when_generated_then_every_member_shares_its_rings_card() {
-        let plan = Plan { rings: 3, ring_size: 5, ring_share: 0.2, late_fraction: 0.1, late_by_ms: 30_000, ..Plan::ordinary(1000, 1.1) };
+        let plan = Plan {
+            rings: 3,
+            ring_size: 5,
+            ring_share: 0.2,
+            late_fraction: 0.1,
+            late_by_ms: 30_000,
+            ..Plan::ordinary(1000, 1.1)
+        };
         let mut generator = Generator::with_plan(3, plan, 0, 1000);
         let mut members = std::collections::BTreeMap::new();
         let (mut late, mut total) = (0, 0);
@@ -217,7 +228,10 @@ mod tests {
             }
             if payment.ring {
                 assert_eq!(payment.card, payment.device);
-                members.entry(payment.card).or_insert_with(std::collections::BTreeSet::new).insert(payment.user);
+                members
+                    .entry(payment.card)
+                    .or_insert_with(std::collections::BTreeSet::new)
+                    .insert(payment.user);
             } else {
                 assert!(payment.user <= 1000 && payment.card / 2 == payment.user);
             }
