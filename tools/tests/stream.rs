@@ -70,8 +70,11 @@ fn gen(brokers: &str, seed: &str, seconds: &str) {
     assert!(status.success());
 }
 
-/// (partition, offset, value) of every record of `topic`.
-fn read(brokers: &str, topic: &str) -> Vec<(u32, i64, serde_json::Value)> {
+/// A record as read back: partition, offset, JSON value.
+type Read = (u32, i64, serde_json::Value);
+
+/// Every record of `topic`.
+fn read(brokers: &str, topic: &str) -> Vec<Read> {
     let records = run_python(&[script("read_topic.py").to_str().unwrap(), brokers, topic]);
     records
         .as_array()
@@ -89,7 +92,7 @@ fn read(brokers: &str, topic: &str) -> Vec<(u32, i64, serde_json::Value)> {
 
 /// Waits until the query has consumed every source record (its lag gauge would do; the
 /// decisions topic stops growing is enough here) and returns agg and decisions.
-fn settled(brokers: &str) -> (Vec<(u32, i64, serde_json::Value)>, Vec<(u32, i64, serde_json::Value)>) {
+fn settled(brokers: &str) -> (Vec<Read>, Vec<Read>) {
     let mut last = (0, 0);
     loop {
         std::thread::sleep(Duration::from_millis(700));
