@@ -14,6 +14,9 @@
 //! * [`daily`]: the `daily` job, a rollup of `hourly` output that merges its sketches;
 //! * [`rings`]: the `rings` job, connected components of the user–card–device graph
 //!   (union-find per task, merged), written as a deny-list;
+//! * [`reconcile`]: the `reconcile` job, a stream query's windows recomputed from the
+//!   landed source with the engine's own window code and compared with the landed
+//!   `<query>.agg` topic (what late events changed);
 //! * [`output`]: atomic, idempotent output files.
 //!
 //! Invariants: `batch` never reads segment files and does no network I/O; a task's
@@ -28,6 +31,7 @@ pub mod daily;
 pub mod hourly;
 pub mod morsel;
 pub mod output;
+pub mod reconcile;
 pub mod rings;
 pub mod scheduler;
 

@@ -19,6 +19,8 @@ pub enum Job {
     Daily,
     /// Fraud rings: connected components of the user–card–device graph, as a deny-list.
     Rings,
+    /// Recompute a stream query's windows (--query) and correct what late events changed.
+    Reconcile,
 }
 
 /// on|off.
@@ -92,6 +94,9 @@ pub struct BatchArgs {
     /// rings: smallest component reported, in users.
     #[arg(long, default_value_t = batch::rings::MIN_RING_SIZE_DEFAULT)]
     pub min_ring_size: usize,
+    /// reconcile: the stream query's definition (its source and `<name>.agg` must be landed in --input).
+    #[arg(long)]
+    pub query: Option<PathBuf>,
 }
 
 fn scheduler(args: &BatchArgs) -> Result<Scheduler> {
@@ -138,6 +143,22 @@ pub fn run(args: &BatchArgs) -> Result<JobReport> {
         }
         _ => {}
     }
+    let query = match (args.job, &args.query) {
+        (Job::Reconcile, None) => bail!("reconcile needs --query FILE (the stream query's TOML)"),
+        (Job::Reconcile, Some(path)) => {
+            let query = engine::query::QueryDef::load(path)?;
+            for topic in [query.source.clone(), query.agg_topic()] {
+                if !args.input.join(&topic).is_dir() {
+                    bail!(
+                        "{}: no landed topic {topic:?} (land it with corelog land first)",
+                        args.input.display()
+                    );
+                }
+            }
+            Some(query)
+        }
+        _ => None,
+    };
     let scheduler = scheduler(args)?;
     let progress: [StageProgress; batch::hourly::STAGES_MAX] = Default::default();
     let stages: Mutex<Vec<(String, usize)>> = Mutex::new(Vec::new());
@@ -211,6 +232,17 @@ pub fn run(args: &BatchArgs) -> Result<JobReport> {
                     (report, found)
                 })
             }
+            Job::Reconcile => {
+                let job = batch::reconcile::ReconcileJob {
+                    input: args.input.clone(),
+                    output: args.output.clone(),
+                    query: query.clone().expect("checked above"),
+                };
+                batch::reconcile::run(&job, &scheduler, &progress, &mut on_stage).map(|(report, found)| {
+                    print_reconciliation(&job.query.name, &found);
+                    (report, Vec::new())
+                })
+            }
         };
         finished.store(true, Ordering::Release);
         result
@@ -246,6 +278,28 @@ pub fn publish_deny_list(brokers: &str, topic: &str, rings: &[batch::rings::Ring
     });
     crate::client::produce_records(brokers, topic, records)
         .with_context(|| format!("producing the deny-list to {topic:?} on {brokers}"))
+}
+
+/// What `reconcile` found, then the first corrections.
+pub fn print_reconciliation(query: &str, found: &batch::reconcile::Reconciliation) {
+    eprintln!(
+        "corelog batch reconcile {query}: {} closed windows compared, {} equal, {} corrected by late events \
+         ({} changed, {} missing: every event late; {} late event-window contributions), {} mismatched",
+        found.compared,
+        found.equal,
+        found.changed_by_late + found.missing,
+        found.changed_by_late,
+        found.missing,
+        found.late_events,
+        found.mismatched
+    );
+    for c in found.corrections.iter().take(5) {
+        let stream = c.stream.map_or("none".to_string(), |s| format!("count {} sum {}", s.count, s.sum));
+        eprintln!(
+            "  partition {} key {} window {}..{}: stream {stream}, batch count {} sum {} ({})",
+            c.partition, c.key, c.start_ms, c.end_ms, c.batch.count, c.batch.sum, c.reason
+        );
+    }
 }
 
 /// The summary table.

@@ -381,6 +381,78 @@ impl QueryDef {
     }
 }
 
+/// Which JSON fields a query reads and how they become an [`window::Event`]: the key
+/// first, then event time, value, distinct and one per deny rule, each name extracted
+/// once (a field may serve several roles). Shared by the engine's runner and batch
+/// `reconcile`, so both read events the same way.
+#[derive(Debug, Clone)]
+pub struct EventFields<'d> {
+    names: Vec<&'d str>,
+    time: Option<usize>,
+    value: Option<usize>,
+    distinct: Option<usize>,
+    deny: Vec<usize>,
+}
+
+impl<'d> EventFields<'d> {
+    /// The fields of `def`.
+    pub fn new(def: &'d QueryDef) -> Self {
+        let mut names = vec![def.key_field.as_str()];
+        let mut slot = |name: &'d str| match names.iter().position(|n| *n == name) {
+            Some(index) => index,
+            None => {
+                names.push(name);
+                names.len() - 1
+            }
+        };
+        let time = def.time_field.as_deref().map(&mut slot);
+        let value = def.value_field.as_deref().map(&mut slot);
+        let distinct = def.distinct_field.as_deref().map(&mut slot);
+        let deny = def.deny_fields().map(&mut slot).collect();
+        Self { names, time, value, distinct, deny }
+    }
+
+    /// Names to pass to [`json::extract`].
+    pub fn names(&self) -> &[&'d str] {
+        &self.names
+    }
+
+    /// The event in extracted `slots`, or `None` when the key, the event time or the
+    /// value (if the query has one) is missing or of the wrong type. `timestamp` is
+    /// the record timestamp, the event time when the query names no field.
+    pub fn event<'s>(
+        &self,
+        slots: &'s [Option<json::Scalar<'_>>],
+        offset: i64,
+        timestamp: i64,
+    ) -> Option<window::Event<'s>> {
+        let key = slots[0].as_ref()?.as_str()?;
+        let time_ms = match self.time {
+            Some(i) => slots[i].as_ref()?.as_i64()?,
+            None => timestamp,
+        };
+        let value = match self.value {
+            Some(i) => slots[i].as_ref()?.as_i64()?,
+            None => 0,
+        };
+        let distinct = self.distinct.and_then(|i| slots[i].as_ref().and_then(json::Scalar::as_str));
+        Some(window::Event { offset, key, time_ms, value, distinct })
+    }
+
+    /// Fills `out` with the event's value of each deny rule's field; returns how many
+    /// deny rules there are.
+    pub fn denied_ids<'s>(
+        &self,
+        slots: &'s [Option<json::Scalar<'_>>],
+        out: &mut [Option<&'s str>; RULES_MAX],
+    ) -> usize {
+        for (&slot, id) in self.deny.iter().zip(out.iter_mut()) {
+            *id = slots[slot].as_ref().and_then(json::Scalar::as_str);
+        }
+        self.deny.len()
+    }
+}
+
 /// Loads every `*.toml` in `dir`, sorted by file name; names must be unique.
 pub fn load_dir(dir: &Path) -> Result<Vec<QueryDef>, QueryError> {
     let origin = dir.display().to_string();

@@ -28,7 +28,8 @@
 
 use super::deny::{DenyList, DenyReader};
 use super::json::{extract, Scalar};
-use super::window::{Decision, DecisionValue, Event, Operator, Output, WindowResult};
+use super::window::{Decision, DecisionValue, Operator, Output, WindowResult};
+use super::EventFields;
 use super::{Condition, QueryDef};
 use crate::batch::{frame_len, BatchBuilder, BatchView};
 use crate::engine::{now_ms, EngineError, TopicPartition};
@@ -253,34 +254,6 @@ fn for_each_batch(mut bytes: &[u8], mut f: impl FnMut(&BatchView<'_>)) {
     }
 }
 
-/// Field slots: key first, then time, value, distinct and one per deny rule, each
-/// name extracted once (a field may serve several roles).
-struct Fields<'d> {
-    names: Vec<&'d str>,
-    time: Option<usize>,
-    value: Option<usize>,
-    distinct: Option<usize>,
-    deny: Vec<usize>,
-}
-
-impl<'d> Fields<'d> {
-    fn new(def: &'d QueryDef) -> Self {
-        let mut names = vec![def.key_field.as_str()];
-        let mut slot = |name: &'d str| match names.iter().position(|n| *n == name) {
-            Some(index) => index,
-            None => {
-                names.push(name);
-                names.len() - 1
-            }
-        };
-        let time = def.time_field.as_deref().map(&mut slot);
-        let value = def.value_field.as_deref().map(&mut slot);
-        let distinct = def.distinct_field.as_deref().map(&mut slot);
-        let deny = def.deny_fields().map(&mut slot).collect();
-        Self { names, time, value, distinct, deny }
-    }
-}
-
 async fn run_once(
     shard: &Rc<Shard>,
     query: &Arc<RunningQuery>,
@@ -296,7 +269,7 @@ async fn run_once(
     let mut operator = Operator::resume(def.clone(), checkpoint.max_time_ms);
     let mut offset = checkpoint.replay_from;
     let mut deny = DenyReader::new(query.deny.clone());
-    let fields = Fields::new(&def);
+    let fields = EventFields::new(&def);
     let mut outputs = Vec::new();
     let mut last_checkpoint_ms = now_ms();
     let mut written = checkpoint;
@@ -346,33 +319,22 @@ async fn run_once(
                     return;
                 }
             };
-            let mut slots: Vec<Option<Scalar<'_>>> = vec![None; fields.names.len()];
+            let mut slots: Vec<Option<Scalar<'_>>> = vec![None; fields.names().len()];
             for record in records.iter().filter(|r| r.offset >= offset) {
                 let Some(value) = record.value else {
                     bad += 1;
                     continue;
                 };
-                if !extract(value, &fields.names, &mut slots) {
+                if !extract(value, fields.names(), &mut slots) {
                     bad += 1;
                     continue;
                 }
-                let key = slots[0].as_ref().and_then(Scalar::as_str);
-                let time = match fields.time {
-                    Some(i) => slots[i].as_ref().and_then(Scalar::as_i64),
-                    None => Some(record.timestamp),
-                };
-                let number = fields.value.map(|i| slots[i].as_ref().and_then(Scalar::as_i64));
-                let (Some(key), Some(time_ms), Some(value)) = (key, time, number.unwrap_or(Some(0))) else {
+                let Some(event) = fields.event(&slots, record.offset, record.timestamp) else {
                     bad += 1;
                     continue;
                 };
-                let distinct = fields.distinct.and_then(|i| slots[i].as_ref().and_then(Scalar::as_str));
                 let mut denied = [None; super::RULES_MAX];
-                for (&slot, id) in fields.deny.iter().zip(denied.iter_mut()) {
-                    *id = slots[slot].as_ref().and_then(Scalar::as_str);
-                }
-                let deny_count = fields.deny.len();
-                let event = Event { offset: record.offset, key, time_ms, value, distinct };
+                let deny_count = fields.denied_ids(&slots, &mut denied);
                 operator.process(&event, &denied[..deny_count], deny.set(), &mut outputs);
             }
         });
