@@ -423,6 +423,13 @@ impl Engine {
         self.queries.iter().find(|q| q.def.name == name).map(|q| q.deny.clone())
     }
 
+    /// How far query `name` got in each source partition: every event below the
+    /// offset is processed and its outputs are durable.
+    pub fn query_progress(&self, name: &str) -> Option<Vec<i64>> {
+        let query = self.queries.iter().find(|q| q.def.name == name)?;
+        Some(query.processed.iter().map(|p| p.load(Ordering::Acquire)).collect())
+    }
+
     /// Number of shards.
     pub fn shard_count(&self) -> usize {
         self.handles.len()
@@ -691,7 +698,8 @@ fn prepare_queries(
             }
         }
         let def = Arc::new(def.clone());
-        running.push(Arc::new(RunningQuery { def, deny: Arc::default() }));
+        let processed = (0..partitions).map(|_| AtomicI64::new(0)).collect();
+        running.push(Arc::new(RunningQuery { def, deny: Arc::default(), processed }));
     }
     Ok(running.into())
 }

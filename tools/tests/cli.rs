@@ -26,17 +26,29 @@ fn number_after(report: &str, label: &str) -> u64 {
     digits.replace(',', "").parse().unwrap()
 }
 
+/// The demo checks itself against a shadow copy of the query operator (decisions,
+/// corrections, rings, denied payments) and exits non-zero when a figure disagrees;
+/// here its report is also read the way a newcomer reads it.
 #[test]
-fn demo_appends_and_reads_back_every_event() {
-    let (ok, stdout, stderr) = corelog(&["demo", "--events", "30000", "--batch-records", "100"]);
-    assert!(ok, "demo failed: {stderr}");
-    assert_eq!(number_after(&stdout, "appended"), 30_000, "{stdout}");
-    assert_eq!(number_after(&stdout, "read back"), 30_000, "{stdout}");
-    assert_eq!(number_after(&stdout, "landed"), 30_000, "{stdout}");
-    assert_eq!(number_after(&stdout, "hourly"), 30_000, "{stdout}");
-    let sample = stdout.lines().find(|l| l.trim_start().starts_with("sample")).unwrap();
-    let json: serde_json::Value = serde_json::from_str(sample.trim_start()["sample".len()..].trim()).unwrap();
-    assert!(json["user_id"].as_str().unwrap().starts_with('u'));
+fn demo_runs_the_whole_loop_and_its_report_is_consistent() {
+    let args = ["demo", "--seconds", "4", "--rate", "8000", "--follow-up-seconds", "1", "--late-fraction", "0.01"];
+    let (ok, stdout, stderr) = corelog(&args);
+    assert!(ok, "demo failed: {stderr}\n{stdout}");
+    let payments = number_after(&stdout, "stream");
+    assert_eq!(payments, 32_000, "{stdout}");
+    assert!(number_after(&stdout, "decisions") > 0, "{stdout}");
+    assert!(number_after(&stdout, "landed") >= payments, "{stdout}");
+    assert_eq!(number_after(&stdout, "hourly"), payments, "{stdout}");
+    assert_eq!(number_after(&stdout, "rings"), 4, "{stdout}");
+    assert!(stdout.contains("4 fraud rings found of 4 planted"), "{stdout}");
+    let planted = stdout.lines().find(|l| l.contains("late payments")).unwrap();
+    let late = planted.split(", ").nth(1).and_then(|s| s.split(' ').next()).unwrap();
+    assert!(late.replace(',', "").parse::<u64>().unwrap() > 0, "{stdout}");
+    assert!(number_after(&stdout, "reconcile") > 0, "{stdout}");
+    let decision = stdout.lines().find(|l| l.trim_start().starts_with("decision ")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(decision.trim_start()["decision".len()..].trim()).unwrap();
+    assert_eq!(json["query"], "fraud");
+    assert!(json["ts"].as_i64().unwrap() > 0);
 }
 
 #[test]
@@ -44,7 +56,7 @@ fn demo_rejects_bad_flags_with_one_line() {
     let (ok, _, stderr) = corelog(&["demo", "--flush", "sometimes"]);
     assert!(!ok);
     assert!(stderr.contains("unknown flush mode"), "{stderr}");
-    let (ok, _, stderr) = corelog(&["demo", "--events", "0"]);
+    let (ok, _, stderr) = corelog(&["demo", "--rate", "0"]);
     assert!(!ok);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }

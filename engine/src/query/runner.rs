@@ -53,13 +53,25 @@ pub const RESTART_BACKOFF_MS: u64 = 1_000;
 /// Records per output batch at most.
 pub const OUTPUT_BATCH_RECORDS_MAX: usize = 4096;
 
-/// A query as the engine runs it: its definition and its deny-list slot.
+/// A query as the engine runs it: its definition, its deny-list slot and how far it
+/// got in each source partition.
 #[derive(Debug)]
 pub struct RunningQuery {
     /// The definition.
     pub def: Arc<QueryDef>,
     /// Where its deny-list is published.
     pub deny: Arc<DenyList>,
+    /// Per source partition: every event below this offset is processed and its
+    /// outputs are durable.
+    pub processed: Box<[crate::sync::AtomicI64]>,
+}
+
+impl RunningQuery {
+    fn set_processed(&self, partition: u32, offset: i64) {
+        if let Some(slot) = self.processed.get(partition as usize) {
+            slot.store(offset, crate::sync::Ordering::Release);
+        }
+    }
 }
 
 /// A query's progress over one partition, as stored.
@@ -280,8 +292,10 @@ async fn run_once(
         if shard.stopping() || !shard.owns(tp, &partition) {
             return Ok(());
         }
-        deny.refresh();
         let fetched = partition.log.borrow().read(offset, READ_CHUNK_BYTES);
+        // After the read: a list published before these events were appended applies
+        // to them.
+        deny.refresh();
         let fetched = match fetched {
             Ok(fetched) => fetched,
             Err(crate::log::ReadError::OffsetOutOfRange { log_start_offset, .. })
@@ -295,6 +309,7 @@ async fn run_once(
             Err(error) => return Err(EngineError::Read(error)),
         };
         if fetched.bytes.is_empty() {
+            query.set_processed(tp.partition, offset);
             maybe_checkpoint(
                 &data_dir,
                 &def,
@@ -367,6 +382,7 @@ async fn run_once(
             await_append(append).await?;
         }
         offset = chunk_end;
+        query.set_processed(tp.partition, offset);
         let stats = operator.stats();
         metrics::counter!("corelog_query_events_total", &labels).increment(stats.events - reported.events);
         metrics::counter!("corelog_query_late_events_total", &labels)
