@@ -153,7 +153,8 @@ impl ProducerContext for LatencyContext {
     }
 }
 
-fn create_topic(address: SocketAddr, topic: &str) -> Result<()> {
+/// Creates `topic` with [`PARTITIONS`] partitions through the Kafka admin API.
+pub(crate) fn create_topic(address: SocketAddr, topic: &str) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", address.to_string()).create().context("admin client")?;
     let runtime = futures_executor_block_on(admin.create_topics(

@@ -5,12 +5,13 @@
 //! `target/bench/<scenario>.json`, with a bar chart of the ratios in
 //! `target/bench/<scenario>.svg`. `--quick` keeps a scenario under a minute.
 //! Scenarios arrive with their issues: `append` (engine core) and `kafka` (Kafka
-//! protocol), `land` (lander), `batch` (batch runner); `e2e` with the stream issue.
+//! protocol), `land` (lander), `batch` (batch runner), `e2e` (stream queries).
 
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 
 mod append;
 mod batch;
+mod e2e;
 mod fio;
 mod kafka;
 mod land;
@@ -39,6 +40,9 @@ enum Scenario {
     Land(land::LandArgs),
     /// The hourly batch job against DuckDB's SQL, and with a straggler and a hot key.
     Batch(batch::BatchArgs),
+    /// Event creation to decision readable by a Kafka consumer, open loop at fixed
+    /// rates, against the query run as an external consumer.
+    E2e(e2e::E2eArgs),
 }
 
 fn report_files(group: &str, figures: &[report::Figure]) -> anyhow::Result<()> {
@@ -62,6 +66,10 @@ fn main() -> anyhow::Result<()> {
         Scenario::Batch(args) => {
             let figures = batch::bench(&args)?;
             report_files("batch", &figures)?;
+        }
+        Scenario::E2e(args) => {
+            let figures = e2e::bench(&args)?;
+            report_files("e2e", &figures)?;
         }
         Scenario::Land(args) => {
             let figures = land::bench(&args)?;

@@ -313,7 +313,7 @@ fn read_decisions(
                     tally.denied_offsets.insert((partition, value["offset"].as_i64().unwrap_or(-1)));
                 }
                 if let (Some(ts), Some(histogram)) = (value["ts"].as_i64(), &mut tally.latency_us) {
-                    histogram.saturating_record(clock.latency_us(ts, now));
+                    histogram.record(clock.latency_us(ts, now))?;
                 }
                 *tally.by_rule.entry(rule).or_default() += 1;
                 if tally.sample.is_empty() {

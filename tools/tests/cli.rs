@@ -31,7 +31,8 @@ fn number_after(report: &str, label: &str) -> u64 {
 /// here its report is also read the way a newcomer reads it.
 #[test]
 fn demo_runs_the_whole_loop_and_its_report_is_consistent() {
-    let args = ["demo", "--seconds", "4", "--rate", "8000", "--follow-up-seconds", "1", "--late-fraction", "0.01"];
+    let args =
+        ["demo", "--seconds", "4", "--rate", "8000", "--follow-up-seconds", "1", "--late-fraction", "0.01"];
     let (ok, stdout, stderr) = corelog(&args);
     assert!(ok, "demo failed: {stderr}\n{stdout}");
     let payments = number_after(&stdout, "stream");
@@ -46,7 +47,8 @@ fn demo_runs_the_whole_loop_and_its_report_is_consistent() {
     assert!(late.replace(',', "").parse::<u64>().unwrap() > 0, "{stdout}");
     assert!(number_after(&stdout, "reconcile") > 0, "{stdout}");
     let decision = stdout.lines().find(|l| l.trim_start().starts_with("decision ")).unwrap();
-    let json: serde_json::Value = serde_json::from_str(decision.trim_start()["decision".len()..].trim()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(decision.trim_start()["decision".len()..].trim()).unwrap();
     assert_eq!(json["query"], "fraud");
     assert!(json["ts"].as_i64().unwrap() > 0);
 }

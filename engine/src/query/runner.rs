@@ -5,9 +5,10 @@
 //! the new batches straight from the mapped segment (`Bytes`, no copy), extracts the
 //! query's JSON fields in place, feeds the [`Operator`], and appends what it emits to
 //! partition `p` of `<query>.agg` and `<query>.decisions` (same partition number as the
-//! source; those partitions are written by this runner only). It waits for those
-//! appends to be durable before reading on, so at most one output batch per sink is
-//! in flight and a sink never has a gap.
+//! source; those partitions are written by this runner only), decisions first. It
+//! waits for those appends to be durable before reading on; appends to one partition
+//! are placed in order and a failed one fails every later one (the partition turns
+//! read-only), so a sink never has a gap.
 //!
 //! **Checkpoints and restart** (format in `docs/FORMATS.md`). Every
 //! `checkpoint_interval` the runner writes, after its outputs are durable,
@@ -354,32 +355,36 @@ async fn run_once(
             }
         });
         let chunk_end = fetched.next_offset;
-        for output in outputs.drain(..) {
-            let trigger = match &output {
-                Output::Window(window) => window.trigger_offset,
-                Output::Decision(decision) => decision.trigger_offset,
-            };
-            if trigger < checkpoint.next_offset {
-                continue; // replayed: emitted before the checkpoint
-            }
-            match output {
-                Output::Window(window) => {
-                    agg.push(&window.key, |seq, out| encode_window(&def, tp, seq, &window, out))
+        // Decisions go out first (they are what someone waits for), then window
+        // results; every batch is submitted before any is awaited. Appends to one
+        // partition are placed in submission order, and a failed append turns the
+        // partition read-only so every later one fails too: a sink never has a gap.
+        let fresh = |trigger: i64| trigger >= checkpoint.next_offset; // else replayed, emitted before
+        let mut appends = Vec::new();
+        for output in &outputs {
+            if let Output::Decision(decision) = output {
+                if fresh(decision.trigger_offset) {
+                    decisions.push(&decision.key, |seq, out| encode_decision(&def, tp, seq, decision, out));
+                    if decisions.batch.record_count() >= OUTPUT_BATCH_RECORDS_MAX {
+                        appends.extend(decisions.flush(shard));
+                    }
                 }
-                Output::Decision(decision) => {
-                    decisions.push(&decision.key, |seq, out| encode_decision(&def, tp, seq, &decision, out))
-                }
-            }
-            if agg.batch.record_count() >= OUTPUT_BATCH_RECORDS_MAX {
-                await_append(agg.flush(shard)).await?;
-            }
-            if decisions.batch.record_count() >= OUTPUT_BATCH_RECORDS_MAX {
-                await_append(decisions.flush(shard)).await?;
             }
         }
-        let pending = [agg.flush(shard), decisions.flush(shard)];
-        for append in pending {
-            await_append(append).await?;
+        appends.extend(decisions.flush(shard));
+        for output in outputs.drain(..) {
+            if let Output::Window(window) = output {
+                if fresh(window.trigger_offset) {
+                    agg.push(&window.key, |seq, out| encode_window(&def, tp, seq, &window, out));
+                    if agg.batch.record_count() >= OUTPUT_BATCH_RECORDS_MAX {
+                        appends.extend(agg.flush(shard));
+                    }
+                }
+            }
+        }
+        appends.extend(agg.flush(shard));
+        for append in appends {
+            await_append(Some(append)).await?;
         }
         offset = chunk_end;
         query.set_processed(tp.partition, offset);
