@@ -6,9 +6,9 @@
 //! query's JSON fields in place, feeds the [`Operator`], and appends what it emits to
 //! partition `p` of `<query>.agg` and `<query>.decisions` (same partition number as the
 //! source; those partitions are written by this runner only), decisions first. It
-//! waits for those appends to be durable before reading on; appends to one partition
-//! are placed in order and a failed one fails every later one (the partition turns
-//! read-only), so a sink never has a gap.
+//! reads on while up to [`ROUNDS_IN_FLIGHT_MAX`] rounds of outputs are being made
+//! durable; appends to one partition are placed in order and a failed one fails every
+//! later one (the partition turns read-only), so a sink never has a gap.
 //!
 //! **Checkpoints and restart** (format in `docs/FORMATS.md`). Every
 //! `checkpoint_interval` the runner writes, after its outputs are durable,
@@ -45,12 +45,15 @@ pub const QUERIES_DIR: &str = "__queries";
 /// Checkpoint format version.
 pub const CHECKPOINT_VERSION: u64 = 1;
 /// Bytes read from the source per round.
-pub const READ_CHUNK_BYTES: usize = 1 << 20;
+pub const READ_CHUNK_BYTES: usize = 256 << 10;
 /// Longest the runner sleeps without new data before looking at its checkpoint and
 /// deny-list.
 pub const IDLE_WAIT_MS: u64 = 200;
 /// Pause before a runner whose output failed starts over.
 pub const RESTART_BACKOFF_MS: u64 = 1_000;
+/// Read rounds whose outputs may be in flight at once: the runner reads on while
+/// earlier outputs are being made durable.
+pub const ROUNDS_IN_FLIGHT_MAX: usize = 4;
 /// Records per output batch at most.
 pub const OUTPUT_BATCH_RECORDS_MAX: usize = 4096;
 
@@ -288,6 +291,7 @@ async fn run_once(
     let mut written = checkpoint;
     let labels = [("query", def.name.clone())];
     let mut reported = operator.stats();
+    let mut in_flight: std::collections::VecDeque<InFlightRound> = std::collections::VecDeque::new();
     tracing::info!(query = %def.name, partition = %tp, ?checkpoint, "query starts");
     loop {
         if shard.stopping() || !shard.owns(tp, &partition) {
@@ -310,6 +314,7 @@ async fn run_once(
             Err(error) => return Err(EngineError::Read(error)),
         };
         if fetched.bytes.is_empty() {
+            settle(&mut in_flight, query, tp, 0).await?;
             query.set_processed(tp.partition, offset);
             maybe_checkpoint(
                 &data_dir,
@@ -383,11 +388,12 @@ async fn run_once(
             }
         }
         appends.extend(agg.flush(shard));
-        for append in appends {
-            await_append(Some(append)).await?;
-        }
+        in_flight.push_back((chunk_end, appends));
         offset = chunk_end;
-        query.set_processed(tp.partition, offset);
+        settle(&mut in_flight, query, tp, ROUNDS_IN_FLIGHT_MAX).await?;
+        if now_ms() - last_checkpoint_ms >= def.checkpoint_interval_ms {
+            settle(&mut in_flight, query, tp, 0).await?; // a checkpoint claims only durable outputs
+        }
         let stats = operator.stats();
         metrics::counter!("corelog_query_events_total", &labels).increment(stats.events - reported.events);
         metrics::counter!("corelog_query_late_events_total", &labels)
@@ -398,6 +404,9 @@ async fn run_once(
         metrics::counter!("corelog_query_bad_events_total", &labels).increment(bad);
         metrics::gauge!("corelog_query_lag_offsets", &labels).set((fetched.high_watermark - offset) as f64);
         reported = stats;
+        if !in_flight.is_empty() {
+            continue;
+        }
         maybe_checkpoint(
             &data_dir,
             &def,
@@ -411,6 +420,27 @@ async fn run_once(
         )
         .await;
     }
+}
+
+/// Output appends of one read round, with the source offset they complete.
+type InFlightRound = (i64, Vec<tokio::sync::oneshot::Receiver<crate::shard::Response>>);
+
+/// Awaits the oldest rounds until at most `keep` are in flight, marking each one's
+/// source offset processed once its outputs are durable.
+async fn settle(
+    in_flight: &mut std::collections::VecDeque<InFlightRound>,
+    query: &RunningQuery,
+    tp: &TopicPartition,
+    keep: usize,
+) -> Result<(), EngineError> {
+    while in_flight.len() > keep {
+        let (end, appends) = in_flight.pop_front().expect("non-empty");
+        for append in appends {
+            await_append(Some(append)).await?;
+        }
+        query.set_processed(tp.partition, end);
+    }
+    Ok(())
 }
 
 async fn await_append(
