@@ -257,6 +257,28 @@ impl<'a> BatchView<'a> {
     }
 }
 
+/// Calls `f(offset, timestamp, key, value)` for every record of one validated batch:
+/// in place for an uncompressed batch, after decompressing (gzip, snappy, lz4, zstd,
+/// through `kafka-protocol`) otherwise. Control records are skipped.
+pub fn for_each_record(
+    view: &BatchView<'_>,
+    mut f: impl FnMut(i64, i64, Option<&[u8]>, Option<&[u8]>),
+) -> Result<(), BatchError> {
+    if view.compression() == 0 {
+        for record in view.records()? {
+            f(record.offset, record.timestamp, record.key, record.value);
+        }
+        return Ok(());
+    }
+    let mut bytes = bytes::Bytes::copy_from_slice(view.bytes());
+    let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut bytes)
+        .map_err(|_| BatchError::MalformedRecord { index: 0, reason: "compressed records do not decode" })?;
+    for record in set.records.iter().filter(|r| !r.control) {
+        f(record.offset, record.timestamp, record.key.as_deref(), record.value.as_deref());
+    }
+    Ok(())
+}
+
 /// Producer id, epoch, base sequence and record count read from a header in place,
 /// without validating the batch (the append validates it).
 pub fn producer_fields(bytes: &[u8]) -> Option<(i64, i16, i32, i32)> {

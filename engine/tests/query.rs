@@ -318,3 +318,66 @@ fn given_a_deny_list_topic_when_a_new_list_is_published_then_the_query_applies_i
     assert_eq!(denied(2), ["c7", "c8"]);
     engine.shutdown().unwrap();
 }
+
+#[test]
+fn given_compressed_batches_when_the_query_reads_them_then_their_events_count_like_any_other() {
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(config(dir.path(), "1s")).unwrap();
+    let mut deny = BatchBuilder::default();
+    deny.push(BASE_MS, Some(b"c9"), Some(b"{}"));
+    engine.append("denylist", 0, deny.finish()).wait().unwrap();
+    let list = engine.deny_list("fraud").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while list.generation() == 0 {
+        assert!(Instant::now() < deadline, "deny-list never loaded");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut next_offset = 0;
+    for compression in [Compression::Zstd, Compression::Lz4, Compression::Gzip, Compression::Snappy] {
+        let records: Vec<Record> = (0..3)
+            .map(|i| Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: -1,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: i,
+                sequence: i as i32 - 1,
+                timestamp: BASE_MS,
+                key: None,
+                value: Some(bytes::Bytes::from(format!(
+                    r#"{{"user_id":"u1","ts":{},"amount_cents":5,"card_id":"c9"}}"#,
+                    BASE_MS + next_offset + i
+                ))),
+                headers: Default::default(),
+            })
+            .collect();
+        let mut encoded = BytesMut::new();
+        RecordBatchEncoder::encode(&mut encoded, &records, &RecordEncodeOptions { version: 2, compression })
+            .unwrap();
+        assert_ne!(BatchView::parse(&encoded).unwrap().compression(), 0);
+        engine.append(SOURCE, 0, encoded).wait().unwrap();
+        next_offset += 3;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let denied: Vec<i64> = values(&engine, "fraud.decisions", 0)
+            .iter()
+            .map(|v| serde_json::from_str::<serde_json::Value>(v).unwrap())
+            .filter(|v| v["denied"] == "c9")
+            .map(|v| v["offset"].as_i64().unwrap())
+            .collect();
+        if denied.len() == 12 {
+            assert_eq!(denied, (0..12).collect::<Vec<_>>());
+            break;
+        }
+        assert!(Instant::now() < deadline, "decisions for compressed events: {denied:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    engine.shutdown().unwrap();
+}

@@ -32,7 +32,7 @@ use super::json::{extract, Scalar};
 use super::window::{Decision, DecisionValue, Operator, Output, WindowResult};
 use super::EventFields;
 use super::{Condition, QueryDef};
-use crate::batch::{frame_len, BatchBuilder, BatchView};
+use crate::batch::{for_each_record, frame_len, BatchBuilder, BatchView};
 use crate::engine::{now_ms, EngineError, TopicPartition};
 use crate::shard::{AckLevel, Reply, Request, Shard};
 use std::io::Write;
@@ -54,6 +54,8 @@ pub const RESTART_BACKOFF_MS: u64 = 1_000;
 /// Read rounds whose outputs may be in flight at once: the runner reads on while
 /// earlier outputs are being made durable.
 pub const ROUNDS_IN_FLIGHT_MAX: usize = 4;
+/// Extracted fields per event at most: key, time, value, distinct, one per deny rule.
+pub const FIELDS_MAX: usize = 4 + super::RULES_MAX;
 /// Records per output batch at most.
 pub const OUTPUT_BATCH_RECORDS_MAX: usize = 4096;
 
@@ -333,30 +335,31 @@ async fn run_once(
         }
         let mut bad = 0u64;
         for_each_batch(&fetched.bytes, |view| {
-            let records = match view.records() {
-                Ok(records) => records,
-                Err(_) => {
-                    bad += u64::from(view.record_count());
+            let decoded = for_each_record(view, |record_offset, timestamp, _, value| {
+                if record_offset < offset {
                     return;
                 }
-            };
-            let mut slots: Vec<Option<Scalar<'_>>> = vec![None; fields.names().len()];
-            for record in records.iter().filter(|r| r.offset >= offset) {
-                let Some(value) = record.value else {
+                let Some(value) = value else {
                     bad += 1;
-                    continue;
+                    return;
                 };
-                if !extract(value, fields.names(), &mut slots) {
+                // On the stack: one slot per extracted field, no allocation per event.
+                let mut slots: [Option<Scalar<'_>>; FIELDS_MAX] = std::array::from_fn(|_| None);
+                let slots = &mut slots[..fields.names().len()];
+                if !extract(value, fields.names(), slots) {
                     bad += 1;
-                    continue;
+                    return;
                 }
-                let Some(event) = fields.event(&slots, record.offset, record.timestamp) else {
+                let Some(event) = fields.event(slots, record_offset, timestamp) else {
                     bad += 1;
-                    continue;
+                    return;
                 };
                 let mut denied = [None; super::RULES_MAX];
-                let deny_count = fields.denied_ids(&slots, &mut denied);
+                let deny_count = fields.denied_ids(slots, &mut denied);
                 operator.process(&event, &denied[..deny_count], deny.set(), &mut outputs);
+            });
+            if decoded.is_err() {
+                bad += u64::from(view.record_count());
             }
         });
         let chunk_end = fetched.next_offset;
@@ -530,12 +533,16 @@ pub(crate) async fn follow_deny_topic(shard: Rc<Shard>, topic: String, list: Arc
                 Err(_) => continue,
             };
             for_each_batch(&fetched.bytes, |view| {
-                for record in view.records().unwrap_or_default().iter().filter(|r| r.offset >= *offset) {
-                    let Some(key) = record.key.and_then(|k| std::str::from_utf8(k).ok()) else { continue };
-                    changed |= match record.value {
+                let decoded = for_each_record(view, |record_offset, _, key, value| {
+                    let key = key.and_then(|k| std::str::from_utf8(k).ok());
+                    let Some(key) = key.filter(|_| record_offset >= *offset) else { return };
+                    changed |= match value {
                         Some(_) => ids.insert(key.to_string()),
                         None => ids.remove(key),
                     };
+                });
+                if let Err(error) = decoded {
+                    tracing::warn!(topic, "deny-list batch skipped: {error}");
                 }
             });
             caught_up &= fetched.next_offset >= fetched.high_watermark;
