@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use batch::hourly::{HourlyJob, JobReport};
 use batch::{Injection, Scheduler, SchedulerConfig, Speculation, StageProgress};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -37,10 +37,11 @@ pub enum Switch {
 pub struct BatchArgs {
     /// The job.
     pub job: Job,
-    /// The lander's output directory (`INPUT/<topic>/dt=…/hr=…`).
+    /// The lander's output: a directory or an object-store URL (`s3://bucket/prefix`,
+    /// configured from `AWS_*`) holding `<topic>/dt=…/hr=…`.
     #[arg(long)]
     pub input: PathBuf,
-    /// Where the job writes (`OUTPUT/<job>/dt=…`).
+    /// Where the job writes (`OUTPUT/<job>/dt=…`): a directory or an object-store URL.
     #[arg(long)]
     pub output: PathBuf,
     /// Topic to read.
@@ -132,8 +133,68 @@ fn scheduler(args: &BatchArgs) -> Result<Scheduler> {
     }))
 }
 
-/// Runs the job, showing progress on a terminal; returns its report.
+fn is_remote(path: &Path) -> bool {
+    path.to_str().is_some_and(|s| s.contains("://") && !s.starts_with("file://"))
+}
+
+/// Copies every Parquet object under `url` (not the lander's `_landed/` manifests or
+/// staging files) into `dir`, keeping relative paths.
+fn download(url: &str, dir: &Path) -> Result<usize> {
+    let store = lander::Output::open(url).with_context(|| format!("opening {url}"))?;
+    let mut copied = 0;
+    for relative in store.list("")? {
+        let hidden = relative.split('/').any(|part| part.starts_with('_') || part.starts_with('.'));
+        if hidden || !relative.ends_with(".parquet") {
+            continue;
+        }
+        let bytes = store.get(&relative)?.with_context(|| format!("{url}/{relative} vanished"))?;
+        let path = dir.join(&relative);
+        std::fs::create_dir_all(path.parent().expect("a file under dir"))?;
+        std::fs::write(&path, &bytes)?;
+        copied += 1;
+    }
+    Ok(copied)
+}
+
+/// Puts every file under `dir` to `url` at the same relative path (each put atomic).
+fn upload(dir: &Path, url: &str) -> Result<usize> {
+    let store = lander::Output::open(url).with_context(|| format!("opening {url}"))?;
+    let files = batch::morsel::parquet_files(dir)?;
+    for file in &files {
+        let relative = file.strip_prefix(dir).expect("under dir").to_string_lossy().replace('\\', "/");
+        store.put(&relative, bytes::Bytes::from(std::fs::read(file)?))?;
+    }
+    Ok(files.len())
+}
+
+/// Runs the job, showing progress on a terminal; returns its report. An `s3://…` (or
+/// other object-store) `--input` is copied to a local cache first, an object-store
+/// `--output` is written locally and then put object by object.
 pub fn run(args: &BatchArgs) -> Result<JobReport> {
+    if !is_remote(&args.input) && !is_remote(&args.output) {
+        return run_local(args);
+    }
+    let cache = tempfile::tempdir().context("creating a local cache directory")?;
+    let mut local = args.clone();
+    if is_remote(&args.input) {
+        local.input = cache.path().join("input");
+        let url = args.input.to_string_lossy();
+        let copied = download(&url, &local.input)?;
+        eprintln!("corelog batch: {copied} Parquet objects copied from {url}");
+    }
+    if is_remote(&args.output) {
+        local.output = cache.path().join("output");
+    }
+    let report = run_local(&local)?;
+    if is_remote(&args.output) {
+        let url = args.output.to_string_lossy();
+        let put = upload(&local.output, &url)?;
+        eprintln!("corelog batch: {put} files put to {url}");
+    }
+    Ok(report)
+}
+
+fn run_local(args: &BatchArgs) -> Result<JobReport> {
     match args.job {
         Job::Hourly | Job::Rings if !args.input.join(&args.topic).is_dir() => {
             bail!("{}: no landed topic {:?} (run corelog land first)", args.input.display(), args.topic)

@@ -296,3 +296,39 @@ fn given_planted_rings_when_rings_runs_then_it_finds_each_and_no_smaller_group()
     assert_eq!(found, planted, "every planted ring, nothing else");
     assert_eq!(cards, (4..=8).map(|size| size + 1).sum::<usize>(), "each ring's cards are on the deny-list");
 }
+
+#[test]
+fn given_landed_payments_in_s3_when_hourly_runs_from_s3_to_s3_then_it_writes_what_a_local_run_writes() {
+    let moto = common::Moto::start();
+    let s3 = common::script("s3.py");
+    let s3 = s3.to_str().unwrap();
+    common::run_python(&[s3, &moto.endpoint, "create", "lake"]);
+    let dir = tempfile::tempdir().unwrap();
+    let local = landed_payments(dir.path(), &[]);
+    let with_env = |args: &[&str]| {
+        let output =
+            Command::new(env!("CARGO_BIN_EXE_corelog")).args(args).envs(moto.env()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "{args:?}: {stderr}");
+        stderr
+    };
+    let data = dir.path().join("data");
+    let schemas = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas");
+    with_env(
+        &["land", "--data-dir", data.to_str().unwrap(), "--out", "s3://lake/landed"]
+            .into_iter()
+            .chain(["--schemas", schemas.to_str().unwrap(), "--once"])
+            .collect::<Vec<_>>(),
+    );
+    let log = with_env(&["batch", "hourly", "--input", "s3://lake/landed", "--output", "s3://lake/out"]);
+    assert!(log.contains("Parquet objects copied from s3://lake/landed"), "{log}");
+    let out = dir.path().join("local-out");
+    let (ok, log) =
+        corelog(&["batch", "hourly", "--input", local.to_str().unwrap(), "--output", out.to_str().unwrap()]);
+    assert!(ok, "{log}");
+    let downloaded = dir.path().join("downloaded");
+    common::run_python(&[s3, &moto.endpoint, "download", "lake", "out/", downloaded.to_str().unwrap()]);
+    let remote = relative_files(&downloaded.join("out"));
+    assert!(!remote.is_empty());
+    assert_eq!(remote, relative_files(&out), "the same hourly files, byte for byte");
+}

@@ -288,41 +288,9 @@ fn given_a_kafka_protocol_broker_when_landed_with_brokers_then_each_offset_lands
     server.stop();
 }
 
-/// A moto S3 server (from `target/py`, installed by ci.sh) on a free port.
-struct Moto {
-    child: std::process::Child,
-    endpoint: String,
-}
-
-impl Moto {
-    fn start() -> Self {
-        let address = common::free_address();
-        let server = common::python().with_file_name("moto_server");
-        let child = Command::new(&server)
-            .args(["-H", "127.0.0.1", "-p", &address.port().to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{}: {e} (run ./ci.sh to install moto)", server.display()));
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(address).is_err() {
-            assert!(std::time::Instant::now() < deadline, "moto_server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self { child, endpoint: format!("http://{address}") }
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn given_an_s3_endpoint_when_landed_twice_then_objects_hold_each_offset_once() {
-    let moto = Moto::start();
+    let moto = common::Moto::start();
     let s3 = common::script("s3.py");
     let s3 = s3.to_str().unwrap();
     common::run_python(&[s3, &moto.endpoint, "create", "lake"]);
@@ -350,13 +318,7 @@ fn given_an_s3_endpoint_when_landed_twice_then_objects_hold_each_offset_once() {
     let land = || {
         let output = corelog()
             .args(["land", "--data-dir", data.to_str().unwrap(), "--out", "s3://lake/landed", "--once"])
-            .envs([
-                ("AWS_ENDPOINT", moto.endpoint.as_str()),
-                ("AWS_ALLOW_HTTP", "true"),
-                ("AWS_ACCESS_KEY_ID", "test"),
-                ("AWS_SECRET_ACCESS_KEY", "test"),
-                ("AWS_REGION", "us-east-1"),
-            ])
+            .envs(moto.env())
             .output()
             .unwrap();
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));

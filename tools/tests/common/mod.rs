@@ -115,3 +115,48 @@ pub fn run_python(args: &[&str]) -> serde_json::Value {
     assert!(output.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
     serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e})"))
 }
+
+/// A moto S3 server (from `target/py`, installed by ci.sh) on a free port.
+pub struct Moto {
+    child: std::process::Child,
+    /// Its URL.
+    pub endpoint: String,
+}
+
+impl Moto {
+    /// Starts it.
+    pub fn start() -> Self {
+        let address = free_address();
+        let server = python().with_file_name("moto_server");
+        let child = std::process::Command::new(&server)
+            .args(["-H", "127.0.0.1", "-p", &address.port().to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e} (run ./ci.sh to install moto)", server.display()));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(address).is_err() {
+            assert!(std::time::Instant::now() < deadline, "moto_server did not start");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Self { child, endpoint: format!("http://{address}") }
+    }
+
+    /// The `AWS_*` environment that points object_store at it.
+    pub fn env(&self) -> [(&'static str, &str); 5] {
+        [
+            ("AWS_ENDPOINT", self.endpoint.as_str()),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", "us-east-1"),
+        ]
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
