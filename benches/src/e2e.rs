@@ -434,6 +434,20 @@ fn figures(scenario: &str, ours: &Run, reference: &Run) -> Vec<Figure> {
         .collect()
 }
 
+/// Raises the offered rate by 1.5× from `sustained` for at most `steps` runs while
+/// `run` sustains it; returns the highest sustained rate.
+fn highest_sustained(mut sustained: f64, steps: usize, run: impl Fn(f64) -> Result<Run>) -> Result<f64> {
+    let mut rate = sustained * 1.5;
+    for _ in 0..steps {
+        if !run(rate)?.sustained(rate) {
+            break;
+        }
+        sustained = rate;
+        rate *= 1.5;
+    }
+    Ok(sustained)
+}
+
 /// Runs the scenario.
 pub fn bench(args: &E2eArgs) -> Result<Vec<Figure>> {
     let dir = args.dir.clone().unwrap_or_else(|| crate::report::bench_dir().join("e2e"));
@@ -471,25 +485,19 @@ pub fn bench(args: &E2eArgs) -> Result<Vec<Figure>> {
     } else {
         5
     };
-    let mut rate: f64 = 150_000.0;
-    for _ in 0..steps * usize::from(best >= 100_000.0) {
-        let ours = corelog_run(&dir, &args.flush, rate, seconds)?;
-        describe("corelog", rate, &ours);
-        if !ours.sustained(rate) {
-            break;
-        }
-        best = rate;
-        rate *= 1.5;
+    if best >= 100_000.0 {
+        best = highest_sustained(best, steps, |rate| {
+            let run = corelog_run(&dir, &args.flush, rate, seconds)?;
+            describe("corelog", rate, &run);
+            Ok(run)
+        })?;
     }
-    let mut rate: f64 = 150_000.0;
-    for _ in 0..steps * usize::from(best_ref >= 100_000.0) {
-        let reference = reference_run(&dir, &args.flush, rate, seconds)?;
-        describe("external", rate, &reference);
-        if !reference.sustained(rate) {
-            break;
-        }
-        best_ref = rate;
-        rate *= 1.5;
+    if best_ref >= 100_000.0 {
+        best_ref = highest_sustained(best_ref, steps, |rate| {
+            let run = reference_run(&dir, &args.flush, rate, seconds)?;
+            describe("external", rate, &run);
+            Ok(run)
+        })?;
     }
     let figure = Figure {
         scenario: "e2e-max".into(),

@@ -289,8 +289,14 @@ async fn run_once(
     let mut deny = DenyReader::new(query.deny.clone());
     let fields = EventFields::new(&def);
     let mut outputs = Vec::new();
-    let mut last_checkpoint_ms = now_ms();
-    let mut written = checkpoint;
+    let mut checkpointer = Checkpointer {
+        data_dir: data_dir.clone(),
+        query: def.name.clone(),
+        tp: tp.clone(),
+        interval_ms: def.checkpoint_interval_ms,
+        written: checkpoint,
+        last_ms: now_ms(),
+    };
     let labels = [("query", def.name.clone())];
     let mut reported = operator.stats();
     let mut in_flight: std::collections::VecDeque<InFlightRound> = std::collections::VecDeque::new();
@@ -318,18 +324,7 @@ async fn run_once(
         if fetched.bytes.is_empty() {
             settle(&mut in_flight, query, tp, 0).await?;
             query.set_processed(tp.partition, offset);
-            maybe_checkpoint(
-                &data_dir,
-                &def,
-                tp,
-                &operator,
-                offset,
-                &agg,
-                &decisions,
-                &mut written,
-                &mut last_checkpoint_ms,
-            )
-            .await;
+            checkpointer.maybe(&operator, offset, &agg, &decisions).await;
             partition.wait_for(offset, IDLE_WAIT_MS).await;
             continue;
         }
@@ -394,7 +389,7 @@ async fn run_once(
         in_flight.push_back((chunk_end, appends));
         offset = chunk_end;
         settle(&mut in_flight, query, tp, ROUNDS_IN_FLIGHT_MAX).await?;
-        if now_ms() - last_checkpoint_ms >= def.checkpoint_interval_ms {
+        if checkpointer.due() {
             settle(&mut in_flight, query, tp, 0).await?; // a checkpoint claims only durable outputs
         }
         let stats = operator.stats();
@@ -410,18 +405,7 @@ async fn run_once(
         if !in_flight.is_empty() {
             continue;
         }
-        maybe_checkpoint(
-            &data_dir,
-            &def,
-            tp,
-            &operator,
-            offset,
-            &agg,
-            &decisions,
-            &mut written,
-            &mut last_checkpoint_ms,
-        )
-        .await;
+        checkpointer.maybe(&operator, offset, &agg, &decisions).await;
     }
 }
 
@@ -453,34 +437,42 @@ async fn await_append(
     append.await.unwrap_or(Err(EngineError::ShuttingDown)).map(|_| ())
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn maybe_checkpoint(
-    data_dir: &Path,
-    def: &QueryDef,
-    tp: &TopicPartition,
-    operator: &Operator,
-    offset: i64,
-    agg: &Sink,
-    decisions: &Sink,
-    written: &mut Checkpoint,
-    last_ms: &mut i64,
-) {
-    let now = now_ms();
-    if now - *last_ms < def.checkpoint_interval_ms || offset == written.next_offset {
-        return;
+/// When and where a runner checkpoints, and what it wrote last.
+struct Checkpointer {
+    data_dir: PathBuf,
+    query: String,
+    tp: TopicPartition,
+    interval_ms: i64,
+    written: Checkpoint,
+    last_ms: i64,
+}
+
+impl Checkpointer {
+    fn due(&self) -> bool {
+        now_ms() - self.last_ms >= self.interval_ms
     }
-    let (replay_from, max_time_ms) = operator.replay_point().unwrap_or((offset, operator.max_time_ms()));
-    let checkpoint = Checkpoint {
-        next_offset: offset,
-        replay_from,
-        max_time_ms,
-        agg_seq: agg.seq.next,
-        decision_seq: decisions.seq.next,
-    };
-    *last_ms = now;
-    match write_checkpoint(data_dir, &def.name, tp, &checkpoint).await {
-        Ok(()) => *written = checkpoint,
-        Err(error) => tracing::warn!(query = %def.name, partition = %tp, "checkpoint not written: {error}"),
+
+    /// Writes a checkpoint at `offset` if one is due and progress was made. Every
+    /// output of events below `offset` must be durable.
+    async fn maybe(&mut self, operator: &Operator, offset: i64, agg: &Sink, decisions: &Sink) {
+        if !self.due() || offset == self.written.next_offset {
+            return;
+        }
+        let (replay_from, max_time_ms) = operator.replay_point().unwrap_or((offset, operator.max_time_ms()));
+        let checkpoint = Checkpoint {
+            next_offset: offset,
+            replay_from,
+            max_time_ms,
+            agg_seq: agg.seq.next,
+            decision_seq: decisions.seq.next,
+        };
+        self.last_ms = now_ms();
+        match write_checkpoint(&self.data_dir, &self.query, &self.tp, &checkpoint).await {
+            Ok(()) => self.written = checkpoint,
+            Err(error) => {
+                tracing::warn!(query = %self.query, partition = %self.tp, "checkpoint not written: {error}")
+            }
+        }
     }
 }
 
