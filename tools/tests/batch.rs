@@ -186,6 +186,11 @@ fn given_bad_arguments_when_batch_runs_then_one_line_errors() {
         corelog(&["batch", "hourly", "--input", dir.path().to_str().unwrap(), "--output", "/tmp/x"]);
     assert!(!ok && log.contains("no landed topic"), "{log}");
     let (ok, log) = corelog(&["batch", "reconcile", "--input", "a", "--output", "b"]);
+    assert!(!ok && log.contains("reconcile needs --query"), "{log}");
+    let (ok, log) =
+        corelog(&["batch", "reconcile", "--input", "a", "--output", "b", "--query", "/nonexistent.toml"]);
+    assert!(!ok && log.contains("/nonexistent.toml") && log.trim().lines().count() == 1, "{log}");
+    let (ok, log) = corelog(&["batch", "sometimes", "--input", "a", "--output", "b"]);
     assert!(!ok && log.contains("invalid value"), "{log}");
     let (ok, log) =
         corelog(&["batch", "daily", "--input", dir.path().to_str().unwrap(), "--output", "/tmp/x"]);
