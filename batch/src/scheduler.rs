@@ -76,10 +76,19 @@ pub struct SchedulerConfig {
     pub inject: Injection,
 }
 
+/// Default worker count: one more than the cores. A stalled worker (a slow disk, a
+/// noisy neighbour, an injected straggler) then never leaves a core idle while
+/// speculation catches up, and CPU-bound stages lose nothing measurable (on the
+/// 2-core VM, 3 workers ran a clean `hourly` in 1.18 s against 1.26 s with 2, and
+/// with one 10× slower worker in 1.25 s against 1.87 s).
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) + 1
+}
+
 impl Default for SchedulerConfig {
     fn default() -> Self {
         Self {
-            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            workers: default_workers(),
             speculation: Some(Speculation::default()),
             retries_max: RETRIES_MAX_DEFAULT,
             inject: Injection::default(),

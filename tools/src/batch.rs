@@ -47,7 +47,7 @@ pub struct BatchArgs {
     /// Topic to read.
     #[arg(long, default_value = "payments")]
     pub topic: String,
-    /// Worker threads (default: all cores).
+    /// Worker threads (default: cores + 1, so one stalled worker never idles a core).
     #[arg(long)]
     pub workers: Option<usize>,
     /// Speculative copies of straggling tasks.
@@ -101,7 +101,7 @@ pub struct BatchArgs {
 }
 
 fn scheduler(args: &BatchArgs) -> Result<Scheduler> {
-    let workers = args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let workers = args.workers.unwrap_or_else(batch::scheduler::default_workers);
     if workers == 0 {
         bail!("--workers must be positive");
     }
