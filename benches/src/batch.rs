@@ -111,7 +111,8 @@ fn duckdb_hourly(input: &Path, output: &Path) -> Result<f64> {
     let script = r#"
 import duckdb, sys, time
 src, dst = sys.argv[1], sys.argv[2]
-con = duckdb.connect(config={"enable_progress_bar": False})
+con = duckdb.connect()
+con.execute("SET enable_progress_bar = false")
 t = time.perf_counter()
 con.execute(f"""copy (
   select epoch_ms(coalesce(ts, "timestamp")) // 3600000 as hour, merchant_id, country, count(*) as n,
