@@ -23,7 +23,7 @@ use arrow_array::builder::{
     BinaryBuilder, Float64Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
 };
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Int64Type, TimestampMillisecondType};
+use arrow_array::types::{Int32Type, Int64Type, TimestampMillisecondType};
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use hashbrown::HashMap;
@@ -92,18 +92,6 @@ pub fn new_sketch() -> DDSketch {
 }
 
 impl Aggregate {
-    fn new() -> Self {
-        Self { count: 0, sum: 0, min: i64::MAX, max: i64::MIN, sketch: new_sketch() }
-    }
-
-    fn add(&mut self, amount: i64) {
-        self.count += 1;
-        self.sum = self.sum.wrapping_add(amount);
-        self.min = self.min.min(amount);
-        self.max = self.max.max(amount);
-        self.sketch.add(amount as f64);
-    }
-
     /// Folds `other` in.
     pub fn merge(&mut self, other: &Self) {
         self.count += other.count;
@@ -126,6 +114,60 @@ impl Aggregate {
         let k = ((q * n as f64).ceil() as u64).clamp(1, n) - 1;
         let sketch_q = if k == n - 1 { 1.0 } else { (k as f64 + 0.5) / (n - 1) as f64 };
         self.sketch.quantile(sketch_q).expect("q in 0..=1").unwrap_or(f64::NAN)
+    }
+}
+
+/// A scan task's aggregates of one key: exact count, sum, min, max and the raw
+/// amounts. The amounts go into one sketch per key in the final aggregate, so no
+/// per-morsel sketch is built or merged (a sketch of added values equals the merge of
+/// sketches of the same values: bins are a function of the value).
+#[derive(Debug, Clone, Default)]
+pub struct Amounts {
+    /// Rows.
+    pub count: u64,
+    sum: i64,
+    min: i64,
+    max: i64,
+    amounts: Vec<i64>,
+}
+
+impl Amounts {
+    fn new() -> Self {
+        Self { min: i64::MAX, max: i64::MIN, ..Self::default() }
+    }
+
+    fn add(&mut self, amount: i64) {
+        self.count += 1;
+        self.sum = self.sum.wrapping_add(amount);
+        self.min = self.min.min(amount);
+        self.max = self.max.max(amount);
+        self.amounts.push(amount);
+    }
+
+    fn merge(&mut self, other: &Self) {
+        self.count += other.count;
+        self.sum = self.sum.wrapping_add(other.sum);
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+        self.amounts.extend_from_slice(&other.amounts);
+    }
+
+    /// The final aggregate, with its sketch.
+    fn finish(&self) -> Aggregate {
+        let mut sketch = new_sketch();
+        for amount in &self.amounts {
+            sketch.add(*amount as f64);
+        }
+        Aggregate { count: self.count, sum: self.sum, min: self.min, max: self.max, sketch }
+    }
+}
+
+fn merge_amounts<K: Hash + Eq + Clone>(into: &mut HashMap<K, Amounts>, key: &K, amounts: &Amounts) {
+    match into.get_mut(key) {
+        Some(existing) => existing.merge(amounts),
+        None => {
+            into.insert(key.clone(), amounts.clone());
+        }
     }
 }
 
@@ -176,32 +218,10 @@ pub struct JobReport {
     pub salts: usize,
 }
 
-/// A scan task's partial aggregate, by exchange bucket.
+/// A partial aggregate by exchange bucket (what `daily`'s scan produces).
 pub type Partial = Vec<HashMap<HourKey, Aggregate>>;
-
-/// An [`HourKey`] borrowed from a record batch; hashes exactly as the owned key.
-#[derive(Hash)]
-struct KeyRef<'a> {
-    hour: i64,
-    merchant_id: &'a str,
-    country: &'a str,
-}
-
-impl KeyRef<'_> {
-    fn to_owned(&self) -> HourKey {
-        HourKey {
-            hour: self.hour,
-            merchant_id: self.merchant_id.to_string(),
-            country: self.country.to_string(),
-        }
-    }
-}
-
-impl hashbrown::Equivalent<HourKey> for KeyRef<'_> {
-    fn equivalent(&self, key: &HourKey) -> bool {
-        self.hour == key.hour && self.merchant_id == key.merchant_id && self.country == key.country
-    }
-}
+/// An `hourly` scan task's partial aggregate, by exchange bucket.
+pub type ScanPartial = Vec<HashMap<HourKey, Amounts>>;
 
 /// FNV-1a over the key's fields, then `salt`: the exchange's partitioning (stable, and
 /// cheaper than SipHash on this hot path).
@@ -233,17 +253,43 @@ fn task_error(error: impl std::fmt::Display) -> TaskError {
     TaskError::Failed(error.to_string())
 }
 
-/// Stage 1 for one morsel.
+/// Strings of one task, numbered in first-seen order.
+#[derive(Default)]
+struct Interner {
+    ids: HashMap<Box<str>, u32>,
+    names: Vec<Box<str>>,
+}
+
+impl Interner {
+    fn id(&mut self, name: &str) -> u32 {
+        if let Some(id) = self.ids.get(name) {
+            return *id;
+        }
+        let id = self.names.len() as u32;
+        self.names.push(Box::from(name));
+        self.ids.insert(Box::from(name), id);
+        id
+    }
+
+    /// Ids of a dictionary's values, indexed like the dictionary.
+    fn ids_of(&mut self, values: &arrow_array::StringArray) -> Vec<u32> {
+        (0..values.len()).map(|j| self.id(values.value(j))).collect()
+    }
+}
+
+/// Stage 1 for one morsel. Merchant and country are read as Arrow dictionaries (the
+/// lander writes them dictionary-encoded): each batch's dictionary values are
+/// interned once, and rows group by integers, never hashing or copying a string.
 fn partial_aggregate(
     morsel: &Morsel,
     job: &HourlyJob,
     context: &TaskContext<'_>,
-) -> Result<(Partial, u64, u64), TaskError> {
+) -> Result<(ScanPartial, u64, u64), TaskError> {
     let wanted = ["ts", "timestamp", "merchant_id", "country", "amount_cents"];
-    let reader = crate::morsel::reader(morsel, Some(&wanted)).map_err(TaskError::Failed)?;
-    // Rows are looked up by a borrowed key: one String allocation per distinct key per
-    // morsel, not per row.
-    let mut local: HashMap<HourKey, Aggregate> = HashMap::new();
+    let reader = crate::morsel::reader_with_dictionaries(morsel, &wanted, &["merchant_id", "country"])
+        .map_err(TaskError::Failed)?;
+    let (mut merchants, mut countries) = (Interner::default(), Interner::default());
+    let mut local: HashMap<(i64, u32, u32), Amounts> = HashMap::new();
     let (mut rows, mut bad) = (0u64, 0u64);
     for batch in reader {
         context.checkpoint()?;
@@ -257,8 +303,15 @@ fn partial_aggregate(
         let event_time = column("ts");
         let timestamp = timestamp.as_primitive::<TimestampMillisecondType>();
         let event_time = event_time.as_ref().map(|c| c.as_primitive::<TimestampMillisecondType>());
-        let merchant = merchant.as_string::<i32>();
-        let country = country.as_string::<i32>();
+        let dictionary = |array: &ArrayRef, name: &str| {
+            array.as_dictionary_opt::<Int32Type>().cloned().ok_or_else(|| {
+                TaskError::Failed(format!("{}: {name} is not dictionary-encoded", morsel.file.display()))
+            })
+        };
+        let (merchant, country) = (dictionary(&merchant, "merchant_id")?, dictionary(&country, "country")?);
+        let merchant_ids = merchants.ids_of(merchant.values().as_string::<i32>());
+        let country_ids = countries.ids_of(country.values().as_string::<i32>());
+        let (merchant_keys, country_keys) = (merchant.keys(), country.keys());
         let amount = amount.as_primitive::<Int64Type>();
         for i in 0..batch.num_rows() {
             let time = match event_time {
@@ -273,24 +326,22 @@ fn partial_aggregate(
                 continue;
             }
             rows += 1;
-            let key = KeyRef {
-                hour: time.div_euclid(HOUR_MS),
-                merchant_id: merchant.value(i),
-                country: country.value(i),
-            };
-            match local.get_mut(&key) {
-                Some(aggregate) => aggregate.add(amount.value(i)),
-                None => {
-                    let mut aggregate = Aggregate::new();
-                    aggregate.add(amount.value(i));
-                    local.insert(key.to_owned(), aggregate);
-                }
-            }
+            let key = (
+                time.div_euclid(HOUR_MS),
+                merchant_ids[merchant_keys.value(i) as usize],
+                country_ids[country_keys.value(i) as usize],
+            );
+            local.entry(key).or_insert_with(Amounts::new).add(amount.value(i));
         }
     }
-    let mut partial: Partial = (0..EXCHANGE_BUCKETS).map(|_| HashMap::new()).collect();
-    for (key, aggregate) in local {
-        partial[bucket_of(&key)].insert(key, aggregate);
+    let mut partial: ScanPartial = (0..EXCHANGE_BUCKETS).map(|_| HashMap::new()).collect();
+    for ((hour, merchant, country), amounts) in local {
+        let key = HourKey {
+            hour,
+            merchant_id: merchants.names[merchant as usize].to_string(),
+            country: countries.names[country as usize].to_string(),
+        };
+        partial[bucket_of(&key)].insert(key, amounts);
     }
     Ok((partial, rows, bad))
 }
@@ -389,7 +440,7 @@ pub fn hour_path(output: &Path, hour: i64) -> PathBuf {
 /// compact sample: one entry per key per morsel): a key is hot when its rows exceed
 /// [`SKEW_MEDIAN_FACTOR`] × the median key's and it alone carries at least a quarter of
 /// an average exchange bucket. Returns them with their sampled rows, largest first.
-pub fn hot_keys(partials: &[&Partial]) -> Vec<(HourKey, u64)> {
+pub fn hot_keys(partials: &[&ScanPartial]) -> Vec<(HourKey, u64)> {
     let mut counts: HashMap<&HourKey, u64> = HashMap::new();
     for partial in partials {
         for (key, aggregate) in partial.iter().flatten() {
@@ -458,25 +509,27 @@ pub fn run(
         &progress[1],
         |context| -> Result<Merged, TaskError> {
             let bucket = context.task;
-            let mut merged: HashMap<HourKey, Aggregate> = HashMap::new();
-            let mut salted: HashMap<usize, Aggregate> = HashMap::new();
+            let mut merged: HashMap<HourKey, Amounts> = HashMap::new();
+            let mut salted: HashMap<usize, Amounts> = HashMap::new();
             for (morsel, (partial, _, _)) in partials.iter().enumerate() {
                 context.checkpoint()?;
-                for (key, aggregate) in &partial[bucket] {
+                for (key, amounts) in &partial[bucket] {
                     if !hot_set.contains_key(key) {
-                        merge_into(&mut merged, key, aggregate);
+                        merge_amounts(&mut merged, key, amounts);
                     }
                 }
                 for (key, hot_index) in &hot_set {
                     if salted_bucket(key, morsel % salts.max(1)) != bucket {
                         continue;
                     }
-                    if let Some(aggregate) = partial[bucket_of(key)].get(*key) {
-                        merge_into(&mut salted, hot_index, aggregate);
+                    if let Some(amounts) = partial[bucket_of(key)].get(*key) {
+                        merge_amounts(&mut salted, hot_index, amounts);
                     }
                 }
             }
-            Ok((merged, salted.into_iter().collect()))
+            context.checkpoint()?;
+            let merged = merged.into_iter().map(|(key, amounts)| (key, amounts.finish())).collect();
+            Ok((merged, salted.into_iter().map(|(index, amounts)| (index, amounts.finish())).collect()))
         },
     )?;
     report.stages.push(aggregate);

@@ -93,6 +93,54 @@ pub fn reader(
         .map_err(parquet_error)
 }
 
+/// Like [`reader`] over `columns`, with `dictionaries` (string columns) decoded as
+/// `Dictionary(Int32, Utf8)` arrays: dictionary-encoded pages then arrive as their
+/// dictionary and indices, without materializing a string per row.
+pub fn reader_with_dictionaries(
+    morsel: &Morsel,
+    columns: &[&str],
+    dictionaries: &[&str],
+) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader, String> {
+    use arrow_schema::{DataType, Field, Schema};
+    use parquet::arrow::arrow_reader::{
+        ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
+    };
+    let file = std::fs::File::open(&morsel.file).map_err(|e| format!("{}: {e}", morsel.file.display()))?;
+    let parquet_error = |e: parquet::errors::ParquetError| format!("{}: {e}", morsel.file.display());
+    let metadata = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(parquet_error)?;
+    let fields: Vec<Field> = metadata
+        .schema()
+        .fields()
+        .iter()
+        .map(|field| {
+            let wanted =
+                dictionaries.contains(&field.name().as_str()) && field.data_type() == &DataType::Utf8;
+            let data_type = if wanted {
+                DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
+            } else {
+                field.data_type().clone()
+            };
+            Field::new(field.name(), data_type, field.is_nullable()).with_metadata(field.metadata().clone())
+        })
+        .collect();
+    let hint = std::sync::Arc::new(Schema::new_with_metadata(fields, metadata.schema().metadata().clone()));
+    let options = ArrowReaderOptions::new().with_schema(hint);
+    let metadata =
+        ArrowReaderMetadata::try_new(metadata.metadata().clone(), options).map_err(parquet_error)?;
+    let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata);
+    let projection =
+        parquet::arrow::ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
+    let selection =
+        RowSelection::from(vec![RowSelector::skip(morsel.first_row), RowSelector::select(morsel.rows)]);
+    builder
+        .with_projection(projection)
+        .with_row_groups(vec![morsel.row_group])
+        .with_row_selection(selection)
+        .with_batch_size(READ_BATCH_ROWS)
+        .build()
+        .map_err(parquet_error)
+}
+
 /// Every `*.parquet` file under `dir` (recursively), sorted. Staging and hidden files
 /// (`_landed/`, names with `#`) are skipped.
 pub fn parquet_files(dir: &Path) -> Result<Vec<PathBuf>, MorselError> {
