@@ -118,7 +118,7 @@ impl Aggregate {
 }
 
 /// A scan task's aggregates of one key: exact count, sum, min, max and the raw
-/// amounts. The amounts go into one sketch per key in the final aggregate, so no
+/// amounts. The final aggregate adds the amounts to one sketch per key, so no
 /// per-morsel sketch is built or merged (a sketch of added values equals the merge of
 /// sketches of the same values: bins are a function of the value).
 #[derive(Debug, Clone, Default)]
@@ -144,30 +144,29 @@ impl Amounts {
         self.amounts.push(amount);
     }
 
-    fn merge(&mut self, other: &Self) {
-        self.count += other.count;
-        self.sum = self.sum.wrapping_add(other.sum);
-        self.min = self.min.min(other.min);
-        self.max = self.max.max(other.max);
-        self.amounts.extend_from_slice(&other.amounts);
+}
+
+impl Aggregate {
+    fn empty() -> Self {
+        Self { count: 0, sum: 0, min: i64::MAX, max: i64::MIN, sketch: new_sketch() }
     }
 
-    /// The final aggregate, with its sketch.
-    fn finish(&self) -> Aggregate {
-        let mut sketch = new_sketch();
-        for amount in &self.amounts {
-            sketch.add(*amount as f64);
+    /// Folds a scan partial in, adding its amounts to the sketch.
+    fn absorb(&mut self, partial: &Amounts) {
+        self.count += partial.count;
+        self.sum = self.sum.wrapping_add(partial.sum);
+        self.min = self.min.min(partial.min);
+        self.max = self.max.max(partial.max);
+        for amount in &partial.amounts {
+            self.sketch.add(*amount as f64);
         }
-        Aggregate { count: self.count, sum: self.sum, min: self.min, max: self.max, sketch }
     }
 }
 
-fn merge_amounts<K: Hash + Eq + Clone>(into: &mut HashMap<K, Amounts>, key: &K, amounts: &Amounts) {
+fn absorb_into<K: Hash + Eq + Clone>(into: &mut HashMap<K, Aggregate>, key: &K, partial: &Amounts) {
     match into.get_mut(key) {
-        Some(existing) => existing.merge(amounts),
-        None => {
-            into.insert(key.clone(), amounts.clone());
-        }
+        Some(existing) => existing.absorb(partial),
+        None => into.entry(key.clone()).or_insert_with(Aggregate::empty).absorb(partial),
     }
 }
 
@@ -509,13 +508,13 @@ pub fn run(
         &progress[1],
         |context| -> Result<Merged, TaskError> {
             let bucket = context.task;
-            let mut merged: HashMap<HourKey, Amounts> = HashMap::new();
-            let mut salted: HashMap<usize, Amounts> = HashMap::new();
+            let mut merged: HashMap<HourKey, Aggregate> = HashMap::new();
+            let mut salted: HashMap<usize, Aggregate> = HashMap::new();
             for (morsel, (partial, _, _)) in partials.iter().enumerate() {
                 context.checkpoint()?;
                 for (key, amounts) in &partial[bucket] {
                     if !hot_set.contains_key(key) {
-                        merge_amounts(&mut merged, key, amounts);
+                        absorb_into(&mut merged, key, amounts);
                     }
                 }
                 for (key, hot_index) in &hot_set {
@@ -523,13 +522,11 @@ pub fn run(
                         continue;
                     }
                     if let Some(amounts) = partial[bucket_of(key)].get(*key) {
-                        merge_amounts(&mut salted, hot_index, amounts);
+                        absorb_into(&mut salted, hot_index, amounts);
                     }
                 }
             }
-            context.checkpoint()?;
-            let merged = merged.into_iter().map(|(key, amounts)| (key, amounts.finish())).collect();
-            Ok((merged, salted.into_iter().map(|(index, amounts)| (index, amounts.finish())).collect()))
+            Ok((merged, salted.into_iter().collect()))
         },
     )?;
     report.stages.push(aggregate);

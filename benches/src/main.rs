@@ -19,6 +19,10 @@ mod report;
 
 use clap::{Parser, Subcommand};
 
+/// The same allocator as the `corelog` binary, so figures measure the same code.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// corelog-bench: figures, references and ratios.
 #[derive(Debug, Parser)]
 #[command(name = "corelog-bench", version, about)]
