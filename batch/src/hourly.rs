@@ -143,7 +143,6 @@ impl Amounts {
         self.max = self.max.max(amount);
         self.amounts.push(amount);
     }
-
 }
 
 impl Aggregate {

@@ -93,7 +93,7 @@ pub struct DemoArgs {
     /// Seed of the event generator.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Keep the data here instead of a temporary directory.
+    /// Keep the data here (a new or empty directory) instead of a temporary one.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
 }
@@ -516,6 +516,14 @@ pub fn run(args: &DemoArgs) -> Result<DemoReport> {
         (0.0..=1.0).contains(&args.late_fraction) && (0.0..1.0).contains(&args.ring_share),
         "--late-fraction and --ring-share are fractions"
     );
+    if let Some(dir) = &args.data_dir {
+        let used = std::fs::read_dir(dir).map(|mut entries| entries.next().is_some()).unwrap_or(false);
+        ensure!(
+            !used,
+            "--data-dir {}: give a new or empty directory (the demo checks itself from a clean start)",
+            dir.display()
+        );
+    }
     let temp = tempfile::tempdir().context("creating a temporary directory")?;
     let data_dir = args.data_dir.clone().unwrap_or_else(|| temp.path().join("data"));
     let work = temp.path().join("work");

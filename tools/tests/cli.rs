@@ -61,6 +61,11 @@ fn demo_rejects_bad_flags_with_one_line() {
     let (ok, _, stderr) = corelog(&["demo", "--rate", "0"]);
     assert!(!ok);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    let used = tempfile::tempdir().unwrap();
+    std::fs::write(used.path().join("something"), "x").unwrap();
+    let (ok, _, stderr) = corelog(&["demo", "--data-dir", used.path().to_str().unwrap()]);
+    assert!(!ok && stderr.contains("new or empty directory"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }
 
 fn write_partition(dir: &std::path::Path) {
