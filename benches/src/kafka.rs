@@ -5,8 +5,9 @@
 //! * corelog: `corelog serve --flush group` (found next to this binary).
 //! * tansu (crates.io, `cargo install tansu --features libsql`): found on PATH, run
 //!   with SQLite storage in a temporary directory.
-//! * NATS JetStream does not speak the Kafka protocol, so rdkafka cannot drive it;
-//!   comparing it needs a second client and is left for a later step.
+//! * NATS JetStream (Debian's `nats-server`, found on PATH): it does not speak the
+//!   Kafka protocol, so it is driven by its own client with the same workload (see
+//!   `nats`).
 //!
 //! Figures per broker: produce throughput at full speed (acks=all), produce latency
 //! p50/p99 at full speed and at half of corelog's peak rate (open loop: sends are paced
@@ -341,9 +342,37 @@ pub fn bench(args: &KafkaArgs) -> Result<Vec<Figure>> {
             Err(error) => eprintln!("note: tansu run failed ({error:#}); no tansu ratio"),
         }
     }
-    eprintln!(
-        "note: NATS JetStream is not driven here: it does not speak the Kafka protocol that rdkafka uses"
-    );
+    if let Some(nats) = crate::nats::start(&base) {
+        let count: u64 = if args.quick { 200_000 } else { 1_000_000 };
+        let paced_count = ((rate * if args.quick { 3.0 } else { 10.0 }) as u64).max(1000);
+        let run = nats.and_then(|server| {
+            let run = crate::nats::measure(&server, count, paced_count, args.size, rate)?;
+            Ok((run, if server.sync_always { "nats-jetstream-sync" } else { "nats-jetstream-pagecache" }))
+        });
+        match run {
+            Ok((run, name)) => {
+                let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e3;
+                let mb = |per_s: f64| per_s * args.size as f64 / 1e6;
+                eprintln!(
+                    "{name}: produce {:.0} msg/s ({:.0} MB/s), consume {:.0} msg/s; at {rate:.0} msg/s produce p50 {:.2} ms p99 {:.2} ms",
+                    run.messages_per_s,
+                    mb(run.messages_per_s),
+                    run.consumed_per_s,
+                    ms(&run.paced_latency_us, 0.5),
+                    ms(&run.paced_latency_us, 0.99)
+                );
+                peers.push(Measured {
+                    name,
+                    produce_mb_per_s: mb(run.messages_per_s),
+                    produce_p99_ms_full: ms(&run.full_latency_us, 0.99),
+                    half_rate_p50_ms: ms(&run.paced_latency_us, 0.5),
+                    half_rate_p99_ms: ms(&run.paced_latency_us, 0.99),
+                    consume_mb_per_s: mb(run.consumed_per_s),
+                });
+            }
+            Err(error) => eprintln!("note: NATS JetStream run failed ({error:#}); no NATS ratio"),
+        }
+    }
     let best = |value: fn(&Measured) -> f64, higher_is_better: bool| {
         peers.iter().map(|p| (p.name.to_string(), value(p))).reduce(|a, b| {
             if (b.1 > a.1) == higher_is_better {

@@ -15,6 +15,7 @@ mod e2e;
 mod fio;
 mod kafka;
 mod land;
+mod nats;
 mod report;
 
 use clap::{Parser, Subcommand};
