@@ -23,6 +23,7 @@
 
 use crate::report::Figure;
 use anyhow::{bail, ensure, Context, Result};
+use corelog_tools::client::send;
 use corelog_tools::gen::wait_until;
 use corelog_tools::payments::{partition_for, Generator, Plan};
 use engine::query::deny::DenySet;
@@ -143,10 +144,11 @@ fn producer(address: SocketAddr) -> Result<BaseProducer> {
         .context("creating a producer")
 }
 
-fn consumer(address: SocketAddr, topic: &str) -> Result<BaseConsumer> {
+/// A consumer assigned every partition of `topic` from the beginning, long-polling.
+fn consumer(address: SocketAddr, topic: &str, group: &str) -> Result<BaseConsumer> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", address.to_string())
-        .set("group.id", "corelog-bench-e2e")
+        .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "100")
         .set("fetch.min.bytes", "1")
@@ -171,16 +173,8 @@ fn denied_cards() -> Vec<String> {
 fn publish_deny_list(address: SocketAddr) -> Result<()> {
     let producer = producer(address)?;
     for id in denied_cards() {
-        let mut record = BaseRecord::<str, str>::to("e2e-deny").key(&id).payload("{}").partition(0);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    producer.poll(Duration::from_millis(1));
-                    record = back;
-                }
-            }
-        }
+        let record = BaseRecord::<str, str>::to("e2e-deny").key(&id).payload("{}").partition(0);
+        send(&producer, record)?;
     }
     producer.flush(Duration::from_secs(30))?;
     std::thread::sleep(Duration::from_millis(800)); // the follower polls every 200 ms
@@ -208,7 +202,7 @@ impl Run {
 /// appear on `decisions`.
 fn offer(address: SocketAddr, decisions: &str, rate: f64, seconds: f64) -> Result<Run> {
     let producer = producer(address)?;
-    let consumer = consumer(address, decisions)?;
+    let consumer = consumer(address, decisions, "corelog-bench-e2e")?;
     let denied: std::collections::HashSet<String> = denied_cards().into_iter().collect();
     let stop = AtomicBool::new(false);
     let start = Instant::now() + Duration::from_millis(200);
@@ -271,21 +265,9 @@ fn offer(address: SocketAddr, decisions: &str, rate: f64, seconds: f64) -> Resul
                 if due_us >= WARMUP_MS * 1000 && denied.contains(&format!("c{}", payment.card)) {
                     expected.insert((partition, offset), due_us);
                 }
-                let mut record =
+                let record =
                     BaseRecord::to("payments").key(&key[..]).payload(&value[..]).partition(partition as i32);
-                loop {
-                    match producer.send(record) {
-                        Ok(()) => break,
-                        Err((error, back))
-                            if error.rdkafka_error_code()
-                                == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
-                        {
-                            producer.poll(Duration::from_millis(1));
-                            record = back;
-                        }
-                        Err((error, _)) => bail!("send: {error}"),
-                    }
-                }
+                send(&producer, record)?;
             }
             producer.poll(Duration::ZERO);
         }
@@ -314,18 +296,7 @@ fn offer(address: SocketAddr, decisions: &str, rate: f64, seconds: f64) -> Resul
 fn external_query(address: SocketAddr, stop: &AtomicBool) -> Result<()> {
     let def = Arc::new(QueryDef::parse(QUERY, "e2e")?);
     let fields = EventFields::new(&def);
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", address.to_string())
-        .set("group.id", "corelog-bench-external-query")
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "100")
-        .set("fetch.min.bytes", "1")
-        .create()?;
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..PARTITIONS as i32 {
-        assignment.add_partition_offset("payments", partition, Offset::Beginning)?;
-    }
-    consumer.assign(&assignment)?;
+    let consumer = consumer(address, "payments", "corelog-bench-external-query")?;
     let producer = producer(address)?;
     let deny = DenySet::from_ids(denied_cards());
     let mut operators: Vec<Operator> = (0..PARTITIONS).map(|_| Operator::new(def.clone())).collect();
@@ -358,19 +329,11 @@ fn external_query(address: SocketAddr, stop: &AtomicBool) -> Result<()> {
                 )
                 .as_bytes(),
             );
-            let mut record = BaseRecord::to("ext.decisions")
+            let record = BaseRecord::to("ext.decisions")
                 .key(&*decision.key)
                 .payload(&json[..])
                 .partition(partition as i32);
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((_, back)) => {
-                        producer.poll(Duration::from_millis(1));
-                        record = back;
-                    }
-                }
-            }
+            send(&producer, record)?;
         }
         producer.poll(Duration::ZERO);
     }

@@ -102,6 +102,31 @@ pub fn produce(args: &ProduceArgs) -> Result<u64> {
     produce_records(&args.brokers, &args.topic, records)
 }
 
+/// Hands `record` to `producer`, waiting (polling for deliveries) while its queue is
+/// full; any other refusal is an error.
+pub fn send<K, P, C>(
+    producer: &BaseProducer<C>,
+    mut record: BaseRecord<'_, K, P, C::DeliveryOpaque>,
+) -> Result<()>
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+    C: rdkafka::producer::ProducerContext,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((error, back))
+                if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
+            {
+                producer.poll(Duration::from_millis(1));
+                record = back;
+            }
+            Err((error, _)) => bail!("{error}"),
+        }
+    }
+}
+
 /// Produces `(key, value)` records with acks=all and idempotence, in order; returns how
 /// many were acknowledged. Stops at the first error.
 pub fn produce_records(
@@ -123,19 +148,7 @@ pub fn produce_records(
         if let Some(key) = &key {
             record = record.key(key);
         }
-        let mut pending = record;
-        loop {
-            match producer.send(pending) {
-                Ok(()) => break,
-                Err((error, back))
-                    if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
-                {
-                    producer.poll(Duration::from_millis(10));
-                    pending = back;
-                }
-                Err((error, _)) => bail!("record {}: {error}", index + 1),
-            }
-        }
+        send(&producer, record).with_context(|| format!("record {}", index + 1))?;
         sent += 1;
         producer.poll(Duration::ZERO);
     }

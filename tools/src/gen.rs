@@ -171,19 +171,8 @@ pub fn run(args: &GenArgs, mut on_sent: impl FnMut(&crate::payments::Payment)) -
         let payment = generator.next_payment_at(start_ms + (offset_us / 1000) as i64);
         payment.key(&mut key);
         payment.json(&mut value);
-        let mut record = BaseRecord::to(&args.topic).key(&key[..]).payload(&value[..]);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((error, back))
-                    if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
-                {
-                    producer.poll(Duration::from_millis(1));
-                    record = back;
-                }
-                Err((error, _)) => anyhow::bail!("event {i}: {error}"),
-            }
-        }
+        let record = BaseRecord::to(&args.topic).key(&key[..]).payload(&value[..]);
+        crate::client::send(&producer, record).with_context(|| format!("event {i}"))?;
         producer.poll(Duration::ZERO);
         report.sent += 1;
         report.late += u64::from(payment.late);
