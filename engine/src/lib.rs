@@ -10,6 +10,8 @@
 //!   a `sync` facade that `loom-tests` swaps for loom's types;
 //! * [`query`]: stream queries (windows, watermark, rules, deny-lists) run by the shard
 //!   that owns each source partition, right behind the durable append;
+//! * [`producers`]: idempotent producers' sequence state, snapshotted beside the log
+//!   and rebuilt from it on open;
 //! * [`landed`]: the lander's landed-offset registrations that retention honours;
 //! * [`io`]: the io_uring probe and the per-shard writer/flusher (group commit);
 //! * [`shard`] and [`Engine`]: shard threads pinned one per core, partition ownership,
@@ -46,6 +48,7 @@ pub mod io;
 pub mod kafka;
 pub mod landed;
 pub mod log;
+pub mod producers;
 pub mod query;
 pub mod ring;
 pub mod segment;

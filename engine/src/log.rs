@@ -18,7 +18,7 @@
 //! * after a sealed segment is found corrupt the partition is read-only, and reads stop
 //!   at the last intact offset before the damage.
 
-use crate::batch::{BatchError, BatchView};
+use crate::batch::{BatchError, BatchHeader, BatchView};
 use crate::segment::{self, OpenMode, Segment, SegmentError};
 use crate::watermark::HighWatermark;
 use bytes::{Bytes, BytesMut};
@@ -27,6 +27,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use zerocopy::FromBytes;
 
 /// Default segment size (`--segment-bytes`).
 pub const SEGMENT_BYTES_DEFAULT: u64 = 256 << 20;
@@ -392,6 +393,41 @@ impl PartitionLog {
     fn segment_for(&self, offset: i64) -> Option<&Segment> {
         let at = self.segments.partition_point(|s| s.base_offset() <= offset);
         at.checked_sub(1).map(|i| &self.segments[i])
+    }
+
+    /// Calls `visit` with the header of every batch that ends after `from`, in offset
+    /// order up to the high watermark, reading headers in place (no CRC check: the
+    /// bytes below the watermark were validated when appended or recovered). Used to
+    /// rebuild state kept beside the log, such as idempotent producers'.
+    pub fn for_each_header(&self, from: i64, mut visit: impl FnMut(&BatchHeader)) -> Result<(), ReadError> {
+        let high_watermark = self.high_watermark();
+        let from = from.max(self.log_start_offset());
+        let first = self.segments.partition_point(|s| s.next_offset() <= from);
+        for segment in self.segments.iter().skip(first) {
+            let window = segment.slice(0, segment.size());
+            let mut position =
+                if segment.base_offset() <= from { segment.lookup_position(from) as usize } else { 0 };
+            let mut scanned_through = segment.base_offset().max(from);
+            while position < window.len() && scanned_through < high_watermark {
+                let corrupt = |reason: String| ReadError::Corrupt { offset: scanned_through, reason };
+                let len = match crate::batch::frame_len(&window[position..]) {
+                    Some(Ok(len)) if position + len <= window.len() => len,
+                    Some(Err(error)) => return Err(corrupt(error.to_string())),
+                    _ => return Err(corrupt(format!("frame cut at byte {position}"))),
+                };
+                let (header, _) = BatchHeader::ref_from_prefix(&window[position..])
+                    .map_err(|_| corrupt(format!("header cut at byte {position}")))?;
+                scanned_through = header.base_offset.get() + i64::from(header.last_offset_delta.get()) + 1;
+                if scanned_through > from {
+                    visit(header);
+                }
+                position += len;
+            }
+            if scanned_through >= high_watermark {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Reads whole batches starting with the one holding `offset`, up to `max_bytes`

@@ -29,6 +29,7 @@
 use crate::engine::{Catalog, EngineConfig, EngineError, FlushMode, TopicPartition};
 use crate::io::SharedEventFd;
 use crate::log::{AppendError, Fetched, LogConfig, PartitionLog, ReadError, RecoveryReport};
+use crate::producers::{ProducerStates, Sequenced};
 use crate::query::runner::RunningQuery;
 use crate::ring::{mpsc, spsc, Doorbell};
 use bytes::BytesMut;
@@ -241,28 +242,9 @@ struct FlushState {
     dirty_sealed: Vec<(i64, Rc<tokio_uring::fs::File>)>,
 }
 
-/// Batches of one idempotent producer remembered for duplicate detection (Kafka keeps 5).
-pub const PRODUCER_BATCHES_REMEMBERED: usize = 5;
-
-/// What a partition remembers of an idempotent producer: its epoch and its last
-/// batches as (first sequence, last sequence, result).
-#[derive(Debug, Default)]
-struct ProducerState {
-    epoch: i16,
-    recent: VecDeque<(i32, i32, AppendResult)>,
-}
-
-/// The verdict on an idempotent batch.
-enum Sequenced {
-    /// Not idempotent, or the next batch: append it.
-    Append,
-    /// A retry of a batch already placed: answer with its result.
-    Duplicate(AppendResult),
-}
-
 pub(crate) struct Partition {
     tp: TopicPartition,
-    producers: RefCell<HashMap<i64, ProducerState>>,
+    producers: RefCell<ProducerStates>,
     pub(crate) log: RefCell<PartitionLog>,
     flush: RefCell<FlushState>,
     active_file: RefCell<Option<(usize, Rc<tokio_uring::fs::File>)>>,
@@ -288,9 +270,19 @@ impl Partition {
         let (log, report) = PartitionLog::open(&dir, log_config, clean, crate::engine::now_ms())
             .map_err(|e| storage_error(&tp, e))?;
         let offset = log.high_watermark();
+        let producers = match ProducerStates::recover(&log) {
+            Ok((producers, recovery)) => {
+                tracing::debug!(partition = %tp, ?recovery, producers = producers.len(), "producer state rebuilt");
+                producers
+            }
+            Err(error) => {
+                tracing::warn!(partition = %tp, "{error}; producers start without state");
+                ProducerStates::default()
+            }
+        };
         let partition = Self {
             tp,
-            producers: RefCell::new(HashMap::new()),
+            producers: RefCell::new(producers),
             log: RefCell::new(log),
             flush: RefCell::new(FlushState {
                 written_through: offset,
@@ -313,51 +305,6 @@ impl Partition {
                 *active = Some((key, uring.clone()));
                 Ok(uring)
             }
-        }
-    }
-
-    /// Checks an idempotent producer's sequence (Kafka's rules: the next batch follows
-    /// the last one; a retry of one of the last five is a duplicate; a newer epoch
-    /// starts over). A producer the partition has not seen since it opened is accepted
-    /// at any sequence: producer state is not persisted across restarts yet.
-    fn check_sequence(
-        &self,
-        producer_id: i64,
-        epoch: i16,
-        base_sequence: i32,
-    ) -> Result<Sequenced, EngineError> {
-        let producers = self.producers.borrow();
-        let Some(state) = producers.get(&producer_id) else { return Ok(Sequenced::Append) };
-        if epoch < state.epoch {
-            return Err(EngineError::InvalidProducerEpoch {
-                producer_id,
-                current: state.epoch,
-                found: epoch,
-            });
-        }
-        if epoch > state.epoch {
-            return Ok(Sequenced::Append);
-        }
-        if let Some((_, _, result)) = state.recent.iter().find(|(first, _, _)| *first == base_sequence) {
-            return Ok(Sequenced::Duplicate(*result));
-        }
-        let expected = state.recent.back().map_or(0, |(_, last, _)| last.wrapping_add(1) & i32::MAX);
-        if base_sequence != expected {
-            return Err(EngineError::OutOfOrderSequence { producer_id, expected, found: base_sequence });
-        }
-        Ok(Sequenced::Append)
-    }
-
-    fn remember(&self, producer_id: i64, epoch: i16, base_sequence: i32, records: i32, result: AppendResult) {
-        let mut producers = self.producers.borrow_mut();
-        let state = producers.entry(producer_id).or_default();
-        if epoch != state.epoch {
-            *state = ProducerState { epoch, recent: VecDeque::new() };
-        }
-        let last = base_sequence.wrapping_add(records - 1) & i32::MAX;
-        state.recent.push_back((base_sequence, last, result));
-        if state.recent.len() > PRODUCER_BATCHES_REMEMBERED {
-            state.recent.pop_front();
         }
     }
 
@@ -386,7 +333,8 @@ impl Partition {
     ) -> Result<AppendResult, EngineError> {
         let producer = crate::batch::producer_fields(&batch).filter(|(producer_id, ..)| *producer_id >= 0);
         if let Some((producer_id, epoch, base_sequence, _)) = producer {
-            if let Sequenced::Duplicate(result) = self.check_sequence(producer_id, epoch, base_sequence)? {
+            let verdict = self.producers.borrow().check(producer_id, epoch, base_sequence)?;
+            if let Sequenced::Duplicate(result) = verdict {
                 return self.wait_durable(result, ack).await;
             }
         }
@@ -395,8 +343,13 @@ impl Partition {
             other => EngineError::Append(other),
         })?;
         let result = AppendResult { base_offset: plan.base_offset, next_offset: plan.next_offset };
+        if plan.sealed_file.is_some() {
+            // The state before this batch is the state after every batch below the
+            // new segment's base.
+            self.snapshot_producers(plan.base_offset);
+        }
         if let Some((producer_id, epoch, base_sequence, records)) = producer {
-            self.remember(producer_id, epoch, base_sequence, records, result);
+            self.producers.borrow_mut().remember(producer_id, epoch, base_sequence, records, result);
         }
         if let Some(sealed) = &plan.sealed_file {
             let sealed = uring_file(sealed).map_err(|e| storage_error(&self.tp, e))?;
@@ -536,6 +489,26 @@ impl Partition {
         let _ = durable.wait_for(|d| d.offset >= next_offset || d.failed.is_some()).await;
         if let Err(error) = self.log.borrow_mut().close() {
             tracing::error!(partition = %self.tp, "close failed: {error}");
+            return;
+        }
+        self.snapshot_producers_of(&self.log.borrow());
+    }
+
+    /// Writes the producer snapshot for the log's end (a roll or a clean close: every
+    /// placed batch is in the state).
+    fn snapshot_producers_of(&self, log: &PartitionLog) {
+        self.snapshot_producers_at(log.dir(), log.next_offset());
+    }
+
+    fn snapshot_producers(&self, offset: i64) {
+        let dir = self.log.borrow().dir().to_path_buf();
+        self.snapshot_producers_at(&dir, offset);
+    }
+
+    fn snapshot_producers_at(&self, dir: &std::path::Path, offset: i64) {
+        if let Err(error) = self.producers.borrow().write_snapshot(dir, offset) {
+            // Harmless: the next open scans further back in the log.
+            tracing::warn!(partition = %self.tp, "producer snapshot at {offset}: {error}");
         }
     }
 
@@ -551,8 +524,10 @@ impl Partition {
         if let Some(floors) = landed_floors {
             log.set_retain_floor(Some(floors.get(&self.tp).copied().unwrap_or(0)));
         }
-        if let Err(error) = log.roll_if_old(now_ms) {
-            tracing::warn!(partition = %self.tp, "time-based roll failed: {error}");
+        match log.roll_if_old(now_ms) {
+            Ok(Some(_)) => self.snapshot_producers_of(&log),
+            Ok(None) => {}
+            Err(error) => tracing::warn!(partition = %self.tp, "time-based roll failed: {error}"),
         }
         match log.apply_retention(now_ms) {
             Ok(deleted) if !deleted.is_empty() => {

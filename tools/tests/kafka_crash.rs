@@ -1,7 +1,8 @@
 //! Crash safety through the Kafka protocol: confluent-kafka produces with acks=all while
 //! `corelog serve` is SIGKILLed at random (seeded) moments and restarted; afterwards
 //! every acknowledged message is readable at its acknowledged offset, in order per
-//! partition, with no gaps. Replay with `CORELOG_KAFKA_CRASH_SEED=<seed>`.
+//! partition, with no gaps, and no message is stored twice (the producer is idempotent
+//! and the broker rebuilds its producer state on restart). Replay with `CORELOG_KAFKA_CRASH_SEED=<seed>`.
 
 use rand::{Rng, SeedableRng};
 use std::io::{BufRead, BufReader};
@@ -84,6 +85,16 @@ fn acknowledged_messages_survive_sigkill_of_the_broker() {
             offset = fetched.next_offset;
         }
         assert_eq!(stored.len() as i64, high_watermark, "seed {seed}: no gaps in partition {partition}");
+        // The producer is idempotent and its state outlives the broker: a retry of a
+        // batch that was durable before a kill is answered, not appended again.
+        let mut seen = std::collections::HashMap::new();
+        for (offset, n) in &stored {
+            if let Some(first) = seen.insert(*n, *offset) {
+                panic!(
+                    "seed {seed}: value {n} stored twice in partition {partition}, at {first} and {offset}"
+                );
+            }
+        }
         for (offset, n) in mine {
             assert_eq!(
                 stored.get(&offset),
