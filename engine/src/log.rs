@@ -19,7 +19,7 @@
 //!   at the last intact offset before the damage.
 
 use crate::batch::{BatchError, BatchHeader, BatchView};
-use crate::segment::{self, OpenMode, Segment, SegmentError};
+use crate::segment::{self, CacheAdvice, OpenMode, Segment, SegmentError};
 use crate::watermark::HighWatermark;
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
@@ -45,9 +45,23 @@ pub struct LogConfig {
     pub retention_ms: Option<i64>,
     /// Delete the oldest sealed segments while the log is larger than this.
     pub retention_bytes: Option<u64>,
+    /// Page-cache window: at most about this many of the newest log bytes stay in the
+    /// page cache. Writeback of bytes more than half of it behind the end is started,
+    /// and bytes more than all of it behind the end are dropped from the cache, so a
+    /// steady append stream recycles its own pages instead of growing the cache (on
+    /// virtual machines a growing cache is much slower than a recycled one). Reads of
+    /// older bytes come from disk. 0 leaves the cache to the kernel.
+    pub cache_window_bytes: u64,
     /// Largest batch accepted.
     pub batch_bytes_max: usize,
 }
+
+/// Default [`LogConfig::cache_window_bytes`] (`--cache-window-bytes`).
+pub const CACHE_WINDOW_BYTES_DEFAULT: u64 = 64 << 20;
+/// Page-cache hints cover whole 2 MiB-aligned stretches: the page cache may hold
+/// large folios (up to 2 MiB), and a folio only leaves the cache when a hint covers
+/// all of it.
+const CACHE_ADVICE_ALIGN: u64 = 2 << 20;
 
 impl Default for LogConfig {
     fn default() -> Self {
@@ -56,6 +70,7 @@ impl Default for LogConfig {
             segment_ms: None,
             retention_ms: Some(7 * 24 * 3600 * 1000),
             retention_bytes: None,
+            cache_window_bytes: CACHE_WINDOW_BYTES_DEFAULT,
             batch_bytes_max: BATCH_BYTES_MAX_DEFAULT,
         }
     }
@@ -175,6 +190,16 @@ pub struct PartitionLog {
     high_watermark: Arc<HighWatermark>,
     read_only: Option<String>,
     retain_floor: Option<i64>,
+    /// Where page-cache writeback was last started and where pages were last dropped.
+    cache_written_back: CacheCursor,
+    cache_dropped: CacheCursor,
+}
+
+/// A position in the log for page-cache hints: (segment base offset, byte position).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct CacheCursor {
+    base_offset: i64,
+    position: u64,
 }
 
 impl PartitionLog {
@@ -241,7 +266,12 @@ impl PartitionLog {
             high_watermark: Arc::new(HighWatermark::new(0)),
             read_only,
             retain_floor: None,
+            cache_written_back: CacheCursor::default(),
+            cache_dropped: CacheCursor::default(),
         };
+        // Whatever the previous run left cached stays to the kernel: hints start at the end.
+        let end = log.cache_point(0);
+        (log.cache_written_back, log.cache_dropped) = (end, end);
         report.segments = log.segments.len();
         report.next_offset = log.next_offset();
         log.high_watermark.publish(log.next_offset());
@@ -387,12 +417,64 @@ impl PartitionLog {
         plan.file.sync_data().map_err(io)?;
         self.flush_indexes()?;
         self.publish_high_watermark(plan.next_offset);
+        self.trim_cache();
         Ok((plan.base_offset, plan.next_offset))
     }
 
     fn segment_for(&self, offset: i64) -> Option<&Segment> {
         let at = self.segments.partition_point(|s| s.base_offset() <= offset);
         at.checked_sub(1).map(|i| &self.segments[i])
+    }
+
+    /// Applies the page-cache window (see [`LogConfig::cache_window_bytes`]) after
+    /// bytes were written: starts writeback of bytes more than half the window behind
+    /// the end and drops bytes more than the whole window behind it. Cheap when there
+    /// is nothing new to do; the shard calls it after writes complete.
+    pub fn trim_cache(&mut self) {
+        let window = self.config.cache_window_bytes;
+        if window == 0 {
+            return;
+        }
+        let target = self.cache_point(window / 2);
+        self.cache_written_back =
+            self.advise_between(self.cache_written_back, target, CacheAdvice::StartWriteback);
+        let target = self.cache_point(window);
+        self.cache_dropped = self.advise_between(self.cache_dropped, target, CacheAdvice::Drop);
+    }
+
+    /// The log position `behind` bytes before the end (the start of the log if shorter).
+    fn cache_point(&self, behind: u64) -> CacheCursor {
+        let mut left = behind;
+        for segment in self.segments.iter().rev() {
+            if segment.size() >= left {
+                let position = segment.size() - left;
+                let position = position - position % CACHE_ADVICE_ALIGN;
+                return CacheCursor { base_offset: segment.base_offset(), position };
+            }
+            left -= segment.size();
+        }
+        let first = self.segments.front().expect("a log always has an active segment");
+        CacheCursor { base_offset: first.base_offset(), position: 0 }
+    }
+
+    /// Advises `from..to` segment by segment when `to` is past `from` (targets move in
+    /// [`CACHE_ADVICE_ALIGN`] steps, so most calls do nothing); returns the new cursor.
+    fn advise_between(&self, from: CacheCursor, to: CacheCursor, advice: CacheAdvice) -> CacheCursor {
+        if to.base_offset < from.base_offset
+            || to.base_offset == from.base_offset && to.position <= from.position
+        {
+            return from;
+        }
+        for segment in &self.segments {
+            let base = segment.base_offset();
+            if base < from.base_offset || base > to.base_offset {
+                continue;
+            }
+            let start = if base == from.base_offset { from.position } else { 0 };
+            let end = if base == to.base_offset { to.position } else { segment.size() };
+            segment.advise_cache(start, end, advice);
+        }
+        to
     }
 
     /// Calls `visit` with the header of every batch that ends after `from`, in offset

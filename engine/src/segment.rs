@@ -190,6 +190,16 @@ impl AsRef<[u8]> for MapOwner {
     }
 }
 
+/// Page-cache advice, see [`Segment::advise_cache`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheAdvice {
+    /// Start writing dirty pages back (`sync_file_range(SYNC_FILE_RANGE_WRITE)`).
+    StartWriteback,
+    /// Drop clean pages (`madvise(MADV_DONTNEED)` on our mapping, then
+    /// `posix_fadvise(POSIX_FADV_DONTNEED)`); dirty pages stay.
+    Drop,
+}
+
 /// One segment: the log file, its mapping and its in-memory indexes.
 #[derive(Debug)]
 pub struct Segment {
@@ -437,6 +447,45 @@ impl Segment {
     pub fn slice(&self, start: u64, end: u64) -> Bytes {
         assert!(start <= end && end <= self.size, "slice {start}..{end} beyond size {}", self.size);
         self.map.slice(start as usize..end as usize)
+    }
+
+    /// Page-cache advice for bytes `start..end` of the log file, shrunk inward to whole
+    /// pages. Advisory only: the file's contents never change, and errors are ignored
+    /// (the worst outcome is pages staying cached).
+    pub fn advise_cache(&self, start: u64, end: u64, advice: CacheAdvice) {
+        const PAGE: u64 = 4096;
+        let end = end.min(self.size);
+        let (start, end) = (start.next_multiple_of(PAGE), end - end % PAGE);
+        if start >= end {
+            return;
+        }
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&*self.log);
+        let len = (end - start) as i64;
+        match advice {
+            CacheAdvice::StartWriteback => {
+                // SAFETY: a plain syscall on a descriptor this segment owns; no memory
+                // is passed.
+                unsafe { libc::sync_file_range(fd, start as i64, len, libc::SYNC_FILE_RANGE_WRITE) };
+            }
+            CacheAdvice::Drop => {
+                // Pages this process has mapped are not dropped by fadvise: unmap them
+                // from our read mapping first. Readers holding slices of the range
+                // fault the same bytes back in from the file on their next access.
+                // SAFETY: the range lies inside this segment's live mapping (`end` is at
+                // most `size`, which is at most the mapped length) and is page-aligned
+                // (the mapping starts on a page); MADV_DONTNEED on a shared read-only
+                // file mapping discards page-table entries only, never file data.
+                unsafe {
+                    libc::madvise(
+                        self.map.as_ptr().add(start as usize) as *mut libc::c_void,
+                        len as usize,
+                        libc::MADV_DONTNEED,
+                    )
+                };
+                // SAFETY: as above, a plain syscall on our descriptor.
+                unsafe { libc::posix_fadvise(fd, start as i64, len, libc::POSIX_FADV_DONTNEED) };
+            }
+        }
     }
 
     /// The log file (shared with the shard's io_uring writes).

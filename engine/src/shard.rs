@@ -397,6 +397,7 @@ impl Partition {
             });
         }
         self.kick_flush(mode);
+        self.log.borrow_mut().trim_cache();
     }
 
     fn publish(&self, offset: i64) {

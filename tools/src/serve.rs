@@ -32,6 +32,10 @@ pub struct ServeArgs {
     /// Roll segments at this size in bytes.
     #[arg(long, default_value_t = engine::log::SEGMENT_BYTES_DEFAULT)]
     pub segment_bytes: u64,
+    /// Keep about this many of each partition's newest log bytes in the page cache
+    /// and drop older ones once written (0 leaves the cache to the kernel).
+    #[arg(long, default_value_t = engine::log::CACHE_WINDOW_BYTES_DEFAULT)]
+    pub cache_window_bytes: u64,
     /// Largest request frame accepted, in bytes.
     #[arg(long, default_value_t = engine::MAX_REQUEST_BYTES_DEFAULT)]
     pub max_request_bytes: usize,
@@ -71,6 +75,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     config.auto_create_partitions = (args.default_partitions > 0).then_some(args.default_partitions);
     config.log.retention_ms = (retention_ms > 0).then_some(retention_ms);
     config.log.segment_bytes = args.segment_bytes;
+    config.log.cache_window_bytes = args.cache_window_bytes;
     config.retain_until_landed = args.retain_until_landed;
     if let Some(cores) = args.cores {
         if cores == 0 {
