@@ -162,7 +162,20 @@ pub fn measure(server: &NatsServer, count: u64, paced_count: u64, size: usize, r
                     _ = tokio::time::sleep(at - now) => {}
                 }
             }
-            let ack = js.publish("paced", payload.clone()).await.map_err(|e| anyhow::anyhow!("publish: {e}"))?;
+            // Keep collecting acknowledgements while the publish waits: the client
+            // bounds unacknowledged publishes, and behind schedule nothing else polls them.
+            let publish = js.publish("paced", payload.clone());
+            tokio::pin!(publish);
+            let ack = loop {
+                tokio::select! {
+                    ack = &mut publish => break ack.map_err(|e| anyhow::anyhow!("publish: {e}"))?,
+                    Some((scheduled, ack)) = pending.next(), if !pending.is_empty() => {
+                        let (scheduled, ack): (Instant, Result<_, async_nats::jetstream::context::PublishError>) = (scheduled, ack);
+                        ack.map_err(|e| anyhow::anyhow!("ack: {e}"))?;
+                        paced_latency_us.record(scheduled.elapsed().as_micros() as u64)?;
+                    }
+                }
+            };
             pending.push(async move { (at, ack.await) });
         }
         while let Some((scheduled, ack)) = pending.next().await {
