@@ -1,5 +1,6 @@
-//! Kernel-facing I/O: the io_uring capability probe, the eventfd a shard parks on, and
-//! thread pinning.
+//! Kernel-facing I/O: the io_uring capability probe, the eventfd a shard parks on,
+//! thread pinning, and the helper thread that applies page-cache hints
+//! ([`apply_cache_hints`]) off the shards.
 //!
 //! The probe runs once at engine start-up and fails fast with one line when io_uring
 //! is missing or disabled (seccomp, `kernel.io_uring_disabled`, old kernels), naming the
@@ -119,4 +120,34 @@ pub fn pin_to_core(core: usize) -> bool {
     core_affinity::get_core_ids()
         .and_then(|ids| ids.get(core % ids.len().max(1)).copied())
         .is_some_and(core_affinity::set_for_current)
+}
+
+/// Hands page-cache hints to a helper thread (`corelog-cache`, started on first use and
+/// living as long as the process) that applies them, so a shard never blocks in
+/// `posix_fadvise` or `madvise`. Hints are advisory: if the thread cannot be started
+/// they are dropped.
+pub fn apply_cache_hints(hints: Vec<crate::segment::CacheHint>) {
+    use std::sync::mpsc::{channel, Sender};
+    use std::sync::OnceLock;
+    static HELPER: OnceLock<Option<Sender<Vec<crate::segment::CacheHint>>>> = OnceLock::new();
+    let helper = HELPER.get_or_init(|| {
+        let (sender, receiver) = channel::<Vec<crate::segment::CacheHint>>();
+        let started = std::thread::Builder::new().name("corelog-cache".into()).spawn(move || {
+            for hints in receiver {
+                hints.iter().for_each(crate::segment::CacheHint::apply);
+            }
+        });
+        match started {
+            Ok(_) => Some(sender),
+            Err(error) => {
+                tracing::warn!(
+                    "page-cache helper thread not started ({error}); the cache is left to the kernel"
+                );
+                None
+            }
+        }
+    });
+    if let Some(sender) = helper {
+        let _ = sender.send(hints);
+    }
 }

@@ -19,7 +19,7 @@
 //!   at the last intact offset before the damage.
 
 use crate::batch::{BatchError, BatchHeader, BatchView};
-use crate::segment::{self, CacheAdvice, OpenMode, Segment, SegmentError};
+use crate::segment::{self, CacheAdvice, CacheHint, OpenMode, Segment, SegmentError};
 use crate::watermark::HighWatermark;
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
@@ -58,10 +58,11 @@ pub struct LogConfig {
 
 /// Default [`LogConfig::cache_window_bytes`] (`--cache-window-bytes`).
 pub const CACHE_WINDOW_BYTES_DEFAULT: u64 = 64 << 20;
-/// Page-cache hints cover whole 2 MiB-aligned stretches: the page cache may hold
-/// large folios (up to 2 MiB), and a folio only leaves the cache when a hint covers
-/// all of it.
-const CACHE_ADVICE_ALIGN: u64 = 2 << 20;
+/// Page-cache hints cover whole stretches aligned to this: a multiple of 2 MiB because
+/// the page cache may hold large folios (up to 2 MiB) and a folio only leaves the
+/// cache when a hint covers all of it; 8 MiB so that the cost of dropping pages (it
+/// drains per-CPU page lists on every core) is paid once per 8 MiB appended.
+pub const CACHE_HINT_STEP_BYTES: u64 = 8 << 20;
 
 impl Default for LogConfig {
     fn default() -> Self {
@@ -417,7 +418,9 @@ impl PartitionLog {
         plan.file.sync_data().map_err(io)?;
         self.flush_indexes()?;
         self.publish_high_watermark(plan.next_offset);
-        self.trim_cache();
+        for hint in self.trim_cache() {
+            hint.apply();
+        }
         Ok((plan.base_offset, plan.next_offset))
     }
 
@@ -426,20 +429,25 @@ impl PartitionLog {
         at.checked_sub(1).map(|i| &self.segments[i])
     }
 
-    /// Applies the page-cache window (see [`LogConfig::cache_window_bytes`]) after
-    /// bytes were written: starts writeback of bytes more than half the window behind
-    /// the end and drops bytes more than the whole window behind it. Cheap when there
-    /// is nothing new to do; the shard calls it after writes complete.
-    pub fn trim_cache(&mut self) {
+    /// The page-cache window (see [`LogConfig::cache_window_bytes`]) after bytes were
+    /// written: hints to start writeback of bytes more than half the window behind the
+    /// end and to drop bytes more than the whole window behind it. Cheap when there is
+    /// nothing new to do; the shard calls it after writes complete.
+    ///
+    /// Returns the hints to apply ([`CacheHint::apply`]); usually none.
+    #[must_use = "the hints do nothing until applied"]
+    pub fn trim_cache(&mut self) -> Vec<CacheHint> {
         let window = self.config.cache_window_bytes;
+        let mut hints = Vec::new();
         if window == 0 {
-            return;
+            return hints;
         }
         let target = self.cache_point(window / 2);
         self.cache_written_back =
-            self.advise_between(self.cache_written_back, target, CacheAdvice::StartWriteback);
+            self.advise_between(self.cache_written_back, target, CacheAdvice::StartWriteback, &mut hints);
         let target = self.cache_point(window);
-        self.cache_dropped = self.advise_between(self.cache_dropped, target, CacheAdvice::Drop);
+        self.cache_dropped = self.advise_between(self.cache_dropped, target, CacheAdvice::Drop, &mut hints);
+        hints
     }
 
     /// The log position `behind` bytes before the end (the start of the log if shorter).
@@ -448,7 +456,7 @@ impl PartitionLog {
         for segment in self.segments.iter().rev() {
             if segment.size() >= left {
                 let position = segment.size() - left;
-                let position = position - position % CACHE_ADVICE_ALIGN;
+                let position = position - position % CACHE_HINT_STEP_BYTES;
                 return CacheCursor { base_offset: segment.base_offset(), position };
             }
             left -= segment.size();
@@ -457,9 +465,16 @@ impl PartitionLog {
         CacheCursor { base_offset: first.base_offset(), position: 0 }
     }
 
-    /// Advises `from..to` segment by segment when `to` is past `from` (targets move in
-    /// [`CACHE_ADVICE_ALIGN`] steps, so most calls do nothing); returns the new cursor.
-    fn advise_between(&self, from: CacheCursor, to: CacheCursor, advice: CacheAdvice) -> CacheCursor {
+    /// Collects hints for `from..to` segment by segment when `to` is past `from`
+    /// (targets move in [`CACHE_HINT_STEP_BYTES`] steps, so most calls add nothing);
+    /// returns the new cursor.
+    fn advise_between(
+        &self,
+        from: CacheCursor,
+        to: CacheCursor,
+        advice: CacheAdvice,
+        hints: &mut Vec<CacheHint>,
+    ) -> CacheCursor {
         if to.base_offset < from.base_offset
             || to.base_offset == from.base_offset && to.position <= from.position
         {
@@ -472,7 +487,7 @@ impl PartitionLog {
             }
             let start = if base == from.base_offset { from.position } else { 0 };
             let end = if base == to.base_offset { to.position } else { segment.size() };
-            segment.advise_cache(start, end, advice);
+            hints.extend(segment.cache_hint(start, end, advice));
         }
         to
     }

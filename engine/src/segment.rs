@@ -190,7 +190,7 @@ impl AsRef<[u8]> for MapOwner {
     }
 }
 
-/// Page-cache advice, see [`Segment::advise_cache`].
+/// Page-cache advice, see [`CacheHint`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheAdvice {
     /// Start writing dirty pages back (`sync_file_range(SYNC_FILE_RANGE_WRITE)`).
@@ -198,6 +198,48 @@ pub enum CacheAdvice {
     /// Drop clean pages (`madvise(MADV_DONTNEED)` on our mapping, then
     /// `posix_fadvise(POSIX_FADV_DONTNEED)`); dirty pages stay.
     Drop,
+}
+
+/// Page-cache advice for a page-aligned stretch of one segment's log file; see
+/// [`CacheHint::apply`].
+#[derive(Debug)]
+pub struct CacheHint {
+    file: Arc<File>,
+    /// The stretch in the segment's read mapping (keeps the mapping alive).
+    mapped: Bytes,
+    start: u64,
+    advice: CacheAdvice,
+}
+
+impl CacheHint {
+    /// Applies the advice. Advisory only: the file's contents never change, and
+    /// errors are ignored (the worst outcome is pages staying cached). It may block
+    /// (dropping pages drains per-CPU page lists on every core), so shards hand hints
+    /// to a helper thread rather than apply them.
+    pub fn apply(&self) {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&*self.file);
+        let len = self.mapped.len();
+        match self.advice {
+            CacheAdvice::StartWriteback => {
+                // SAFETY: a plain syscall on a descriptor we hold; no memory is passed.
+                unsafe {
+                    libc::sync_file_range(fd, self.start as i64, len as i64, libc::SYNC_FILE_RANGE_WRITE)
+                };
+            }
+            CacheAdvice::Drop => {
+                // Pages this process has mapped are not dropped by fadvise: unmap them
+                // from our read mapping first. Readers holding slices of the stretch
+                // fault the same bytes back in from the file on their next access.
+                // SAFETY: `mapped` is a live, page-aligned stretch of a read-only shared
+                // file mapping (the segment mapping starts on a page and `start` is a
+                // page multiple), kept alive by this hint; MADV_DONTNEED on it discards
+                // page-table entries only, never file data.
+                unsafe { libc::madvise(self.mapped.as_ptr() as *mut libc::c_void, len, libc::MADV_DONTNEED) };
+                // SAFETY: a plain syscall on a descriptor we hold.
+                unsafe { libc::posix_fadvise(fd, self.start as i64, len as i64, libc::POSIX_FADV_DONTNEED) };
+            }
+        }
+    }
 }
 
 /// One segment: the log file, its mapping and its in-memory indexes.
@@ -449,43 +491,19 @@ impl Segment {
         self.map.slice(start as usize..end as usize)
     }
 
-    /// Page-cache advice for bytes `start..end` of the log file, shrunk inward to whole
-    /// pages. Advisory only: the file's contents never change, and errors are ignored
-    /// (the worst outcome is pages staying cached).
-    pub fn advise_cache(&self, start: u64, end: u64, advice: CacheAdvice) {
+    /// A page-cache hint for bytes `start..end` of the log file, shrunk inward to whole
+    /// pages (`None` when no whole page is left). The hint holds the file and the
+    /// mapped stretch, so it may be applied later on any thread.
+    pub fn cache_hint(&self, start: u64, end: u64, advice: CacheAdvice) -> Option<CacheHint> {
         const PAGE: u64 = 4096;
         let end = end.min(self.size);
         let (start, end) = (start.next_multiple_of(PAGE), end - end % PAGE);
-        if start >= end {
-            return;
-        }
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&*self.log);
-        let len = (end - start) as i64;
-        match advice {
-            CacheAdvice::StartWriteback => {
-                // SAFETY: a plain syscall on a descriptor this segment owns; no memory
-                // is passed.
-                unsafe { libc::sync_file_range(fd, start as i64, len, libc::SYNC_FILE_RANGE_WRITE) };
-            }
-            CacheAdvice::Drop => {
-                // Pages this process has mapped are not dropped by fadvise: unmap them
-                // from our read mapping first. Readers holding slices of the range
-                // fault the same bytes back in from the file on their next access.
-                // SAFETY: the range lies inside this segment's live mapping (`end` is at
-                // most `size`, which is at most the mapped length) and is page-aligned
-                // (the mapping starts on a page); MADV_DONTNEED on a shared read-only
-                // file mapping discards page-table entries only, never file data.
-                unsafe {
-                    libc::madvise(
-                        self.map.as_ptr().add(start as usize) as *mut libc::c_void,
-                        len as usize,
-                        libc::MADV_DONTNEED,
-                    )
-                };
-                // SAFETY: as above, a plain syscall on our descriptor.
-                unsafe { libc::posix_fadvise(fd, start as i64, len, libc::POSIX_FADV_DONTNEED) };
-            }
-        }
+        (start < end).then(|| CacheHint {
+            file: self.log.clone(),
+            mapped: self.map.slice(start as usize..end as usize),
+            start,
+            advice,
+        })
     }
 
     /// The log file (shared with the shard's io_uring writes).

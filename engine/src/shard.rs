@@ -397,7 +397,10 @@ impl Partition {
             });
         }
         self.kick_flush(mode);
-        self.log.borrow_mut().trim_cache();
+        let hints = self.log.borrow_mut().trim_cache();
+        if !hints.is_empty() {
+            crate::io::apply_cache_hints(hints);
+        }
     }
 
     fn publish(&self, offset: i64) {

@@ -66,8 +66,10 @@ fn given_a_cache_window_when_the_log_grows_past_it_then_old_pages_leave_the_cach
     let path = dir.path().join(format!("{:020}.log", 0));
     let size = written.len();
     assert!(size as u64 > 3 * window, "the log outgrew the window: {size} bytes");
-    // Hints move in 2 MiB-aligned steps.
-    let dropped_end = (size - window as usize) / (2 << 20) * (2 << 20);
+    // Hints move in aligned steps.
+    let step = engine::log::CACHE_HINT_STEP_BYTES as usize;
+    let dropped_end = (size - window as usize) / step * step;
+    assert!(dropped_end >= step, "the test drops something");
     let dropped = resident_pages(&path, 0, dropped_end);
     assert!(
         dropped <= 8,
@@ -110,4 +112,56 @@ fn given_a_window_of_zero_then_the_cache_is_left_alone() {
     let end = size / PAGE * PAGE;
     let resident = resident_pages(&path, 0, end);
     assert!(resident * 2 > end / PAGE, "written pages stay cached ({resident} of {})", end / PAGE);
+}
+
+#[test]
+fn given_an_engine_then_its_shards_apply_the_window_off_the_data_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let window: u64 = 4 << 20;
+    let log = LogConfig { retention_ms: None, cache_window_bytes: window, ..LogConfig::default() };
+    let config = engine::EngineConfig {
+        shards: 1,
+        pin_threads: false,
+        flush: engine::FlushMode::Group,
+        log,
+        ..engine::EngineConfig::new(dir.path())
+    };
+    let engine = engine::Engine::open(config).unwrap();
+    engine.create_topic("cached", 1).unwrap();
+    let mut size = 0;
+    for i in 0..96u32 {
+        let mut builder = BatchBuilder::default();
+        for r in 0..256u32 {
+            builder.push(NOW_MS, None, Some(&[(i + r) as u8; 1000]));
+        }
+        let batch = builder.finish();
+        size += batch.len();
+        engine.append("cached", 0, batch).wait().unwrap();
+    }
+    let step = engine::log::CACHE_HINT_STEP_BYTES as usize;
+    let dropped_end = (size - window as usize) / step * step;
+    assert!(dropped_end >= 2 * step, "the test drops something");
+    let path = dir.path().join("cached-0").join(format!("{:020}.log", 0));
+    // The helper thread applies the hints shortly after the writes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut resident = resident_pages(&path, 0, dropped_end);
+    while resident > 8 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        resident = resident_pages(&path, 0, dropped_end);
+    }
+    assert!(resident <= 8, "{resident} pages more than the window behind the end are still cached");
+    // Everything still reads back, CRC-checked.
+    let (mut offset, mut records) = (0, 0);
+    while offset < 96 * 256 {
+        let fetched = engine.read("cached", 0, offset, 1 << 20).wait().unwrap();
+        let mut position = 0;
+        while position < fetched.bytes.len() {
+            let view = engine::batch::BatchView::parse(&fetched.bytes[position..]).unwrap();
+            records += view.record_count();
+            position += view.len();
+        }
+        offset = fetched.next_offset;
+    }
+    assert_eq!(records, 96 * 256);
+    engine.shutdown().unwrap();
 }
