@@ -346,7 +346,7 @@ impl Partition {
         if plan.sealed_file.is_some() {
             // The state before this batch is the state after every batch below the
             // new segment's base.
-            self.snapshot_producers(plan.base_offset);
+            self.snapshot_producers(&self.log.borrow(), plan.base_offset);
         }
         if let Some((producer_id, epoch, base_sequence, records)) = producer {
             self.producers.borrow_mut().remember(producer_id, epoch, base_sequence, records, result);
@@ -495,22 +495,15 @@ impl Partition {
             tracing::error!(partition = %self.tp, "close failed: {error}");
             return;
         }
-        self.snapshot_producers_of(&self.log.borrow());
+        let log = self.log.borrow();
+        self.snapshot_producers(&log, log.next_offset());
     }
 
-    /// Writes the producer snapshot for the log's end (a roll or a clean close: every
-    /// placed batch is in the state).
-    fn snapshot_producers_of(&self, log: &PartitionLog) {
-        self.snapshot_producers_at(log.dir(), log.next_offset());
-    }
-
-    fn snapshot_producers(&self, offset: i64) {
-        let dir = self.log.borrow().dir().to_path_buf();
-        self.snapshot_producers_at(&dir, offset);
-    }
-
-    fn snapshot_producers_at(&self, dir: &std::path::Path, offset: i64) {
-        if let Err(error) = self.producers.borrow().write_snapshot(dir, offset) {
+    /// Writes the producer snapshot for `offset` into the log's directory: the state
+    /// must hold exactly the batches below `offset` (a roll, before the batch that
+    /// starts the new segment is remembered; a clean close, at the log's end).
+    fn snapshot_producers(&self, log: &PartitionLog, offset: i64) {
+        if let Err(error) = self.producers.borrow().write_snapshot(log.dir(), offset) {
             // Harmless: the next open scans further back in the log.
             tracing::warn!(partition = %self.tp, "producer snapshot at {offset}: {error}");
         }
@@ -529,7 +522,7 @@ impl Partition {
             log.set_retain_floor(Some(floors.get(&self.tp).copied().unwrap_or(0)));
         }
         match log.roll_if_old(now_ms) {
-            Ok(Some(_)) => self.snapshot_producers_of(&log),
+            Ok(Some(_)) => self.snapshot_producers(&log, log.next_offset()),
             Ok(None) => {}
             Err(error) => tracing::warn!(partition = %self.tp, "time-based roll failed: {error}"),
         }
