@@ -48,6 +48,10 @@ pub struct KafkaArgs {
     /// Messages/s of the open-loop latency run (default: half of corelog's peak).
     #[arg(long)]
     pub rate: Option<f64>,
+    /// corelog's `--flush` mode (`group` is the durable one the targets are about;
+    /// `os` shows how much of the latency the syncs are).
+    #[arg(long, default_value = "group")]
+    pub flush: String,
 }
 
 struct Broker {
@@ -89,7 +93,7 @@ fn wait_listening(name: &str, address: SocketAddr, child: &mut Child) -> Result<
     Ok(())
 }
 
-fn start_corelog(dir: &Path) -> Result<Broker> {
+fn start_corelog(dir: &Path, flush: &str) -> Result<Broker> {
     let binary = std::env::current_exe()?.with_file_name("corelog");
     if !binary.exists() {
         bail!("{} not found: build it with `cargo build --release -p tools`", binary.display());
@@ -101,7 +105,7 @@ fn start_corelog(dir: &Path) -> Result<Broker> {
             "--listen",
             &address.to_string(),
             "--flush",
-            "group",
+            flush,
             "--default-partitions",
             &PARTITIONS.to_string(),
         ])
@@ -351,7 +355,7 @@ pub fn bench(args: &KafkaArgs) -> Result<Vec<Figure>> {
     let _ = std::fs::remove_dir_all(&base);
     std::fs::create_dir_all(&base)?;
     let (ours, rate) = {
-        let corelog = start_corelog(&base)?;
+        let corelog = start_corelog(&base, &args.flush)?;
         measure(&corelog, args, args.rate)?
     };
     let mut peers = Vec::new();

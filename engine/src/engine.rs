@@ -253,6 +253,20 @@ pub(crate) fn record_fsync(elapsed: std::time::Duration) {
     FSYNC_NANOS.fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
 }
 
+static SYNCED_WRITES: AtomicU64 = AtomicU64::new(0);
+
+/// An append written with `RWF_DSYNC` (write and sync in one io_uring operation).
+pub(crate) fn record_synced_write() {
+    metrics::counter!("corelog_synced_writes_total").increment(1);
+    SYNCED_WRITES.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Process-wide count of appends made durable by a synced write of their own (the
+/// group-commit path taken when an append finds its partition fully durable).
+pub fn synced_write_count() -> u64 {
+    SYNCED_WRITES.load(Ordering::Relaxed)
+}
+
 /// Process-wide counters: (group-commit syncs completed, total time in them).
 pub fn fsync_stats() -> (u64, std::time::Duration) {
     let count = FSYNC_COUNT.load(Ordering::Relaxed);

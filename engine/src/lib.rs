@@ -57,7 +57,7 @@ pub mod sync;
 pub mod watermark;
 
 pub use engine::{
-    fsync_stats, now_ms, Engine, EngineConfig, EngineError, FlushMode, Pending, TopicPartition, Via,
-    CLEAN_MARKER_FILE, LAYOUT_VERSION, MAX_REQUEST_BYTES_DEFAULT, META_FILE,
+    fsync_stats, now_ms, synced_write_count, Engine, EngineConfig, EngineError, FlushMode, Pending,
+    TopicPartition, Via, CLEAN_MARKER_FILE, LAYOUT_VERSION, MAX_REQUEST_BYTES_DEFAULT, META_FILE,
 };
 pub use shard::{AppendResult, PartitionInfo};

@@ -150,7 +150,8 @@ pub struct AppendPlan {
     /// The batch with its base offset stamped.
     pub bytes: BytesMut,
     /// When the append rolled the log: the sealed segment's file, which needs one more
-    /// sync before offsets in it are durable.
+    /// sync before offsets in it are durable. The partition's directory then needs a
+    /// sync too (it names the new segment) before this append is durable.
     pub sealed_file: Option<Arc<File>>,
 }
 
@@ -259,6 +260,7 @@ impl PartitionLog {
         }
         if segments.is_empty() {
             segments.push_back(Segment::create(dir, 0, config.map_len(), now_ms)?);
+            segment::sync_dir(dir)?;
         }
         let mut log = Self {
             dir: dir.to_path_buf(),
@@ -380,7 +382,8 @@ impl PartitionLog {
         full || old
     }
 
-    /// Seals the active segment and starts a new one; returns the sealed file.
+    /// Seals the active segment and starts a new one; returns the sealed file. The
+    /// directory entry of the new segment is not yet durable (see [`Segment::create`]).
     fn roll(&mut self, now_ms: i64) -> Result<Arc<File>, SegmentError> {
         let sealed = self.segments.back_mut().expect("non-empty");
         sealed.flush_indexes_sync()?;
@@ -391,6 +394,8 @@ impl PartitionLog {
     }
 
     /// Rolls the active segment if it is older than `segment_ms` (called on a timer).
+    /// After a roll the directory needs a sync before appends to the new segment are
+    /// durable, as with [`AppendPlan::sealed_file`].
     pub fn roll_if_old(&mut self, now_ms: i64) -> Result<Option<Arc<File>>, SegmentError> {
         if self.read_only.is_none()
             && self.should_roll(0, now_ms)
@@ -413,6 +418,7 @@ impl PartitionLog {
         let io = |source| AppendError::Storage(SegmentError::Io { path: self.dir.clone(), source });
         if let Some(sealed) = &plan.sealed_file {
             sealed.sync_data().map_err(io)?;
+            File::open(&self.dir).and_then(|dir| dir.sync_all()).map_err(io)?;
         }
         plan.file.write_all_at(&plan.bytes, plan.position).map_err(io)?;
         plan.file.sync_data().map_err(io)?;

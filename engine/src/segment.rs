@@ -276,6 +276,10 @@ impl Segment {
     }
 
     /// Creates an empty segment at `base_offset` whose log may grow to `map_len` bytes.
+    /// The new files' directory entries are not synced here: the caller makes the
+    /// directory durable ([`sync_dir`], or an fsync of it through the shard's io_uring)
+    /// before any offset in this segment is acknowledged, so a roll never blocks a shard
+    /// thread on a journal commit.
     pub fn create(dir: &Path, base_offset: i64, map_len: u64, now_ms: i64) -> Result<Self, SegmentError> {
         assert!(base_offset >= 0);
         let stem = file_stem(base_offset);
@@ -291,7 +295,6 @@ impl Segment {
             let path = dir.join(format!("{stem}.{extension}"));
             File::create(&path).map_err(io_error(&path))?;
         }
-        sync_dir(dir)?;
         let map = Self::map_file(&log, &log_path, map_len)?;
         Ok(Self {
             base_offset,

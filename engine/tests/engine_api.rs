@@ -126,6 +126,53 @@ fn given_each_flush_mode_when_appending_concurrently_then_every_ack_is_readable(
 }
 
 #[test]
+fn given_one_append_at_a_time_when_flushing_by_group_then_each_is_one_synced_write_and_survives_rolls() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path(), 1, FlushMode::Group);
+    config.log.segment_bytes = 1024;
+    let engine = Engine::open(config.clone()).unwrap();
+    engine.create_topic("s", 1).unwrap();
+    let synced_before = engine::synced_write_count();
+    let mut next_offset = 0;
+    for i in 0..60 {
+        let ack = engine.append("s", 0, batch(4, &format!("s{i}"))).wait().unwrap();
+        assert_eq!((ack.base_offset, ack.next_offset), (next_offset, next_offset + 4));
+        next_offset = ack.next_offset;
+        let info = engine.partition_info("s", 0).wait().unwrap();
+        assert_eq!(info.high_watermark, next_offset, "acknowledged means published");
+    }
+    let info = engine.partition_info("s", 0).wait().unwrap();
+    assert!(info.segments > 5, "the appends rolled the log: {info:?}");
+    let synced = engine::synced_write_count() - synced_before;
+    // An append that rolls the log syncs the sealed segment and the directory too, so
+    // it takes the plain path; every other one finds the partition durable.
+    assert!(synced >= 60 - info.segments as u64 && synced < 60, "{synced} synced writes, {info:?}");
+    let pending: Vec<_> = (0..200).map(|i| engine.append("s", 0, batch(1, &format!("c{i}")))).collect();
+    for pending in pending {
+        pending.wait().unwrap();
+    }
+    assert!(engine::synced_write_count() - synced_before < 60 + 200, "a burst shares syncs");
+    engine.shutdown().unwrap();
+
+    let engine = Engine::open(config).unwrap();
+    let info = engine.partition_info("s", 0).wait().unwrap();
+    assert_eq!((info.log_start_offset, info.high_watermark), (0, 440));
+    let mut offset = 0;
+    while offset < 440 {
+        let fetched = engine.read("s", 0, offset, 1 << 20).wait().unwrap();
+        let mut position = 0;
+        while position < fetched.bytes.len() {
+            // parse checks the CRC.
+            let view = BatchView::parse(&fetched.bytes[position..]).unwrap();
+            assert_eq!(view.base_offset(), offset);
+            offset += i64::from(view.record_count());
+            position += view.len();
+        }
+    }
+    engine.shutdown().unwrap();
+}
+
+#[test]
 fn given_bad_requests_then_precise_errors_and_the_log_is_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::open(config(dir.path(), 2, FlushMode::Group)).unwrap();
