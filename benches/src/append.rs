@@ -38,6 +38,10 @@ pub struct AppendArgs {
     /// Run only the scenarios whose name contains this text.
     #[arg(long)]
     pub only: Option<String>,
+    /// The engine's page-cache window per partition (`--cache-window-bytes` of
+    /// `corelog serve`; 0 leaves the cache to the kernel).
+    #[arg(long, default_value_t = engine::log::CACHE_WINDOW_BYTES_DEFAULT)]
+    pub cache_window_bytes: u64,
 }
 
 impl AppendArgs {
@@ -79,6 +83,7 @@ fn batches(record_bytes: usize, batch_bytes: usize, total_bytes: u64) -> (Vec<By
 
 fn run(
     dir: &Path,
+    cache_window_bytes: u64,
     flush: FlushMode,
     partitions: u32,
     in_flight: usize,
@@ -86,7 +91,8 @@ fn run(
     records_per_batch: usize,
 ) -> Result<Run> {
     let _ = std::fs::remove_dir_all(dir);
-    let config = EngineConfig { flush, ..EngineConfig::new(dir) };
+    let mut config = EngineConfig { flush, ..EngineConfig::new(dir) };
+    config.log.cache_window_bytes = cache_window_bytes;
     let engine = Engine::open(config).context("opening the engine")?;
     engine.create_topic("bench", partitions)?;
     let total_bytes: u64 = work.iter().map(|b| b.len() as u64).sum();
@@ -164,7 +170,7 @@ pub fn bench(args: &AppendArgs) -> Result<Vec<Figure>> {
         }
         let (work, records) = batches(1024, BATCH_BYTES, total_bytes);
         quiesce();
-        let result = run(&data, flush, 1, IN_FLIGHT_PER_PARTITION, work, records)?;
+        let result = run(&data, args.cache_window_bytes, flush, 1, IN_FLIGHT_PER_PARTITION, work, records)?;
         emit(Figure {
             scenario: format!("append-1p-1k-{flush}"),
             name: "throughput".into(),
@@ -182,7 +188,7 @@ pub fn bench(args: &AppendArgs) -> Result<Vec<Figure>> {
             let (work, records) = batches(record_bytes, BATCH_BYTES, total_bytes);
             quiesce();
             let on_disk_record_bytes = work[0].len() as f64 / records as f64;
-            let result = run(&data, FlushMode::Group, partitions, IN_FLIGHT_PER_PARTITION, work, records)?;
+            let result = run(&data, args.cache_window_bytes, FlushMode::Group, partitions, IN_FLIGHT_PER_PARTITION, work, records)?;
             emit(Figure {
                 scenario: scenario.clone(),
                 name: "throughput".into(),
@@ -213,7 +219,7 @@ pub fn bench(args: &AppendArgs) -> Result<Vec<Figure>> {
     let appends: u64 = if args.quick { 2_000 } else { 10_000 };
     let (work, records) = batches(1024, LATENCY_BATCH_BYTES, appends * LATENCY_BATCH_BYTES as u64);
     quiesce();
-    let result = run(&data, FlushMode::Group, 1, 1, work, records)?;
+    let result = run(&data, args.cache_window_bytes, FlushMode::Group, 1, 1, work, records)?;
     for (name, quantile, fio_ns) in [
         ("p50", 0.5, reference.map(|r| r.fdatasync_p50_ns)),
         ("p99", 0.99, reference.map(|r| r.fdatasync_p99_ns)),
