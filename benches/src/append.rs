@@ -127,6 +127,15 @@ fn run(
     })
 }
 
+/// Appends of the latency run (and fdatasyncs of fio's reference for it).
+fn latency_appends(args: &AppendArgs) -> u64 {
+    if args.quick {
+        2_000
+    } else {
+        10_000
+    }
+}
+
 /// Runs the scenario and returns its figures (also printed as RESULT lines).
 pub fn bench(args: &AppendArgs) -> Result<Vec<Figure>> {
     let base = args.dir.clone().unwrap_or_else(|| crate::report::bench_dir().join("data"));
@@ -136,7 +145,13 @@ pub fn bench(args: &AppendArgs) -> Result<Vec<Figure>> {
     quiesce();
     let reference = if fio::available() {
         let fio_bytes = if args.quick { 512 << 20 } else { 2 << 30 };
-        match fio::measure(&base.join("fio"), BATCH_BYTES, fio_bytes, LATENCY_BATCH_BYTES) {
+        match fio::measure(
+            &base.join("fio"),
+            BATCH_BYTES,
+            fio_bytes,
+            LATENCY_BATCH_BYTES,
+            latency_appends(args),
+        ) {
             Ok(reference) => Some(reference),
             Err(error) => {
                 eprintln!("note: fio reference failed ({error:#}); figures print without ratios");
@@ -188,7 +203,15 @@ pub fn bench(args: &AppendArgs) -> Result<Vec<Figure>> {
             let (work, records) = batches(record_bytes, BATCH_BYTES, total_bytes);
             quiesce();
             let on_disk_record_bytes = work[0].len() as f64 / records as f64;
-            let result = run(&data, args.cache_window_bytes, FlushMode::Group, partitions, IN_FLIGHT_PER_PARTITION, work, records)?;
+            let result = run(
+                &data,
+                args.cache_window_bytes,
+                FlushMode::Group,
+                partitions,
+                IN_FLIGHT_PER_PARTITION,
+                work,
+                records,
+            )?;
             emit(Figure {
                 scenario: scenario.clone(),
                 name: "throughput".into(),
@@ -216,8 +239,8 @@ pub fn bench(args: &AppendArgs) -> Result<Vec<Figure>> {
     if !args.wants("append-latency-group") {
         return Ok(figures);
     }
-    let appends: u64 = if args.quick { 2_000 } else { 10_000 };
-    let (work, records) = batches(1024, LATENCY_BATCH_BYTES, appends * LATENCY_BATCH_BYTES as u64);
+    let (work, records) =
+        batches(1024, LATENCY_BATCH_BYTES, latency_appends(args) * LATENCY_BATCH_BYTES as u64);
     quiesce();
     let result = run(&data, args.cache_window_bytes, FlushMode::Group, 1, 1, work, records)?;
     for (name, quantile, fio_ns) in [

@@ -36,12 +36,16 @@ fn run_json(args: &[String]) -> Result<serde_json::Value> {
     serde_json::from_slice(&output.stdout).context("parsing fio's JSON")
 }
 
-/// Runs both fio jobs in `dir` (same file system as the engine's data).
+/// Runs both fio jobs in `dir` (same file system as the engine's data). The sync job
+/// makes `sync_count` writes of `sync_block_bytes`, each followed by `fdatasync`: as
+/// many as the engine's latency run appends, so both percentiles come from runs of the
+/// same length (a longer run meets more of the disk's rare slow flushes).
 pub fn measure(
     dir: &Path,
     block_bytes: usize,
     size_bytes: u64,
     sync_block_bytes: usize,
+    sync_count: u64,
 ) -> Result<FioReference> {
     std::fs::create_dir_all(dir)?;
     let file = dir.join("fio-seqwrite.dat");
@@ -63,7 +67,7 @@ pub fn measure(
         format!("--filename={}", file.display()),
         "--rw=write".into(),
         format!("--bs={sync_block_bytes}"),
-        format!("--size={}", (sync_block_bytes as u64 * 2000).min(size_bytes)),
+        format!("--size={}", sync_block_bytes as u64 * sync_count),
         "--ioengine=psync".into(),
         "--fdatasync=1".into(),
     ])?;
