@@ -79,3 +79,43 @@ pub fn measure(
         fdatasync_p99_ns: percentiles["99.000000"].as_f64().context("fio sync p99")?,
     })
 }
+
+/// What the disk gives a broker that makes every write durable at a given load: `files`
+/// fio jobs, each writing `bytes_per_s` in `block_bytes` writes paced by the clock, every
+/// write followed by `fdatasync`, for `seconds`. Returns fdatasync latency (p50, p99) in
+/// ns: a floor for acks=all produce latency at that load on this machine, whatever the
+/// broker does above the file system.
+pub fn paced_sync(
+    dir: &Path,
+    files: usize,
+    bytes_per_s: u64,
+    block_bytes: usize,
+    seconds: u64,
+) -> Result<(f64, f64)> {
+    assert!(files > 0 && block_bytes > 0 && seconds > 0);
+    std::fs::create_dir_all(dir)?;
+    let sync = run_json(&[
+        "--name=paced".into(),
+        format!("--directory={}", dir.display()),
+        format!("--numjobs={files}"),
+        "--rw=write".into(),
+        format!("--bs={block_bytes}"),
+        format!("--rate={bytes_per_s}"),
+        format!("--size={}", bytes_per_s * seconds * 2),
+        format!("--runtime={seconds}"),
+        "--time_based".into(),
+        "--ioengine=psync".into(),
+        "--fdatasync=1".into(),
+        "--group_reporting".into(),
+    ]);
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        entries.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("paced.")).for_each(|e| {
+            let _ = std::fs::remove_file(e.path());
+        });
+    }
+    let percentiles = &sync?["jobs"][0]["sync"]["lat_ns"]["percentile"];
+    Ok((
+        percentiles["50.000000"].as_f64().context("fio sync p50")?,
+        percentiles["99.000000"].as_f64().context("fio sync p99")?,
+    ))
+}

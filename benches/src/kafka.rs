@@ -2,7 +2,8 @@
 //! library (`rdkafka`), against peer brokers started on the same machine in the same
 //! run.
 //!
-//! * corelog: `corelog serve --flush group` (found next to this binary).
+//! * corelog: `corelog serve --flush group` (found next to this binary; `--flush os`
+//!   shows how much of the latency is the syncs).
 //! * tansu (crates.io, `cargo install tansu --features libsql`): found on PATH, run
 //!   with SQLite storage in a temporary directory.
 //! * NATS JetStream (Debian's `nats-server`, found on PATH): it does not speak the
@@ -13,6 +14,12 @@
 //! p50/p99 at full speed and at half of corelog's peak rate (open loop: sends are paced
 //! by the clock, latency runs from the scheduled send time, so a stall is counted), and
 //! consume throughput from the beginning.
+//!
+//! The paced latency is also set against the disk itself: `fio` (when on PATH) writes
+//! the same bytes per second to as many files as the topic has partitions, one
+//! `linger.ms` of a partition's messages per write, each write followed by
+//! `fdatasync` (`p50_vs_disk`, `p99_vs_disk`). No broker that acknowledges acks=all
+//! only after an fdatasync can beat that floor on this machine.
 
 use crate::report::Figure;
 use anyhow::{bail, Context, Result};
@@ -349,6 +356,34 @@ fn measure(broker: &Broker, args: &KafkaArgs, half_rate: Option<f64>) -> Result<
     ))
 }
 
+/// fdatasync latency (p50, p99 in ms) of fio writing the paced run's load to
+/// [`PARTITIONS`] files, each write (one `linger.ms` of a partition's messages, at least
+/// 4 KiB) followed by a sync; `None` without fio.
+fn disk_floor(base: &Path, args: &KafkaArgs, rate: f64) -> Option<(f64, f64)> {
+    if !crate::fio::available() {
+        return None;
+    }
+    let bytes_per_s = (rate * args.size as f64 / PARTITIONS as f64) as u64;
+    let block_bytes = ((bytes_per_s / 1000) as usize).next_multiple_of(4096).max(4096);
+    let seconds = if args.quick { 3 } else { 10 };
+    match crate::fio::paced_sync(&base.join("fio"), PARTITIONS as usize, bytes_per_s, block_bytes, seconds) {
+        Ok((p50_ns, p99_ns)) => {
+            eprintln!(
+                "fio, {PARTITIONS} files at {:.1} MB/s each in {} KiB writes, each followed by fdatasync: sync p50 {:.2} ms p99 {:.2} ms",
+                bytes_per_s as f64 / 1e6,
+                block_bytes >> 10,
+                p50_ns / 1e6,
+                p99_ns / 1e6
+            );
+            Some((p50_ns / 1e6, p99_ns / 1e6))
+        }
+        Err(error) => {
+            eprintln!("note: fio's paced reference failed ({error:#}); no disk ratio");
+            None
+        }
+    }
+}
+
 /// Runs the scenario and returns its figures (also printed as RESULT lines).
 pub fn bench(args: &KafkaArgs) -> Result<Vec<Figure>> {
     let base = args.dir.clone().unwrap_or_else(|| crate::report::bench_dir().join("kafka"));
@@ -426,6 +461,22 @@ pub fn bench(args: &KafkaArgs) -> Result<Vec<Figure>> {
     };
     emit(&paced, "p50", ours.half_rate_p50_ms, "ms", best(|m| m.half_rate_p50_ms, false));
     emit(&paced, "p99", ours.half_rate_p99_ms, "ms", best(|m| m.half_rate_p99_ms, false));
+    if let Some((disk_p50_ms, disk_p99_ms)) = disk_floor(&base, args, rate) {
+        emit(
+            &paced,
+            "p50_vs_disk",
+            ours.half_rate_p50_ms,
+            "ms",
+            Some(("fio-paced-fdatasync".into(), disk_p50_ms)),
+        );
+        emit(
+            &paced,
+            "p99_vs_disk",
+            ours.half_rate_p99_ms,
+            "ms",
+            Some(("fio-paced-fdatasync".into(), disk_p99_ms)),
+        );
+    }
     emit("kafka-consume", "throughput", ours.consume_mb_per_s, "MB/s", best(|m| m.consume_mb_per_s, true));
     Ok(figures)
 }
