@@ -242,8 +242,12 @@ struct FlushState {
     sync_requested_through: i64,
     /// Sealed segment files that may hold unsynced data, and directories whose new
     /// entries are not yet durable, with the offset a sync must cover to clean them.
-    dirty_sealed: Vec<(i64, Rc<tokio_uring::fs::File>)>,
+    dirty_sealed: Vec<(i64, SyncFile)>,
 }
+
+/// A file a sync covers, and whether it needs a full `fsync` rather than `fdatasync`:
+/// a directory does, since ext4 may leave a new entry (metadata) out of an fdatasync.
+type SyncFile = (Rc<tokio_uring::fs::File>, bool);
 
 impl FlushState {
     /// Nothing placed is unwritten, nothing written is unsynced and no sync runs: every
@@ -450,8 +454,12 @@ impl Partition {
         let dir = std::fs::File::open(self.log.borrow().dir()).map_err(|e| storage_error(&self.tp, e))?;
         let sealed = uring_file(sealed).map_err(|e| storage_error(&self.tp, e))?;
         let mut flush = self.flush.borrow_mut();
-        flush.dirty_sealed.push((base_offset, sealed));
-        flush.dirty_sealed.push((base_offset, Rc::new(tokio_uring::fs::File::from_std(dir))));
+        // A sync already running when the roll happened may have `base_offset` as its
+        // target: it synced the sealed file (then the active one), so it may clean that
+        // entry, but not the directory's, whose new entry it never saw. Only a sync
+        // covering an offset of the new segment started after the roll.
+        flush.dirty_sealed.push((base_offset, (sealed, false)));
+        flush.dirty_sealed.push((base_offset + 1, (Rc::new(tokio_uring::fs::File::from_std(dir)), true)));
         Ok(())
     }
 
@@ -517,20 +525,21 @@ impl Partition {
         assert!(target > requested && target <= flush.written_through, "a sync covers only written bytes");
         flush.syncs_in_flight += 1;
         flush.sync_requested_through = target;
-        let mut files: Vec<_> = flush.dirty_sealed.iter().map(|(_, file)| file.clone()).collect();
+        let mut files: Vec<SyncFile> = flush.dirty_sealed.iter().map(|(_, file)| file.clone()).collect();
         drop(flush);
         if let Some((_, active)) = &*self.active_file.borrow() {
-            files.push(active.clone());
+            files.push((active.clone(), false));
         }
         let partition = self.clone();
         tokio_uring::spawn(async move { partition.sync(files, target, mode).await });
     }
 
-    async fn sync(self: Rc<Self>, files: Vec<Rc<tokio_uring::fs::File>>, target: i64, mode: FlushMode) {
+    async fn sync(self: Rc<Self>, files: Vec<SyncFile>, target: i64, mode: FlushMode) {
         let started = std::time::Instant::now();
-        for file in files {
-            if let Err(error) = file.sync_data().await {
-                self.fail(format!("fdatasync: {error}"));
+        for (file, full) in files {
+            let synced = if full { file.sync_all().await } else { file.sync_data().await };
+            if let Err(error) = synced {
+                self.fail(format!("{}: {error}", if full { "fsync" } else { "fdatasync" }));
                 self.flush.borrow_mut().syncs_in_flight -= 1;
                 return;
             }
