@@ -278,9 +278,11 @@ impl PartitionLog {
         report.segments = log.segments.len();
         report.next_offset = log.next_offset();
         log.high_watermark.publish(log.next_offset());
+        let sealed_count = log.segments.len() - 1;
         for segment in &mut log.segments {
             segment.flush_indexes_sync()?;
         }
+        log.segments.iter_mut().take(sealed_count).for_each(Segment::release_index_files);
         Ok((log, report))
     }
 
@@ -387,6 +389,7 @@ impl PartitionLog {
     fn roll(&mut self, now_ms: i64) -> Result<Arc<File>, SegmentError> {
         let sealed = self.segments.back_mut().expect("non-empty");
         sealed.flush_indexes_sync()?;
+        sealed.release_index_files();
         let sealed_file = sealed.log_file().clone();
         let base = sealed.next_offset();
         self.segments.push_back(Segment::create(&self.dir, base, self.config.map_len(), now_ms)?);

@@ -258,6 +258,9 @@ pub struct Segment {
     index_flushed: usize,
     time_index_flushed: usize,
     bytes_since_index: u64,
+    /// The `.index` and `.timeindex` files, opened on the first flush and kept while
+    /// the segment is active (no open and close per sync on the shard thread).
+    index_files: Option<[File; 2]>,
 }
 
 impl Segment {
@@ -310,6 +313,7 @@ impl Segment {
             index_flushed: 0,
             time_index_flushed: 0,
             bytes_since_index: 0,
+            index_files: None,
         })
     }
 
@@ -363,6 +367,7 @@ impl Segment {
             index,
             time_index,
             bytes_since_index: 0,
+            index_files: None,
         };
         let mut batches = Vec::new();
         let scan = scan_batches(file_bytes, start, start_offset, |position, view| {
@@ -453,15 +458,29 @@ impl Segment {
     pub fn flush_indexes_sync(&mut self) -> Result<(), SegmentError> {
         if let Some((index_position, index_bytes, time_position, time_bytes)) = self.take_unflushed_indexes()
         {
-            for (extension, position, bytes) in
-                [("index", index_position, index_bytes), ("timeindex", time_position, time_bytes)]
-            {
-                let path = self.path(extension);
-                let file = OpenOptions::new().write(true).open(&path).map_err(io_error(&path))?;
-                file.write_all_at(&bytes, position).map_err(io_error(&path))?;
+            if self.index_files.is_none() {
+                let open = |extension| {
+                    let path = self.path(extension);
+                    OpenOptions::new().write(true).open(&path).map_err(io_error(&path))
+                };
+                self.index_files = Some([open("index")?, open("timeindex")?]);
+            }
+            let files = self.index_files.as_ref().expect("opened above");
+            for (file, extension, position, bytes) in [
+                (&files[0], "index", index_position, index_bytes),
+                (&files[1], "timeindex", time_position, time_bytes),
+            ] {
+                file.write_all_at(&bytes, position)
+                    .map_err(|source| SegmentError::Io { path: self.path(extension), source })?;
             }
         }
         Ok(())
+    }
+
+    /// Closes the index files [`Segment::flush_indexes_sync`] keeps open (a sealed
+    /// segment's indexes change no more; a later flush opens them again).
+    pub fn release_index_files(&mut self) {
+        self.index_files = None;
     }
 
     /// Finds the file position from which to scan for `offset`: the start of the

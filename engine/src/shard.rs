@@ -432,9 +432,6 @@ impl Partition {
             // copy is a few percent of it).
             crate::engine::record_fsync(started.elapsed());
             crate::engine::record_synced_write();
-            if let Err(error) = self.log.borrow_mut().flush_indexes() {
-                tracing::warn!(partition = %self.tp, "index write failed (rebuilt on recovery): {error}");
-            }
             let mut flush = self.flush.borrow_mut();
             // No later append is covered: only this one's bytes were synced.
             flush.sync_requested_through = flush.sync_requested_through.max(plan.next_offset);
@@ -443,6 +440,7 @@ impl Partition {
         if whole {
             self.flush.borrow_mut().unsynced_ends.retain(|end| *end > plan.next_offset);
             self.publish(plan.next_offset);
+            self.flush_indexes_later();
         }
         Ok(())
     }
@@ -545,9 +543,6 @@ impl Partition {
             }
         }
         crate::engine::record_fsync(started.elapsed());
-        if let Err(error) = self.log.borrow_mut().flush_indexes() {
-            tracing::warn!(partition = %self.tp, "index write failed (rebuilt on recovery): {error}");
-        }
         {
             let mut flush = self.flush.borrow_mut();
             flush.syncs_in_flight -= 1;
@@ -559,7 +554,21 @@ impl Partition {
         // A later sync may have finished first and published a larger offset.
         let published = self.log.borrow().high_watermark();
         self.publish(target.max(published));
+        self.flush_indexes_later();
         self.kick_flush(mode);
+    }
+
+    /// Writes index entries gathered since the last sync to the index files in a task
+    /// of its own, queued behind the waiters a publish just woke: readers use the
+    /// in-memory index and recovery checks the files against the log, so no
+    /// acknowledgement waits for these writes.
+    fn flush_indexes_later(self: &Rc<Self>) {
+        let partition = self.clone();
+        tokio_uring::spawn(async move {
+            if let Err(error) = partition.log.borrow_mut().flush_indexes() {
+                tracing::warn!(partition = %partition.tp, "index write failed (rebuilt on recovery): {error}");
+            }
+        });
     }
 
     fn info(&self) -> PartitionInfo {
