@@ -554,7 +554,9 @@ mod tests {
         let (without, _) =
             scheduler(2, false, Injection::default()).run_stage("plain", 40, &progress, work).unwrap();
         assert_eq!(with, without, "speculation never changes results");
-        assert!(report.speculated > 0 && report.speculation_won > 0, "{report:?}");
+        // Whether a copy beats its original is a race (both may be near done); that
+        // copies are launched, and the loser's time counted, is not.
+        assert!(report.speculated > 0, "{report:?}");
         assert!(report.wasted > Duration::ZERO, "the cancelled originals count as wasted time: {report:?}");
     }
 }
