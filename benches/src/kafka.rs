@@ -15,6 +15,14 @@
 //! by the clock, latency runs from the scheduled send time, so a stall is counted), and
 //! consume throughput from the beginning.
 //!
+//! Debian's NATS (2.9) cannot sync every write, so its figures are at page-cache
+//! durability; corelog then also runs with `--flush os` for one produce throughput at
+//! equal durability (`kafka-produce-unsynced`).
+//!
+//! `CORELOG_BENCH_SERVE_ARGS` adds flags to the `corelog serve` command line (for
+//! investigations, e.g. `--metrics 127.0.0.1:9464` to read the broker's own request
+//! and fsync latency histograms while the bench runs).
+//!
 //! The paced latency is also set against the disk itself: `fio` (when on PATH) writes
 //! the same bytes per second to as many files as the topic has partitions, one
 //! `linger.ms` of a partition's messages per write, each write followed by
@@ -116,6 +124,8 @@ fn start_corelog(dir: &Path, flush: &str) -> Result<Broker> {
             "--default-partitions",
             &PARTITIONS.to_string(),
         ])
+        // Extra `corelog serve` flags for investigations, e.g. `--metrics 127.0.0.1:9464`.
+        .args(std::env::var("CORELOG_BENCH_SERVE_ARGS").unwrap_or_default().split_whitespace())
         .stderr(Stdio::null())
         .spawn()
         .context("starting corelog serve")?;
@@ -431,6 +441,24 @@ pub fn bench(args: &KafkaArgs) -> Result<Vec<Figure>> {
             Err(error) => eprintln!("note: NATS JetStream run failed ({error:#}); no NATS ratio"),
         }
     }
+    // NATS 2.9 cannot sync every write, so its figures are at page-cache durability.
+    // For a ratio at equal durability, corelog runs once more the same way: `--flush os`
+    // (acknowledged once written, synced by the kernel's writeback).
+    let unsynced_peer = peers
+        .iter()
+        .filter(|p| p.name == "nats-jetstream-pagecache")
+        .map(|p| (p.name.to_string(), p.produce_mb_per_s))
+        .next();
+    let ours_unsynced = match &unsynced_peer {
+        Some(_) if args.flush != "os" => match unsynced_throughput(&base, args) {
+            Ok(mb_per_s) => Some(mb_per_s),
+            Err(error) => {
+                eprintln!("note: corelog --flush os run failed ({error:#}); no page-cache ratio");
+                None
+            }
+        },
+        _ => None,
+    };
     let best = |value: fn(&Measured) -> f64, higher_is_better: bool| {
         peers.iter().map(|p| (p.name.to_string(), value(p))).reduce(|a, b| {
             if (b.1 > a.1) == higher_is_better {
@@ -478,5 +506,20 @@ pub fn bench(args: &KafkaArgs) -> Result<Vec<Figure>> {
         );
     }
     emit("kafka-consume", "throughput", ours.consume_mb_per_s, "MB/s", best(|m| m.consume_mb_per_s, true));
+    if let Some(mb_per_s) = ours_unsynced {
+        emit("kafka-produce-unsynced", "throughput", mb_per_s, "MB/s", unsynced_peer);
+    }
     Ok(figures)
+}
+
+/// Full-speed produce throughput (MB/s) of a fresh `corelog serve --flush os`: the
+/// durability of a peer that acknowledges before it syncs.
+fn unsynced_throughput(base: &Path, args: &KafkaArgs) -> Result<f64> {
+    let corelog = start_corelog(&base.join("unsynced"), "os")?;
+    create_topic(corelog.address, "bench")?;
+    let count: u64 = if args.quick { 200_000 } else { 1_000_000 };
+    let run = produce(corelog.address, "bench", count, args.size, None)?;
+    let mb_per_s = run.messages_per_s * args.size as f64 / 1e6;
+    eprintln!("corelog --flush os: produce {:.0} msg/s ({mb_per_s:.0} MB/s)", run.messages_per_s);
+    Ok(mb_per_s)
 }
