@@ -15,6 +15,10 @@
 //! by the clock, latency runs from the scheduled send time, so a stall is counted), and
 //! consume throughput from the beginning.
 //!
+//! Each broker's paced run also reports where its tail sits in time (`paced tail`):
+//! the share of deliveries over p99 that fall in the worst 2% of 100 ms windows. A few
+//! stalls show a large share; queueing spread evenly over the run shows about 2%.
+//!
 //! Debian's NATS (2.9) cannot sync every write, so its figures are at page-cache
 //! durability; corelog then also runs with `--flush os` for one produce throughput at
 //! equal durability (`kafka-produce-unsynced`).
@@ -159,6 +163,8 @@ fn start_tansu(dir: &Path) -> Option<Result<Broker>> {
 /// Records produce latency from the (scheduled) send time carried as the opaque.
 struct LatencyContext {
     latency_us: Mutex<Histogram<u64>>,
+    /// (scheduled send, latency in µs) of every delivery, for [`stalls`].
+    timeline: Mutex<Vec<(Instant, u64)>>,
     errors: Mutex<u64>,
 }
 
@@ -172,6 +178,7 @@ impl ProducerContext for LatencyContext {
             Ok(_) => {
                 let micros = sent.elapsed().as_micros() as u64;
                 let _ = self.latency_us.lock().expect("histogram lock").record(micros.max(1));
+                self.timeline.lock().expect("timeline lock").push((*sent, micros));
             }
             Err(_) => *self.errors.lock().expect("error count lock") += 1,
         }
@@ -213,6 +220,42 @@ fn futures_executor_block_on<F: std::future::Future>(future: F) -> F::Output {
 struct ProduceRun {
     messages_per_s: f64,
     latency_us: Histogram<u64>,
+    /// (seconds from the start to the scheduled send, latency in µs) per delivery.
+    timeline: Vec<(f64, u64)>,
+}
+
+/// Where the tail of a paced run sits in time: the share of deliveries over the run's
+/// p99 that fall in its worst 2% of 100 ms windows, and the three worst windows. A
+/// tail made of a few stalls shows a large share in few windows; one spread evenly
+/// (queueing on busy cores) shows about 2%.
+fn stalls(run: &ProduceRun) -> String {
+    const WINDOW_S: f64 = 0.1;
+    let p99 = run.latency_us.value_at_quantile(0.99);
+    let mut windows: std::collections::BTreeMap<u64, (u64, u64)> = std::collections::BTreeMap::new();
+    for &(at, micros) in &run.timeline {
+        let window = windows.entry((at / WINDOW_S) as u64).or_default();
+        window.0 = window.0.max(micros);
+        window.1 += u64::from(micros > p99);
+    }
+    let mut worst: Vec<(u64, (u64, u64))> = windows.into_iter().collect();
+    worst.sort_by_key(|(_, (max, over))| std::cmp::Reverse((*over, *max)));
+    let total_over: u64 = worst.iter().map(|(_, (_, over))| over).sum();
+    let top = worst.len().div_ceil(50);
+    let in_top: u64 = worst.iter().take(top).map(|(_, (_, over))| over).sum();
+    let listed: Vec<String> = worst
+        .iter()
+        .take(3)
+        .map(|(window, (max, over))| {
+            format!("{:.1} s: max {:.1} ms, {over} over p99", *window as f64 * WINDOW_S, *max as f64 / 1e3)
+        })
+        .collect();
+    format!(
+        "{:.0}% of the {total_over} deliveries over p99 ({:.1} ms) fall in the worst {top} of {} 100 ms windows; worst: {}",
+        100.0 * in_top as f64 / total_over.max(1) as f64,
+        p99 as f64 / 1e3,
+        worst.len(),
+        listed.join("; ")
+    )
 }
 
 /// Produces `count` messages, paced at `rate` messages/s when given (open loop).
@@ -223,7 +266,11 @@ fn produce(
     size: usize,
     rate: Option<f64>,
 ) -> Result<ProduceRun> {
-    let context = LatencyContext { latency_us: Mutex::new(Histogram::new(3)?), errors: Mutex::new(0) };
+    let context = LatencyContext {
+        latency_us: Mutex::new(Histogram::new(3)?),
+        timeline: Mutex::new(Vec::with_capacity(count as usize)),
+        errors: Mutex::new(0),
+    };
     let producer: BaseProducer<LatencyContext> = ClientConfig::new()
         .set("bootstrap.servers", address.to_string())
         .set("acks", "all")
@@ -275,7 +322,10 @@ fn produce(
         bail!("{errors} deliveries failed");
     }
     let latency_us = context.latency_us.lock().expect("histogram lock").clone();
-    Ok(ProduceRun { messages_per_s: count as f64 / elapsed, latency_us })
+    let timeline = std::mem::take(&mut *context.timeline.lock().expect("timeline lock"));
+    let timeline =
+        timeline.into_iter().map(|(sent, micros)| ((sent - started).as_secs_f64(), micros)).collect();
+    Ok(ProduceRun { messages_per_s: count as f64 / elapsed, latency_us, timeline })
 }
 
 /// Sends one message to every partition and waits for the acknowledgements, so the
@@ -290,6 +340,7 @@ fn warm_up(producer: &BaseProducer<LatencyContext>, topic: &str, payload: &[u8])
     producer.flush(Duration::from_secs(30)).context("warm-up flush")?;
     let context = producer.context();
     *context.latency_us.lock().expect("histogram lock") = Histogram::new(3)?;
+    context.timeline.lock().expect("timeline lock").clear();
     Ok(())
 }
 
@@ -343,6 +394,7 @@ fn measure(broker: &Broker, args: &KafkaArgs, half_rate: Option<f64>) -> Result<
     create_topic(broker.address, "paced")?;
     let paced = produce(broker.address, "paced", paced_count, args.size, Some(rate))?;
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e3;
+    eprintln!("{}: paced tail: {}", broker.name, stalls(&paced));
     eprintln!(
         "{}: produce {:.0} msg/s ({:.0} MB/s), consume {:.0} msg/s; at {:.0} msg/s produce p50 {:.2} ms p99 {:.2} ms",
         broker.name,
