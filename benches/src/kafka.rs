@@ -162,10 +162,15 @@ fn start_tansu(dir: &Path) -> Option<Result<Broker>> {
 
 /// Records produce latency from the (scheduled) send time carried as the opaque.
 struct LatencyContext {
-    latency_us: Mutex<Histogram<u64>>,
-    /// (scheduled send, latency in µs) of every delivery, for [`stalls`].
-    timeline: Mutex<Vec<(Instant, u64)>>,
+    deliveries: Mutex<Deliveries>,
     errors: Mutex<u64>,
+}
+
+/// What the delivery callback records, behind one lock.
+struct Deliveries {
+    latency_us: Histogram<u64>,
+    /// (scheduled send, latency in µs) of every delivery, for [`stalls`].
+    timeline: Vec<(Instant, u64)>,
 }
 
 impl ClientContext for LatencyContext {}
@@ -177,8 +182,9 @@ impl ProducerContext for LatencyContext {
         match result {
             Ok(_) => {
                 let micros = sent.elapsed().as_micros() as u64;
-                let _ = self.latency_us.lock().expect("histogram lock").record(micros.max(1));
-                self.timeline.lock().expect("timeline lock").push((*sent, micros));
+                let mut deliveries = self.deliveries.lock().expect("deliveries lock");
+                let _ = deliveries.latency_us.record(micros.max(1));
+                deliveries.timeline.push((*sent, micros));
             }
             Err(_) => *self.errors.lock().expect("error count lock") += 1,
         }
@@ -267,8 +273,10 @@ fn produce(
     rate: Option<f64>,
 ) -> Result<ProduceRun> {
     let context = LatencyContext {
-        latency_us: Mutex::new(Histogram::new(3)?),
-        timeline: Mutex::new(Vec::with_capacity(count as usize)),
+        deliveries: Mutex::new(Deliveries {
+            latency_us: Histogram::new(3)?,
+            timeline: Vec::with_capacity(count as usize),
+        }),
         errors: Mutex::new(0),
     };
     let producer: BaseProducer<LatencyContext> = ClientConfig::new()
@@ -321,10 +329,12 @@ fn produce(
     if errors > 0 {
         bail!("{errors} deliveries failed");
     }
-    let latency_us = context.latency_us.lock().expect("histogram lock").clone();
-    let timeline = std::mem::take(&mut *context.timeline.lock().expect("timeline lock"));
-    let timeline =
-        timeline.into_iter().map(|(sent, micros)| ((sent - started).as_secs_f64(), micros)).collect();
+    let mut deliveries = context.deliveries.lock().expect("deliveries lock");
+    let latency_us = deliveries.latency_us.clone();
+    let timeline = std::mem::take(&mut deliveries.timeline)
+        .into_iter()
+        .map(|(sent, micros)| ((sent - started).as_secs_f64(), micros))
+        .collect();
     Ok(ProduceRun { messages_per_s: count as f64 / elapsed, latency_us, timeline })
 }
 
@@ -339,8 +349,9 @@ fn warm_up(producer: &BaseProducer<LatencyContext>, topic: &str, payload: &[u8])
     }
     producer.flush(Duration::from_secs(30)).context("warm-up flush")?;
     let context = producer.context();
-    *context.latency_us.lock().expect("histogram lock") = Histogram::new(3)?;
-    context.timeline.lock().expect("timeline lock").clear();
+    let mut deliveries = context.deliveries.lock().expect("deliveries lock");
+    deliveries.latency_us = Histogram::new(3)?;
+    deliveries.timeline.clear();
     Ok(())
 }
 
@@ -456,6 +467,8 @@ pub fn bench(args: &KafkaArgs) -> Result<Vec<Figure>> {
         measure(&corelog, args, args.rate)?
     };
     let mut peers = Vec::new();
+    // A peer measured at page-cache durability (name, produce MB/s), if any.
+    let mut unsynced_peer: Option<(String, f64)> = None;
     if let Some(tansu) = start_tansu(&base) {
         match tansu.and_then(|broker| measure(&broker, args, Some(rate))) {
             Ok((measured, _)) => peers.push(measured),
@@ -467,10 +480,11 @@ pub fn bench(args: &KafkaArgs) -> Result<Vec<Figure>> {
         let paced_count = ((rate * if args.quick { 3.0 } else { 10.0 }) as u64).max(1000);
         let run = nats.and_then(|server| {
             let run = crate::nats::measure(&server, count, paced_count, args.size, rate)?;
-            Ok((run, if server.sync_always { "nats-jetstream-sync" } else { "nats-jetstream-pagecache" }))
+            Ok((run, server.sync_always))
         });
         match run {
-            Ok((run, name)) => {
+            Ok((run, sync_always)) => {
+                let name = if sync_always { "nats-jetstream-sync" } else { "nats-jetstream-pagecache" };
                 let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e3;
                 let mb = |per_s: f64| per_s * args.size as f64 / 1e6;
                 eprintln!(
@@ -481,6 +495,9 @@ pub fn bench(args: &KafkaArgs) -> Result<Vec<Figure>> {
                     ms(&run.paced_latency_us, 0.5),
                     ms(&run.paced_latency_us, 0.99)
                 );
+                if !sync_always {
+                    unsynced_peer = Some((name.to_string(), mb(run.messages_per_s)));
+                }
                 peers.push(Measured {
                     name,
                     produce_mb_per_s: mb(run.messages_per_s),
@@ -496,11 +513,6 @@ pub fn bench(args: &KafkaArgs) -> Result<Vec<Figure>> {
     // NATS 2.9 cannot sync every write, so its figures are at page-cache durability.
     // For a ratio at equal durability, corelog runs once more the same way: `--flush os`
     // (acknowledged once written, synced by the kernel's writeback).
-    let unsynced_peer = peers
-        .iter()
-        .filter(|p| p.name == "nats-jetstream-pagecache")
-        .map(|p| (p.name.to_string(), p.produce_mb_per_s))
-        .next();
     let ours_unsynced = match &unsynced_peer {
         Some(_) if args.flush != "os" => match unsynced_throughput(&base, args) {
             Ok(mb_per_s) => Some(mb_per_s),
