@@ -128,6 +128,26 @@ pub enum BatchError {
         /// What was wrong.
         reason: &'static str,
     },
+    /// The records decode but break a rule of the format (Kafka's `INVALID_RECORD`):
+    /// count, offset deltas, timestamps, header keys, control or transactional bits.
+    #[error("invalid record {index}: {reason}")]
+    InvalidRecord {
+        /// Index of the record in the batch (the record count for batch-wide rules).
+        index: usize,
+        /// What was wrong.
+        reason: &'static str,
+    },
+    /// The compression codec id is not one Kafka defines (0..=4).
+    #[error("unsupported compression codec {0}")]
+    UnsupportedCompression(i16),
+}
+
+impl BatchError {
+    /// True for errors about the records inside a well-framed, CRC-valid batch (Kafka
+    /// answers these with `INVALID_RECORD` rather than `CORRUPT_MESSAGE`).
+    pub fn is_invalid_record(&self) -> bool {
+        matches!(self, BatchError::InvalidRecord { .. } | BatchError::MalformedRecord { .. })
+    }
 }
 
 /// Reads the total length of the batch starting at `bytes` from its header, without
@@ -255,6 +275,199 @@ impl<'a> BatchView<'a> {
         }
         Ok(records)
     }
+}
+
+/// Largest number of bytes a compressed batch may decompress to when it is checked
+/// ([`validate_records`]): a decompression bomb is refused once its output passes this,
+/// before more memory is taken.
+pub const DECOMPRESSED_BATCH_BYTES_MAX: usize = 64 << 20;
+
+/// Checks the records of a CRC-valid batch the way Kafka's `LogValidator` does before
+/// anything is acknowledged:
+///
+/// * the codec is one Kafka defines, and the batch is neither a control batch nor
+///   transactional (clients may not write control records; corelog has no
+///   transactions);
+/// * the records present are exactly `record_count`, each framed by its length varint
+///   with nothing left over, every varint in range (32-bit where Kafka's are, 64-bit
+///   for the timestamp delta), key and value lengths `-1` or within the record;
+/// * offset deltas are exactly `0..n-1` (so `last_offset_delta = n-1`, checked by
+///   [`BatchView::parse`]);
+/// * every timestamp is `base_timestamp + delta` without overflow, and for create-time
+///   batches the largest of them is the header's `max_timestamp`;
+/// * header counts are non-negative, header keys are present and valid UTF-8.
+///
+/// Uncompressed records are checked in place with no allocation. A compressed batch is
+/// decompressed into a buffer of at most [`DECOMPRESSED_BATCH_BYTES_MAX`] bytes and its
+/// records are checked the same way (see `docs/ENGINE.md`, "Validation", for why and
+/// what it costs).
+pub fn validate_records(view: &BatchView<'_>) -> Result<(), BatchError> {
+    let attributes = view.header.attributes.get();
+    let invalid = |index, reason| BatchError::InvalidRecord { index, reason };
+    if attributes & ATTR_CONTROL != 0 {
+        return Err(invalid(0, "clients may not write control batches"));
+    }
+    if attributes & ATTR_TRANSACTIONAL != 0 {
+        return Err(invalid(0, "transactional batches are not supported"));
+    }
+    let codec = view.compression();
+    let records = &view.bytes[BATCH_HEADER_BYTES..];
+    let decompressed;
+    let records: &[u8] = match codec {
+        0 => records,
+        1..=4 => {
+            decompressed = decompress_bounded(codec, records, DECOMPRESSED_BATCH_BYTES_MAX)?;
+            &decompressed
+        }
+        other => return Err(BatchError::UnsupportedCompression(other)),
+    };
+    let count = view.record_count() as usize;
+    let base_timestamp = view.base_timestamp();
+    let mut max_timestamp = i64::MIN;
+    let mut rest = records;
+    for index in 0..count {
+        if rest.is_empty() {
+            return Err(invalid(index, "fewer records than the record count"));
+        }
+        let malformed = |reason| BatchError::MalformedRecord { index, reason };
+        let (body, tail) = split_record(rest).map_err(malformed)?;
+        let (timestamp_delta, offset_delta) = check_record_body(body).map_err(malformed)?;
+        if offset_delta != index as i64 {
+            return Err(invalid(index, "offset delta is not the record's index"));
+        }
+        let timestamp =
+            base_timestamp.checked_add(timestamp_delta).ok_or(invalid(index, "timestamp overflows"))?;
+        max_timestamp = max_timestamp.max(timestamp);
+        rest = tail;
+    }
+    if !rest.is_empty() {
+        return Err(invalid(count, "more records than the record count"));
+    }
+    if attributes & ATTR_TIMESTAMP_LOG_APPEND == 0 && max_timestamp != view.max_timestamp() {
+        return Err(invalid(count, "max_timestamp is not the largest record timestamp"));
+    }
+    Ok(())
+}
+
+/// Splits the record at the start of `bytes` into its body and what follows.
+fn split_record(bytes: &[u8]) -> Result<(&[u8], &[u8]), &'static str> {
+    let (len, rest) = read_varint32(bytes)?;
+    let len = usize::try_from(len).map_err(|_| "negative record length")?;
+    if len == 0 {
+        return Err("empty record");
+    }
+    if rest.len() < len {
+        return Err("record longer than the batch");
+    }
+    Ok(rest.split_at(len))
+}
+
+/// Walks one record body in place; returns its timestamp and offset deltas.
+fn check_record_body(body: &[u8]) -> Result<(i64, i64), &'static str> {
+    let body = &body[1..]; // attributes (unused by v2, any value is accepted like Kafka)
+    let (timestamp_delta, body) = read_varint(body)?;
+    let (offset_delta, body) = read_varint32(body)?;
+    let (_key, body) = read_bytes32(body)?;
+    let (_value, body) = read_bytes32(body)?;
+    let (header_count, mut body) = read_varint32(body)?;
+    if header_count < 0 {
+        return Err("negative header count");
+    }
+    for _ in 0..header_count {
+        let (key, rest) = read_bytes32(body)?;
+        let key = key.ok_or("null header key")?;
+        std::str::from_utf8(key).map_err(|_| "header key is not UTF-8")?;
+        let (_value, rest) = read_bytes32(rest)?;
+        body = rest;
+    }
+    if !body.is_empty() {
+        return Err("trailing bytes inside a record");
+    }
+    Ok((timestamp_delta, offset_delta))
+}
+
+/// A zigzag varint that must fit 32 bits (Kafka's `varint`, at most 5 bytes).
+fn read_varint32(bytes: &[u8]) -> Result<(i64, &[u8]), &'static str> {
+    let (value, rest) = read_varint(bytes)?;
+    if bytes.len() - rest.len() > 5 || i32::try_from(value).is_err() {
+        return Err("varint out of 32-bit range");
+    }
+    Ok((value, rest))
+}
+
+/// A length-prefixed field whose length is `-1` (null) or fits the rest.
+fn read_bytes32(bytes: &[u8]) -> Result<(Option<&[u8]>, &[u8]), &'static str> {
+    let (len, rest) = read_varint32(bytes)?;
+    match len {
+        -1 => Ok((None, rest)),
+        len if len < -1 => Err("negative length"),
+        len if rest.len() < len as usize => Err("field longer than the record"),
+        len => Ok((Some(&rest[..len as usize]), &rest[len as usize..])),
+    }
+}
+
+/// Decompresses `bytes` with Kafka codec `codec` (1 gzip, 2 snappy in Kafka's xerial
+/// framing or raw, 3 lz4 frame, 4 zstd), refusing output beyond `limit` bytes.
+pub fn decompress_bounded(codec: i16, bytes: &[u8], limit: usize) -> Result<Vec<u8>, BatchError> {
+    use std::io::Read;
+    let corrupt = |reason| BatchError::MalformedRecord { index: 0, reason };
+    let too_large = corrupt("records decompress to more than the limit");
+    let mut out = Vec::new();
+    let read = |reader: &mut dyn Read, out: &mut Vec<u8>| -> Result<(), BatchError> {
+        reader.take(limit as u64 + 1).read_to_end(out).map_err(|_| BatchError::MalformedRecord {
+            index: 0,
+            reason: "compressed records do not decode",
+        })?;
+        Ok(())
+    };
+    match codec {
+        1 => read(&mut flate2::read::GzDecoder::new(bytes), &mut out)?,
+        3 => {
+            let mut decoder = lz4::Decoder::new(bytes).map_err(|_| corrupt("bad lz4 frame"))?;
+            read(&mut decoder, &mut out)?
+        }
+        4 => {
+            let mut decoder =
+                zstd::stream::read::Decoder::new(bytes).map_err(|_| corrupt("bad zstd frame"))?;
+            read(&mut decoder, &mut out)?
+        }
+        2 => snappy_bounded(bytes, limit, &mut out)?,
+        other => return Err(BatchError::UnsupportedCompression(other)),
+    }
+    if out.len() > limit {
+        return Err(too_large);
+    }
+    Ok(out)
+}
+
+/// Snappy as Kafka clients write it: xerial framing (`\x82SNAPPY\0`, two version words,
+/// then blocks of a big-endian u32 length and a raw snappy block), or one raw block.
+/// Every block's decompressed length is read before it is decompressed.
+fn snappy_bounded(bytes: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), BatchError> {
+    const XERIAL: &[u8] = b"\x82SNAPPY\0";
+    let corrupt = |reason| BatchError::MalformedRecord { index: 0, reason };
+    let block = |raw: &[u8], out: &mut Vec<u8>| -> Result<(), BatchError> {
+        let len = snap::raw::decompress_len(raw).map_err(|_| corrupt("bad snappy block"))?;
+        if out.len() + len > limit {
+            return Err(corrupt("records decompress to more than the limit"));
+        }
+        let start = out.len();
+        out.resize(start + len, 0);
+        snap::raw::Decoder::new()
+            .decompress(raw, &mut out[start..])
+            .map_err(|_| corrupt("bad snappy block"))?;
+        Ok(())
+    };
+    let Some(mut rest) = bytes.strip_prefix(XERIAL) else { return block(bytes, out) };
+    rest = rest.get(8..).ok_or(corrupt("xerial snappy header cut"))?;
+    while !rest.is_empty() {
+        let len = rest.get(..4).ok_or(corrupt("xerial snappy block length cut"))?;
+        let len = u32::from_be_bytes(len.try_into().expect("4 bytes")) as usize;
+        let raw = rest.get(4..4 + len).ok_or(corrupt("xerial snappy block cut"))?;
+        block(raw, out)?;
+        rest = &rest[4 + len..];
+    }
+    Ok(())
 }
 
 /// Calls `f(offset, timestamp, key, value)` for every record of one validated batch:

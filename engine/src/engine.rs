@@ -41,6 +41,11 @@ use tokio::sync::oneshot;
 pub const META_FILE: &str = "corelog.meta";
 /// Clean-shutdown marker file name.
 pub const CLEAN_MARKER_FILE: &str = ".clean-shutdown";
+/// When the engine last opened the data directory (ms since the epoch, one line):
+/// after an unclean stop, only segments written since then need a full recovery scan.
+pub const OPENED_FILE: &str = ".opened";
+/// Margin taken off [`OPENED_FILE`]'s time against clock steps and coarse mtimes.
+pub const OPENED_SLACK_MS: i64 = 60_000;
 /// Lock file name.
 pub const LOCK_FILE: &str = ".lock";
 /// Data directory layout version written to the metadata file.
@@ -253,6 +258,19 @@ pub(crate) fn record_fsync(elapsed: std::time::Duration) {
     FSYNC_NANOS.fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
 }
 
+static HEALS: AtomicU64 = AtomicU64::new(0);
+
+/// A failed partition was cut back to its durable end and takes appends again.
+pub(crate) fn record_heal() {
+    metrics::counter!("corelog_partition_heals_total").increment(1);
+    HEALS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Process-wide count of partitions healed after a storage failure.
+pub fn heal_count() -> u64 {
+    HEALS.load(Ordering::Relaxed)
+}
+
 static SYNCED_WRITES: AtomicU64 = AtomicU64::new(0);
 
 /// An append written with `RWF_DSYNC` (write and sync in one io_uring operation).
@@ -349,6 +367,18 @@ impl Engine {
         if clean {
             std::fs::remove_file(&marker).map_err(|e| dir_error(e.to_string()))?;
         }
+        let recovery = if clean {
+            crate::log::Recovery::Clean
+        } else {
+            // Segments last written before the stopped run opened the directory were
+            // durable then (that open recovered and synced them, or a clean close did).
+            let opened = std::fs::read_to_string(data_dir.join(OPENED_FILE)).ok();
+            let since = opened.and_then(|text| text.trim().parse::<i64>().ok());
+            crate::log::Recovery::Unclean { written_since_ms: since.map(|ms| ms - OPENED_SLACK_MS) }
+        };
+        write_durably(&data_dir, OPENED_FILE, format!("{}\n", now_ms()).as_bytes())
+            .map_err(|e| dir_error(format!("{OPENED_FILE}: {e}")))?;
+        remove_orphan_partitions(&data_dir, &topics).map_err(|e| dir_error(format!("orphans: {e}")))?;
         crate::segment::sync_dir(&data_dir).map_err(|e| dir_error(e.to_string()))?;
 
         let shards = config.shards;
@@ -397,7 +427,7 @@ impl Engine {
                 mesh_out,
                 mesh_in,
                 partitions,
-                clean,
+                recovery,
                 queries: queries.clone(),
             };
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -757,6 +787,71 @@ fn read_meta(path: &Path) -> Result<BTreeMap<String, u32>, String> {
         }
     }
     Ok(topics)
+}
+
+/// Writes `name` in `dir` atomically and durably (temporary file, fsync, rename, fsync
+/// of the directory).
+fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let temp = dir.join(format!("{name}.tmp"));
+    let mut file = std::fs::File::create(&temp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temp, dir.join(name))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Parses a partition directory name `<topic>-<partition>`.
+pub fn parse_partition_dir(name: &str) -> Option<TopicPartition> {
+    let (topic, partition) = name.rsplit_once('-')?;
+    let partition: u32 = partition.parse().ok().filter(|_| partition.bytes().all(|b| b.is_ascii_digit()))?;
+    validate_topic(topic, 1).ok()?;
+    Some(TopicPartition::new(topic, partition))
+}
+
+/// Deletes a partition's directory and everything keyed by it beside (query
+/// checkpoints), durably. The directory is first renamed to a name no partition has, so a
+/// crash part-way leaves either the whole partition or an orphan the next open removes.
+pub(crate) fn remove_partition_files(data_dir: &Path, tp: &TopicPartition) -> std::io::Result<()> {
+    let dir = data_dir.join(tp.dir_name());
+    if dir.exists() {
+        let doomed = data_dir.join(format!(".deleting-{}-{}", tp.dir_name(), now_ms()));
+        std::fs::rename(&dir, &doomed)?;
+        std::fs::File::open(data_dir)?.sync_all()?;
+        std::fs::remove_dir_all(&doomed)?;
+    }
+    if let Ok(queries) = std::fs::read_dir(data_dir.join(crate::query::runner::QUERIES_DIR)) {
+        for query in queries.flatten() {
+            let checkpoint = query.path().join(format!("{}.json", tp.dir_name()));
+            match std::fs::remove_file(&checkpoint) {
+                Ok(()) => std::fs::File::open(query.path())?.sync_all()?,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => return Err(error),
+            }
+        }
+    }
+    std::fs::File::open(data_dir)?.sync_all()
+}
+
+/// Removes partition directories the metadata does not name (a topic delete cut short,
+/// or partitions of a topic that no longer exists) and half-deleted ones.
+fn remove_orphan_partitions(data_dir: &Path, topics: &BTreeMap<String, u32>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(data_dir)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        if name.starts_with(".deleting-") {
+            std::fs::remove_dir_all(entry.path())?;
+            continue;
+        }
+        let Some(tp) = parse_partition_dir(&name) else { continue };
+        if topics.get(&*tp.topic).is_none_or(|&count| tp.partition >= count) {
+            tracing::warn!(partition = %tp, "removing the files of a partition the metadata does not name");
+            remove_partition_files(data_dir, &tp)?;
+        }
+    }
+    Ok(())
 }
 
 fn write_meta(data_dir: &Path, topics: &BTreeMap<String, u32>) -> Result<(), String> {

@@ -20,7 +20,7 @@
 //! CreateTopics, InitProducerId (no transactions). The rest of the list
 //! (DeleteTopics, consumer groups, committed offsets) follows.
 
-use crate::batch;
+use crate::batch::{self, BatchError};
 use crate::engine::{EngineError, TopicPartition};
 use crate::log::{AppendError, ReadError};
 use crate::shard::{AckLevel, Reply, Request, Shard};
@@ -66,6 +66,8 @@ mod code {
     pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
     pub const INVALID_PRODUCER_EPOCH: i16 = 47;
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
+    pub const UNSUPPORTED_COMPRESSION_TYPE: i16 = 76;
+    pub const INVALID_RECORD: i16 = 87;
     pub const UNKNOWN_SERVER_ERROR: i16 = -1;
 }
 
@@ -563,6 +565,10 @@ async fn metadata(
 fn error_code(error: &EngineError) -> i16 {
     match error {
         EngineError::UnknownPartition(_) => code::UNKNOWN_TOPIC_OR_PARTITION,
+        EngineError::Append(AppendError::Corrupt(BatchError::UnsupportedCompression(_))) => {
+            code::UNSUPPORTED_COMPRESSION_TYPE
+        }
+        EngineError::Append(AppendError::Corrupt(error)) if error.is_invalid_record() => code::INVALID_RECORD,
         EngineError::Append(AppendError::Corrupt(_) | AppendError::NotOneBatch { .. }) => {
             code::CORRUPT_MESSAGE
         }

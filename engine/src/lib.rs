@@ -13,6 +13,8 @@
 //! * [`producers`]: idempotent producers' sequence state, snapshotted beside the log
 //!   and rebuilt from it on open;
 //! * [`landed`]: the lander's landed-offset registrations that retention honours;
+//! * [`fault`]: the storage-fault layer every shard write and sync passes (tests arm
+//!   EIO, ENOSPC and short writes through it);
 //! * [`io`]: the io_uring probe and the per-shard writer/flusher (group commit);
 //! * [`shard`] and [`Engine`]: shard threads pinned one per core, partition ownership,
 //!   the N×N SPSC mesh and per-shard MPSC submission rings, and the embedded API.
@@ -43,6 +45,7 @@
 
 pub mod batch;
 mod engine;
+pub mod fault;
 pub mod groups;
 pub mod io;
 pub mod kafka;
@@ -57,7 +60,7 @@ pub mod sync;
 pub mod watermark;
 
 pub use engine::{
-    fsync_stats, now_ms, synced_write_count, Engine, EngineConfig, EngineError, FlushMode, Pending,
-    TopicPartition, Via, CLEAN_MARKER_FILE, LAYOUT_VERSION, MAX_REQUEST_BYTES_DEFAULT, META_FILE,
+    fsync_stats, heal_count, now_ms, synced_write_count, Engine, EngineConfig, EngineError, FlushMode,
+    Pending, TopicPartition, Via, CLEAN_MARKER_FILE, LAYOUT_VERSION, MAX_REQUEST_BYTES_DEFAULT, META_FILE,
 };
 pub use shard::{AppendResult, PartitionInfo};

@@ -181,6 +181,22 @@ pub struct RecoveryReport {
     pub sealed_corruption: Option<String>,
     /// Offset after the last good batch.
     pub next_offset: i64,
+    /// Segments deleted because they followed a torn or missing tail.
+    pub deleted_segments: usize,
+}
+
+/// How [`PartitionLog::open_with`] treats what it finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// The previous run shut down cleanly: trust the indexes, check the tails.
+    Clean,
+    /// The previous run stopped without a clean shutdown.
+    Unclean {
+        /// Segments whose log file was last modified before this time (ms since the
+        /// epoch) were durable before that run started and are checked as sealed;
+        /// `None` recovers every segment.
+        written_since_ms: Option<i64>,
+    },
 }
 
 /// One partition's log.
@@ -206,11 +222,34 @@ struct CacheCursor {
 
 impl PartitionLog {
     /// Opens (or creates) the log in `dir`. `clean` says the previous run shut down
-    /// cleanly; otherwise the active segment is fully re-scanned and its index rebuilt.
+    /// cleanly; otherwise every segment is recovered as [`PartitionLog::open_with`]
+    /// does for [`Recovery::Unclean`] with no time bound.
     pub fn open(
         dir: &Path,
         config: LogConfig,
         clean: bool,
+        now_ms: i64,
+    ) -> Result<(Self, RecoveryReport), SegmentError> {
+        let recovery = if clean { Recovery::Clean } else { Recovery::Unclean { written_since_ms: None } };
+        Self::open_with(dir, config, recovery, now_ms)
+    }
+
+    /// Opens (or creates) the log in `dir`, recovering it as `recovery` says.
+    ///
+    /// After an unclean stop every segment the stopped run may have written (all of
+    /// them, or those modified since `written_since_ms`) is scanned whole, batch by
+    /// batch with CRCs, and the first torn, short or corrupt batch ends the log: that
+    /// segment is truncated there and every later segment is deleted. Nothing past it
+    /// was ever acknowledged, since the high watermark only passes bytes that were all
+    /// written (and synced). A segment that does not start where its predecessor ends
+    /// (a roll after a write that never landed) or a zero-length one is handled the
+    /// same way. What recovery keeps is fsynced (files and directory) before it is
+    /// published as the high watermark. Older segments are checked as sealed ones: a
+    /// bad batch there is corruption, and the partition becomes read-only past it.
+    pub fn open_with(
+        dir: &Path,
+        config: LogConfig,
+        recovery: Recovery,
         now_ms: i64,
     ) -> Result<(Self, RecoveryReport), SegmentError> {
         assert!(config.segment_bytes > 0 && config.segment_bytes <= segment::SEGMENT_BYTES_MAX);
@@ -222,41 +261,78 @@ impl PartitionLog {
             .collect();
         bases.sort_unstable();
         let mut report = RecoveryReport::default();
-        let mut segments = VecDeque::new();
+        let mut segments: VecDeque<Segment> = VecDeque::new();
         let mut read_only = None;
+        let mut recovered_any = false;
+        let mut cut_from = None;
         for (i, &base) in bases.iter().enumerate() {
             let active = i + 1 == bases.len();
-            let mode = match (active, clean) {
-                (false, _) => OpenMode::Sealed,
-                (true, true) => OpenMode::Active,
-                (true, false) => OpenMode::Rebuild,
+            let recover = match recovery {
+                Recovery::Clean => false,
+                Recovery::Unclean { written_since_ms: None } => true,
+                Recovery::Unclean { written_since_ms: Some(since) } => {
+                    active || segment::log_mtime_ms(dir, base) >= since
+                }
+            };
+            let mode = match (active, recover) {
+                (_, true) => OpenMode::Rebuild,
+                (false, false) => OpenMode::Sealed,
+                (true, false) => OpenMode::Active,
             };
             let expected_base = segments.back().map(Segment::next_offset);
-            let (segment, scan) = Segment::open(dir, base, config.map_len(), mode)?;
             if let Some(expected) = expected_base.filter(|&e| e != base) {
-                read_only = Some(format!("segment {base} does not follow offset {expected}"));
+                let reason = format!("segment {base} does not follow offset {expected}");
+                if recover || recovered_any {
+                    tracing::warn!("{}: {reason}: later segments dropped", dir.display());
+                    report.truncated_reason.get_or_insert(reason);
+                    cut_from = Some(i);
+                } else {
+                    tracing::error!("{}: {reason}, partition read-only", dir.display());
+                    read_only = Some(reason);
+                }
                 break;
             }
+            let (segment, scan) = Segment::open(dir, base, config.map_len(), mode)?;
+            recovered_any |= recover;
             if let Some((position, error)) = &scan.error {
                 let file_len = segment.log_file().metadata().map(|m| m.len()).unwrap_or(scan.valid_end);
                 let reason = format!("{}: at byte {position}: {error}", segment.path("log").display());
-                if active {
-                    report.truncated_bytes = file_len.saturating_sub(scan.valid_end);
+                if mode != OpenMode::Sealed {
+                    report.truncated_bytes += file_len.saturating_sub(scan.valid_end);
                     report.truncated_reason = Some(reason);
                     tracing::warn!(
                         truncated = report.truncated_bytes,
                         "recovered torn tail: {}",
                         report.truncated_reason.as_deref().unwrap_or("")
                     );
-                } else {
-                    tracing::error!("sealed segment corrupt, partition read-only: {reason}");
-                    report.sealed_corruption = Some(reason.clone());
-                    read_only = Some(reason);
                     segments.push_back(segment);
+                    cut_from = Some(i + 1);
                     break;
                 }
+                tracing::error!("sealed segment corrupt, partition read-only: {reason}");
+                report.sealed_corruption = Some(reason.clone());
+                read_only = Some(reason);
+                segments.push_back(segment);
+                break;
             }
             segments.push_back(segment);
+        }
+        if let Some(from) = cut_from {
+            for &base in &bases[from..] {
+                segment::delete_files(dir, base)?;
+                report.deleted_segments += 1;
+            }
+        }
+        if recovered_any {
+            // What recovery keeps becomes the durable prefix: make it so before it is
+            // published (a killed process leaves written but unsynced pages behind).
+            for segment in &segments {
+                segment
+                    .log_file()
+                    .sync_data()
+                    .map_err(|source| SegmentError::Io { path: segment.path("log"), source })?;
+            }
+            segment::sync_dir(dir)?;
         }
         if segments.is_empty() {
             segments.push_back(Segment::create(dir, 0, config.map_len(), now_ms)?);
@@ -354,13 +430,14 @@ impl PartitionLog {
             if view.len() != bytes.len() {
                 return Err(AppendError::NotOneBatch { batch: view.len(), given: bytes.len() });
             }
+            if bytes.len() > self.config.batch_bytes_max {
+                return Err(AppendError::TooLarge { size: bytes.len(), max: self.config.batch_bytes_max });
+            }
+            crate::batch::validate_records(&view)?;
             (view.record_count(), view.max_timestamp())
         };
-        if bytes.len() > self.config.batch_bytes_max {
-            return Err(AppendError::TooLarge { size: bytes.len(), max: self.config.batch_bytes_max });
-        }
-        let sealed_file =
-            if self.should_roll(bytes.len() as u64, now_ms) { Some(self.roll(now_ms)?) } else { None };
+        let roll = self.should_roll(bytes.len() as u64, now_ms) || self.offsets_overflow(record_count);
+        let sealed_file = if roll { Some(self.roll(now_ms)?) } else { None };
         let active = self.segments.back_mut().expect("non-empty");
         let base_offset = active.next_offset();
         let position = active.assign(&mut bytes, record_count, max_timestamp);
@@ -372,6 +449,15 @@ impl PartitionLog {
             bytes,
             sealed_file,
         })
+    }
+
+    /// True when `record_count` more offsets would not fit the active segment: index
+    /// entries hold offsets relative to the segment's base as u32 (Kafka rolls for the
+    /// same reason). Never true for an empty segment.
+    fn offsets_overflow(&self, record_count: u32) -> bool {
+        let active = self.active();
+        let last_relative = active.next_offset() - active.base_offset() + i64::from(record_count) - 1;
+        active.size() > 0 && last_relative > i64::from(u32::MAX)
     }
 
     fn should_roll(&self, len: u64, now_ms: i64) -> bool {
@@ -638,12 +724,59 @@ impl PartitionLog {
         Ok(deleted)
     }
 
+    /// Cuts the log back to `offset` after a failed write or sync (`offset` is the
+    /// high watermark: everything below it is durable). Segments starting at or past
+    /// it are deleted, the one holding it is truncated where the batch starting at
+    /// `offset` began and re-scanned, and what is left is synced (files, directory)
+    /// before the partition takes appends again. The read-only mark is cleared only
+    /// when all of that succeeded and the kept bytes scan clean.
+    pub fn truncate_to(&mut self, offset: i64) -> Result<(), SegmentError> {
+        assert!(offset <= self.high_watermark(), "truncation below durable data");
+        let dir_error = |source| SegmentError::Io { path: self.dir.clone(), source };
+        while self.segments.len() > 1 && self.segments.back().is_some_and(|s| s.base_offset() >= offset) {
+            let segment = self.segments.pop_back().expect("len > 1");
+            segment.delete()?;
+        }
+        let last = self.segments.pop_back().expect("a log always has a segment");
+        let (base, position) = (last.base_offset(), last.position_of(offset));
+        let log_file = last.log_file().clone();
+        drop(last);
+        log_file.set_len(position).map_err(dir_error)?;
+        log_file.sync_all().map_err(dir_error)?;
+        drop(log_file);
+        let (segment, scan) = Segment::open(&self.dir, base, self.config.map_len(), OpenMode::Rebuild)?;
+        self.segments.push_back(segment);
+        for segment in &mut self.segments {
+            segment.flush_indexes_sync()?;
+            segment.log_file().sync_data().map_err(dir_error)?;
+        }
+        segment::sync_dir(&self.dir)?;
+        if let Some((position, error)) = scan.error {
+            return Err(SegmentError::Io {
+                path: self.dir.clone(),
+                source: std::io::Error::other(format!("kept bytes do not scan at {position}: {error}")),
+            });
+        }
+        assert_eq!(self.next_offset(), offset, "truncation ends the log at the durable offset");
+        let end = self.cache_point(0);
+        (self.cache_written_back, self.cache_dropped) = (end, end);
+        self.read_only = None;
+        Ok(())
+    }
+
     /// Flushes indexes and syncs every segment: the state a clean shutdown leaves.
     pub fn close(&mut self) -> Result<(), SegmentError> {
         for segment in &mut self.segments {
             segment.flush_indexes_sync()?;
         }
-        let active = self.active();
-        active.log_file().sync_all().map_err(|source| SegmentError::Io { path: active.path("log"), source })
+        // Sealed segments too: with `--flush os` nothing synced them, and the next
+        // unclean open trusts segments last written before this run's end.
+        for segment in &self.segments {
+            segment
+                .log_file()
+                .sync_all()
+                .map_err(|source| SegmentError::Io { path: segment.path("log"), source })?;
+        }
+        Ok(())
     }
 }

@@ -495,6 +495,30 @@ impl Segment {
         }
     }
 
+    /// The file position where the batch starting at `offset` begins (the segment's
+    /// size when `offset` is its next offset), found by walking batch headers from the
+    /// nearest index entry. For cutting the log back to a batch boundary below the
+    /// high watermark; panics when `offset` is no batch boundary of this segment.
+    pub fn position_of(&self, offset: i64) -> u64 {
+        let mut position = self.lookup_position(offset);
+        let mut next = if position == 0 { self.base_offset } else { i64::MIN };
+        while next != offset {
+            assert!(
+                position < self.size,
+                "offset {offset} is no batch boundary of segment {}",
+                self.base_offset
+            );
+            let view = BatchView::parse(&self.map[position as usize..self.size as usize])
+                .expect("bytes below the high watermark were validated");
+            if view.base_offset() == offset {
+                break;
+            }
+            next = view.next_offset();
+            position += view.len() as u64;
+        }
+        position
+    }
+
     /// Position from which to scan for the first batch with a timestamp >= `timestamp`,
     /// never that of a batch holding `limit_offset` or later (index entries exist for
     /// batches placed but not yet written).
@@ -559,16 +583,7 @@ impl Segment {
 
     /// Deletes the segment's files.
     pub fn delete(self) -> Result<(), SegmentError> {
-        for extension in ["log", "index", "timeindex"] {
-            let path = self.path(extension);
-            match std::fs::remove_file(&path) {
-                Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(SegmentError::Io { path, source: error })
-                }
-                _ => {}
-            }
-        }
-        Ok(())
+        delete_files(&self.dir, self.base_offset)
     }
 }
 
@@ -714,6 +729,30 @@ fn file_mtime_ms(path: &Path) -> i64 {
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Last modification time (ms since the epoch) of segment `base_offset`'s log file in
+/// `dir`; `i64::MAX` when it cannot be read (so recovery treats it as recent).
+pub fn log_mtime_ms(dir: &Path, base_offset: i64) -> i64 {
+    std::fs::metadata(dir.join(format!("{}.log", file_stem(base_offset))))
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(i64::MAX, |d| d.as_millis() as i64)
+}
+
+/// Deletes segment `base_offset`'s files in `dir` (missing ones are fine).
+pub fn delete_files(dir: &Path, base_offset: i64) -> Result<(), SegmentError> {
+    for extension in ["log", "index", "timeindex"] {
+        let path = dir.join(format!("{}.{extension}", file_stem(base_offset)));
+        match std::fs::remove_file(&path) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                return Err(SegmentError::Io { path, source: error })
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// fsyncs a directory so that created, renamed or deleted entries are durable.

@@ -30,7 +30,7 @@
 
 use crate::engine::{Catalog, EngineConfig, EngineError, FlushMode, TopicPartition};
 use crate::io::SharedEventFd;
-use crate::log::{AppendError, Fetched, LogConfig, PartitionLog, ReadError, RecoveryReport};
+use crate::log::{AppendError, Fetched, LogConfig, PartitionLog, ReadError, Recovery, RecoveryReport};
 use crate::producers::{ProducerStates, Sequenced};
 use crate::query::runner::RunningQuery;
 use crate::ring::{mpsc, spsc, Doorbell};
@@ -52,6 +52,9 @@ pub const DRAIN_BATCH_MAX: usize = 256;
 /// each sync covers every byte written before it started, so a finished sync may
 /// publish its target whatever the order of completion.
 pub const SYNCS_IN_FLIGHT_MAX: usize = 2;
+/// At shutdown, how many 1 ms polls a failed partition waits for its last writes and
+/// syncs to complete before trying to heal.
+pub const CLOSE_DRAIN_POLLS_MAX: usize = 5_000;
 /// Longest a long poll may wait.
 pub const WAIT_MS_MAX: u64 = 60_000;
 
@@ -215,7 +218,7 @@ pub(crate) struct ShardSetup {
     pub(crate) mesh_out: Vec<Option<spsc::Producer<MeshMessage>>>,
     pub(crate) mesh_in: Vec<Option<spsc::Consumer<MeshMessage>>>,
     pub(crate) partitions: Vec<TopicPartition>,
-    pub(crate) clean: bool,
+    pub(crate) recovery: Recovery,
     pub(crate) queries: Arc<[Arc<RunningQuery>]>,
 }
 
@@ -226,6 +229,10 @@ struct Durable {
     /// Every append below this offset is written (not necessarily synced).
     written: i64,
     failed: Option<String>,
+    /// Bumped each time a failed partition heals (its log cut back to `offset`): an
+    /// append placed in an earlier generation is never acknowledged, since its offsets
+    /// may now belong to another batch.
+    generation: u64,
 }
 
 #[derive(Debug, Default)]
@@ -238,6 +245,8 @@ struct FlushState {
     unsynced_ends: VecDeque<i64>,
     /// Syncs started and not yet finished (at most [`SYNCS_IN_FLIGHT_MAX`]).
     syncs_in_flight: usize,
+    /// Writes submitted and not yet completed (a failed partition heals only at 0).
+    writes_in_flight: usize,
     /// Largest target of any sync started so far.
     sync_requested_through: i64,
     /// Sealed segment files that may hold unsynced data, and directories whose new
@@ -281,11 +290,11 @@ impl Partition {
     fn open(
         tp: TopicPartition,
         config: &EngineConfig,
-        clean: bool,
+        recovery: Recovery,
     ) -> Result<(Self, RecoveryReport), EngineError> {
         let dir = config.data_dir.join(tp.dir_name());
         let log_config: LogConfig = config.log.clone();
-        let (log, report) = PartitionLog::open(&dir, log_config, clean, crate::engine::now_ms())
+        let (log, report) = PartitionLog::open_with(&dir, log_config, recovery, crate::engine::now_ms())
             .map_err(|e| storage_error(&tp, e))?;
         let offset = log.high_watermark();
         let producers = match ProducerStates::recover(&log) {
@@ -308,7 +317,7 @@ impl Partition {
                 ..FlushState::default()
             }),
             active_file: RefCell::new(None),
-            durable: watch::Sender::new(Durable { offset, written: offset, failed: None }),
+            durable: watch::Sender::new(Durable { offset, written: offset, failed: None, generation: 0 }),
         };
         Ok((partition, report))
     }
@@ -326,20 +335,34 @@ impl Partition {
         }
     }
 
-    async fn wait_durable(&self, result: AppendResult, ack: AckLevel) -> Result<AppendResult, EngineError> {
+    async fn wait_durable(
+        &self,
+        result: AppendResult,
+        ack: AckLevel,
+        generation: u64,
+    ) -> Result<AppendResult, EngineError> {
         let mut durable = self.durable.subscribe();
-        let reached = |d: &Durable| match ack {
-            AckLevel::Durable => d.offset >= result.next_offset,
-            AckLevel::Written => d.written >= result.next_offset,
+        let reached = |d: &Durable| {
+            d.generation == generation
+                && match ack {
+                    AckLevel::Durable => d.offset >= result.next_offset,
+                    AckLevel::Written => d.written >= result.next_offset,
+                }
         };
         let state = durable
-            .wait_for(|d| reached(d) || d.failed.is_some())
+            .wait_for(|d| reached(d) || d.failed.is_some() || d.generation != generation)
             .await
             .map_err(|_| EngineError::ShuttingDown)?;
-        match &state.failed {
-            Some(reason) if !reached(&state) => Err(storage_error(&self.tp, reason)),
-            _ => Ok(result),
+        if reached(&state) {
+            return Ok(result);
         }
+        let reason =
+            state.failed.clone().unwrap_or_else(|| "the log was cut back after a storage failure".into());
+        Err(storage_error(&self.tp, reason))
+    }
+
+    fn generation(&self) -> u64 {
+        self.durable.borrow().generation
     }
 
     /// Places, writes and waits for durability of one batch.
@@ -353,9 +376,10 @@ impl Partition {
         if let Some((producer_id, epoch, base_sequence, _)) = producer {
             let verdict = self.producers.borrow().check(producer_id, epoch, base_sequence)?;
             if let Sequenced::Duplicate(result) = verdict {
-                return self.wait_durable(result, ack).await;
+                return self.wait_durable(result, ack, self.generation()).await;
             }
         }
+        let generation = self.generation();
         let plan = self.log.borrow_mut().append(batch, crate::engine::now_ms()).map_err(|e| match e {
             AppendError::Storage(e) => storage_error(&self.tp, e),
             other => EngineError::Append(other),
@@ -369,8 +393,12 @@ impl Partition {
         if let Some((producer_id, epoch, base_sequence, records)) = producer {
             self.producers.borrow_mut().remember(producer_id, epoch, base_sequence, records, result);
         }
-        if let Some(sealed) = &plan.sealed_file {
-            self.on_rolled(plan.base_offset, sealed)?;
+        // From here on the offsets are placed: any failure must fail the partition (and
+        // so cut the log back), or the watermark would later pass the unwritten batch.
+        if let Some(sealed) = plan.sealed_file.as_ref().filter(|_| mode != FlushMode::Os) {
+            if let Err(error) = self.on_rolled(plan.base_offset, sealed) {
+                return Err(self.fail(format!("roll: {error}")));
+            }
         }
         let file = match self.file_for(&plan.file) {
             Ok(file) => file,
@@ -384,18 +412,25 @@ impl Partition {
                 flush.syncs_in_flight += 1;
             }
             flush.writing.push_back((plan.next_offset, false));
+            flush.writes_in_flight += 1;
             synced_write
         };
         if synced_write {
-            self.write_synced(&file, plan, mode).await?;
+            let written = self.write_synced(&file, plan, mode).await;
+            self.flush.borrow_mut().writes_in_flight -= 1;
+            written?;
         } else {
-            let (written, _bytes) = file.write_all_at(plan.bytes, plan.position).await;
+            let (written, _bytes) = crate::fault::write_all_at(&file, plan.bytes, plan.position).await;
+            self.flush.borrow_mut().writes_in_flight -= 1;
             if let Err(error) = written {
                 return Err(self.fail(format!("write at {}: {error}", plan.position)));
             }
+            if self.generation() != generation {
+                return Err(storage_error(&self.tp, "the log was cut back after a storage failure"));
+            }
             self.on_written(plan.next_offset, mode);
         }
-        self.wait_durable(result, ack).await
+        self.wait_durable(result, ack, generation).await
     }
 
     /// The write of an append placed when everything before it was durable and nothing
@@ -412,21 +447,26 @@ impl Partition {
     ) -> Result<(), EngineError> {
         let started = std::time::Instant::now();
         let length = plan.bytes.len();
-        let (written, bytes) =
-            file.write_at_with_flags(plan.bytes, plan.position, libc::RWF_DSYNC).submit().await;
+        let (written, bytes) = crate::fault::write_synced_at(file, plan.bytes, plan.position).await;
         self.flush.borrow_mut().syncs_in_flight -= 1;
         let whole = match written {
             Err(error) => return Err(self.fail(format!("write at {}: {error}", plan.position))),
             Ok(count) if count == length => true,
             Ok(count) => {
                 let rest = { bytes }.split_off(count);
-                let (rest_written, _) = file.write_all_at(rest, plan.position + count as u64).await;
+                let (rest_written, _) =
+                    crate::fault::write_all_at(file, rest, plan.position + count as u64).await;
                 if let Err(error) = rest_written {
                     return Err(self.fail(format!("write at {}: {error}", plan.position)));
                 }
                 false
             }
         };
+        if self.durable.borrow().failed.is_some() {
+            // Another write or sync failed meanwhile: nothing is published until the
+            // partition heals (a later success says nothing about the failed bytes).
+            return Err(storage_error(&self.tp, "the partition failed while this write ran"));
+        }
         if whole {
             // The metric's sync latency here includes the write (a 64 KiB page-cache
             // copy is a few percent of it).
@@ -497,6 +537,9 @@ impl Partition {
     }
 
     fn publish(&self, offset: i64) {
+        if self.durable.borrow().failed.is_some() {
+            return; // nothing is published between a failure and the heal
+        }
         self.log.borrow().publish_high_watermark(offset);
         self.durable.send_modify(|d| d.offset = d.offset.max(offset));
     }
@@ -535,7 +578,7 @@ impl Partition {
     async fn sync(self: Rc<Self>, files: Vec<SyncFile>, target: i64, mode: FlushMode) {
         let started = std::time::Instant::now();
         for (file, full) in files {
-            let synced = if full { file.sync_all().await } else { file.sync_data().await };
+            let synced = crate::fault::sync(&file, full).await;
             if let Err(error) = synced {
                 self.fail(format!("{}: {error}", if full { "fsync" } else { "fdatasync" }));
                 self.flush.borrow_mut().syncs_in_flight -= 1;
@@ -550,6 +593,12 @@ impl Partition {
                 flush.unsynced_ends.pop_front();
             }
             flush.dirty_sealed.retain(|(end, _)| *end > target);
+        }
+        if self.durable.borrow().failed.is_some() {
+            // A sync that succeeds after another failed proves nothing about the bytes
+            // whose writeback failed (the kernel reports a writeback error once): the
+            // watermark stays where it is until the partition heals.
+            return;
         }
         // A later sync may have finished first and published a larger offset.
         let published = self.log.borrow().high_watermark();
@@ -591,17 +640,39 @@ impl Partition {
         self.log.borrow().high_watermark()
     }
 
-    /// Waits until nothing is in flight, then syncs and closes the log.
-    async fn close(&self) {
+    /// Waits until nothing is in flight, then syncs and closes the log. A partition
+    /// that failed is healed first (its log cut back to the durable end); false when
+    /// that or the final sync fails, and then the data directory must not be marked
+    /// clean (the next open recovers it).
+    async fn close(&self) -> bool {
         let next_offset = self.log.borrow().next_offset();
         let mut durable = self.durable.subscribe();
         let _ = durable.wait_for(|d| d.offset >= next_offset || d.failed.is_some()).await;
+        drop(durable);
+        if self.durable.borrow().failed.is_some() {
+            for _ in 0..CLOSE_DRAIN_POLLS_MAX {
+                let idle = {
+                    let flush = self.flush.borrow();
+                    flush.syncs_in_flight == 0 && flush.writes_in_flight == 0
+                };
+                if idle {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            self.try_heal();
+            if let Some(reason) = self.durable.borrow().failed.clone() {
+                tracing::error!(partition = %self.tp, "closing a failed partition ({reason}): not clean");
+                return false;
+            }
+        }
         if let Err(error) = self.log.borrow_mut().close() {
             tracing::error!(partition = %self.tp, "close failed: {error}");
-            return;
+            return false;
         }
         let log = self.log.borrow();
         self.snapshot_producers(&log, log.next_offset());
+        true
     }
 
     /// Writes the producer snapshot for `offset` into the log's directory: the state
@@ -614,10 +685,58 @@ impl Partition {
         }
     }
 
-    fn maintain(&self, now_ms: i64, landed_floors: Option<&HashMap<TopicPartition, i64>>) {
+    /// Heals a partition a failed write, sync or roll stopped, once no write or sync
+    /// of it is still running: the log is cut back to the high watermark (everything
+    /// below it is durable, nothing at or past it was acknowledged), the cut is synced,
+    /// producer state is rebuilt from what is left, and a new generation begins, so
+    /// appends placed before the failure are never acknowledged. Tried on every
+    /// maintenance tick; while the disk still fails, the partition stays failed.
+    fn try_heal(&self) {
+        let failed = self.durable.borrow().failed.clone();
+        let Some(reason) = failed else { return };
+        {
+            let flush = self.flush.borrow();
+            if flush.syncs_in_flight > 0 || flush.writes_in_flight > 0 {
+                return;
+            }
+        }
+        let mut log = self.log.borrow_mut();
+        if log.read_only_reason().is_some_and(|r| r != reason) {
+            return; // corruption found on read or recovery: no healing that
+        }
+        let offset = log.high_watermark();
+        if let Err(error) = log.truncate_to(offset) {
+            tracing::warn!(partition = %self.tp, "still failed ({reason}); healing: {error}");
+            return;
+        }
+        match ProducerStates::recover(&log) {
+            Ok((producers, _)) => *self.producers.borrow_mut() = producers,
+            Err(error) => {
+                tracing::warn!(partition = %self.tp, "{error}; producers start without state");
+                *self.producers.borrow_mut() = ProducerStates::default();
+            }
+        }
+        *self.active_file.borrow_mut() = None;
+        *self.flush.borrow_mut() =
+            FlushState { written_through: offset, sync_requested_through: offset, ..FlushState::default() };
+        self.durable.send_modify(|d| {
+            d.failed = None;
+            d.offset = offset;
+            d.written = offset;
+            d.generation += 1;
+        });
+        crate::engine::record_heal();
+        tracing::warn!(partition = %self.tp, offset, "healed after a storage failure ({reason}): appends resume");
+    }
+
+    fn maintain(&self, now_ms: i64, landed_floors: Option<&HashMap<TopicPartition, i64>>, mode: FlushMode) {
+        self.try_heal();
         let flush_idle = {
             let flush = self.flush.borrow();
-            flush.syncs_in_flight == 0 && flush.writing.is_empty() && flush.unsynced_ends.is_empty()
+            flush.syncs_in_flight == 0
+                && flush.writing.is_empty()
+                && flush.unsynced_ends.is_empty()
+                && self.durable.borrow().failed.is_none()
         };
         if !flush_idle {
             return;
@@ -631,7 +750,9 @@ impl Partition {
                 self.snapshot_producers(&log, log.next_offset());
                 let base_offset = log.next_offset();
                 drop(log);
-                if let Err(error) = self.on_rolled(base_offset, &sealed) {
+                if mode == FlushMode::Os {
+                    // Nothing is synced in this mode: no sync would ever release them.
+                } else if let Err(error) = self.on_rolled(base_offset, &sealed) {
                     tracing::warn!(partition = %self.tp, "time-based roll: {error}");
                 }
                 log = self.log.borrow_mut();
@@ -689,7 +810,7 @@ pub(crate) fn run(
             mesh_out,
             mesh_in,
             partitions,
-            clean,
+            recovery,
             queries,
         } = setup;
         let shard = Rc::new(Shard {
@@ -711,7 +832,7 @@ pub(crate) fn run(
         });
         let mut reports = Vec::new();
         for tp in partitions {
-            match Partition::open(tp.clone(), &shard.config, clean) {
+            match Partition::open(tp.clone(), &shard.config, recovery) {
                 Ok((partition, report)) => {
                     shard.partitions.borrow_mut().insert(tp.clone(), Rc::new(partition));
                     reports.push((tp, report));
@@ -931,7 +1052,11 @@ impl Shard {
         match request {
             Request::CreatePartition(tp) => {
                 if !self.partitions.borrow().contains_key(&tp) {
-                    let (partition, _) = Partition::open(tp.clone(), &self.config, false)?;
+                    // The topic is new: whatever a deleted topic of the same name left
+                    // (a delete cut short by a crash) is not this topic's data.
+                    crate::engine::remove_partition_files(&self.config.data_dir, &tp)
+                        .map_err(|e| storage_error(&tp, e))?;
+                    let (partition, _) = Partition::open(tp.clone(), &self.config, Recovery::Clean)?;
                     self.partitions.borrow_mut().insert(tp.clone(), Rc::new(partition));
                     self.start_queries_over(&tp);
                 }
@@ -940,12 +1065,10 @@ impl Shard {
             Request::DeletePartition(tp) => {
                 let partition = self.partitions.borrow_mut().remove(&tp);
                 if let Some(partition) = partition {
-                    partition.close().await;
-                    let dir = partition.log.borrow().dir().to_path_buf();
-                    std::fs::remove_dir_all(&dir)
-                        .map_err(|e| storage_error(&tp, format!("deleting {}: {e}", dir.display())))?;
-                    crate::segment::sync_dir(&self.config.data_dir).map_err(|e| storage_error(&tp, e))?;
+                    let _ = partition.close().await; // its files go next whatever their state
                 }
+                crate::engine::remove_partition_files(&self.config.data_dir, &tp)
+                    .map_err(|e| storage_error(&tp, e))?;
                 Ok(Reply::Deleted)
             }
             Request::Append { tp, batch, ack } => {
@@ -977,12 +1100,17 @@ impl Shard {
             Request::Shutdown => {
                 self.stopping.set(true);
                 let partitions: Vec<_> = self.partitions.borrow().values().cloned().collect();
+                let mut clean = true;
                 for partition in partitions {
-                    partition.close().await;
+                    clean &= partition.close().await;
                 }
                 self.stopped.set(true);
                 self.me().eventfd.0.signal(); // the main task may be parked: let it see `stopped`
-                Ok(Reply::ShutDown)
+                if clean {
+                    Ok(Reply::ShutDown)
+                } else {
+                    Err(EngineError::Storage("a partition could not be closed cleanly".into()))
+                }
             }
         }
     }
@@ -999,7 +1127,7 @@ impl Shard {
             let landed_floors = (self.config.retain_until_landed && !partitions.is_empty())
                 .then(|| crate::landed::read_floors(&self.config.data_dir));
             for partition in partitions {
-                partition.maintain(now, landed_floors.as_ref());
+                partition.maintain(now, landed_floors.as_ref(), self.config.flush);
             }
         }
     }
