@@ -1,7 +1,9 @@
-//! Crash safety with real processes: a child appends with `--flush group` and prints
-//! every acknowledgement; the parent SIGKILLs it at a random (seeded) moment, reopens
-//! the data directory and checks that every acknowledged batch is present with
-//! identical bytes, then repeats on the same directory.
+//! Crash safety with real processes: a child appends in one flush mode and prints every
+//! acknowledgement; the parent SIGKILLs it at a random (seeded) moment, over and over
+//! on the same directory (64 KiB segments, so kills land during rolls). Between kills
+//! the parent sometimes lets the next child recover the directory itself and sometimes
+//! reopens it: then every acknowledged batch must be present with identical bytes, every
+//! partition must read cleanly to its high watermark and take a new append.
 //!
 //! The child is this same test binary re-executed with `CORELOG_CRASH_CHILD` set.
 //! Replay a failure with `CORELOG_CRASH_SEED=<seed>`.
@@ -17,7 +19,8 @@ use std::time::Duration;
 
 const TOPIC: &str = "crash";
 const PARTITIONS: u32 = 4;
-const ROUNDS: u32 = 5;
+/// SIGKILLs per flush mode.
+const ROUNDS: u32 = 7;
 const IN_FLIGHT_PER_THREAD: usize = 32;
 
 /// The batch a child appends for (round, partition, sequence): derivable by the parent.
@@ -35,19 +38,19 @@ fn batch_for(round: u32, partition: u32, sequence: u64) -> BytesMut {
     builder.finish()
 }
 
-fn engine_config(dir: &Path) -> EngineConfig {
+fn engine_config(dir: &Path, flush: FlushMode) -> EngineConfig {
     EngineConfig {
         shards: 2,
-        flush: FlushMode::Group,
+        flush,
         pin_threads: false,
-        log: engine::log::LogConfig { segment_bytes: 256 << 10, retention_ms: None, ..Default::default() },
+        log: engine::log::LogConfig { segment_bytes: 64 << 10, retention_ms: None, ..Default::default() },
         ..EngineConfig::new(dir)
     }
 }
 
 /// Child: appends forever from two threads, printing `ack round partition sequence base next`.
-fn child(dir: &Path, round: u32) {
-    let engine = Engine::open(engine_config(dir)).expect("child opens the engine");
+fn child(dir: &Path, round: u32, flush: FlushMode) {
+    let engine = Engine::open(engine_config(dir, flush)).expect("child opens the engine");
     if engine.partition_count(TOPIC).is_none() {
         engine.create_topic(TOPIC, PARTITIONS).expect("create topic");
     }
@@ -84,7 +87,8 @@ fn crash_child_entry_point() {
     // Runs only when re-executed by the parent test below.
     if let (Ok(dir), Ok(round)) = (std::env::var("CORELOG_CRASH_CHILD"), std::env::var("CORELOG_CRASH_ROUND"))
     {
-        child(Path::new(&dir), round.parse().unwrap());
+        let flush = std::env::var("CORELOG_CRASH_FLUSH").unwrap().parse().unwrap();
+        child(Path::new(&dir), round.parse().unwrap(), flush);
     }
 }
 
@@ -96,11 +100,12 @@ struct Ack {
     next_offset: i64,
 }
 
-fn run_child_and_kill(dir: &Path, round: u32, kill_after: Duration) -> Vec<Ack> {
+fn run_child_and_kill(dir: &Path, round: u32, flush: FlushMode, kill_after: Duration) -> Vec<Ack> {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "crash_child_entry_point", "--nocapture", "--test-threads=1"])
         .env("CORELOG_CRASH_CHILD", dir)
         .env("CORELOG_CRASH_ROUND", round.to_string())
+        .env("CORELOG_CRASH_FLUSH", flush.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -133,58 +138,101 @@ fn run_child_and_kill(dir: &Path, round: u32, kill_after: Duration) -> Vec<Ack> 
     acks
 }
 
-#[test]
-fn given_sigkill_at_random_moments_when_reopened_then_every_acknowledged_batch_is_intact() {
-    let seed: u64 =
+fn seed() -> u64 {
+    let seed =
         std::env::var("CORELOG_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
     println!("crash test seed {seed} (replay with CORELOG_CRASH_SEED={seed})");
+    seed
+}
+
+/// Opens the directory as a restart would and checks every acknowledged batch, that
+/// every partition reads to its high watermark and takes an append.
+fn verify(dir: &Path, flush: FlushMode, all_acks: &mut Vec<Ack>, seed: u64, round: u32) -> Engine {
+    let context = format!("seed {seed}, flush {flush}, after kill {round}");
+    let engine = Engine::open(engine_config(dir, flush)).unwrap_or_else(|e| panic!("{context}: reopen: {e}"));
+    for ack in all_acks.iter() {
+        let fetched = engine.read(TOPIC, ack.partition, ack.base_offset, 1).wait().unwrap_or_else(|e| {
+            panic!("{context}: acknowledged batch at {}:{} missing: {e}", ack.partition, ack.base_offset)
+        });
+        let view = BatchView::parse(&fetched.bytes).unwrap();
+        assert_eq!((view.base_offset(), view.next_offset()), (ack.base_offset, ack.next_offset), "{context}");
+        let expected = batch_for(ack.round, ack.partition, ack.sequence);
+        assert_eq!(
+            &view.bytes()[16..],
+            &expected[16..],
+            "{context}: bytes of {}:{}",
+            ack.partition,
+            ack.base_offset
+        );
+    }
+    for partition in 0..PARTITIONS {
+        let high_watermark = engine.partition_info(TOPIC, partition).wait().unwrap().high_watermark;
+        let mut offset = 0;
+        while offset < high_watermark {
+            let fetched = engine.read(TOPIC, partition, offset, 1 << 20).wait().unwrap();
+            assert!(fetched.next_offset > offset, "{context}: progress");
+            offset = fetched.next_offset;
+        }
+        // A partition that cannot take appends after a restart is data loss too.
+        let sequence = u64::MAX - u64::from(partition);
+        let ack = engine
+            .append(TOPIC, partition, batch_for(round, partition, sequence))
+            .wait()
+            .unwrap_or_else(|e| panic!("{context}: partition {partition} refuses appends: {e}"));
+        assert_eq!(ack.base_offset, high_watermark, "{context}: the append goes at the end");
+        all_acks.push(Ack {
+            round,
+            partition,
+            sequence,
+            base_offset: ack.base_offset,
+            next_offset: ack.next_offset,
+        });
+    }
+    engine
+}
+
+fn kill_repeatedly(flush: FlushMode) {
+    let seed = seed();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
     let mut all_acks = Vec::new();
     for round in 0..ROUNDS {
-        let kill_after = Duration::from_millis(rng.gen_range(150..700));
-        let acks = run_child_and_kill(dir.path(), round, kill_after);
+        let kill_after = Duration::from_millis(rng.gen_range(150..600));
+        let acks = run_child_and_kill(dir.path(), round, flush, kill_after);
         all_acks.extend(acks);
-        let engine =
-            Engine::open(engine_config(dir.path())).unwrap_or_else(|e| panic!("seed {seed}: reopen: {e}"));
-        for ack in &all_acks {
-            let fetched = engine.read(TOPIC, ack.partition, ack.base_offset, 1).wait().unwrap_or_else(|e| {
-                panic!(
-                    "seed {seed}: acknowledged batch at {}:{} missing: {e}",
-                    ack.partition, ack.base_offset
-                )
-            });
-            let view = BatchView::parse(&fetched.bytes).unwrap();
-            assert_eq!(
-                (view.base_offset(), view.next_offset()),
-                (ack.base_offset, ack.next_offset),
-                "seed {seed}"
-            );
-            let expected = batch_for(ack.round, ack.partition, ack.sequence);
-            assert_eq!(
-                &view.bytes()[16..],
-                &expected[16..],
-                "seed {seed}: bytes of {}:{}",
-                ack.partition,
-                ack.base_offset
-            );
-        }
-        // Every partition reads cleanly from 0 to its high watermark.
-        for partition in 0..PARTITIONS {
-            let high_watermark = engine.partition_info(TOPIC, partition).wait().unwrap().high_watermark;
-            let mut offset = 0;
-            while offset < high_watermark {
-                let fetched = engine.read(TOPIC, partition, offset, 1 << 20).wait().unwrap();
-                assert!(fetched.next_offset > offset, "seed {seed}: progress");
-                offset = fetched.next_offset;
+        // Half the time the next child recovers what this one left, so kills follow
+        // kills with no clean open between them; always after the last one.
+        if round + 1 == ROUNDS || rng.gen_bool(0.5) {
+            let engine = verify(dir.path(), flush, &mut all_acks, seed, round);
+            engine.shutdown().unwrap();
+            // Leave the next round an unclean directory most of the time.
+            if rng.gen_bool(0.7) {
+                std::fs::remove_file(dir.path().join(engine::CLEAN_MARKER_FILE)).unwrap();
             }
         }
-        engine.shutdown().unwrap();
-        // Leave the next round an unclean directory most of the time.
-        if rng.gen_bool(0.7) {
-            std::fs::remove_file(dir.path().join(engine::CLEAN_MARKER_FILE)).unwrap();
-        }
     }
+    let rolled = std::fs::read_dir(dir.path().join(format!("{TOPIC}-0")))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "log"))
+        .count();
+    assert!(rolled > ROUNDS as usize, "seed {seed}: kills landed among rolls ({rolled} segments)");
     assert!(all_acks.len() > 100, "seed {seed}: the children made progress ({} acks)", all_acks.len());
     assert!(all_acks.iter().any(|a| a.round == ROUNDS - 1));
+}
+
+#[test]
+fn given_repeated_sigkills_during_rolls_with_group_flush_then_acknowledged_batches_survive_and_appends_resume(
+) {
+    kill_repeatedly(FlushMode::Group);
+}
+
+#[test]
+fn given_repeated_sigkills_during_rolls_with_always_flush_then_acknowledged_batches_survive_and_appends_resume(
+) {
+    kill_repeatedly(FlushMode::Always);
+}
+
+#[test]
+fn given_repeated_sigkills_during_rolls_with_os_flush_then_acknowledged_batches_survive_and_appends_resume() {
+    kill_repeatedly(FlushMode::Os);
 }

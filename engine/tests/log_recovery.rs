@@ -292,3 +292,182 @@ fn given_a_batch_placed_but_not_written_when_read_then_readers_stop_at_the_high_
     assert_eq!(log.offset_for_timestamp(NOW_MS + 1000), None);
     assert_eq!(log.offset_for_timestamp(NOW_MS + 1), Some((1, NOW_MS + 1)));
 }
+
+/// Small segments, `durable` batches appended and synced; returns the log and the
+/// durable end.
+fn durable_log(dir: &Path, durable: usize) -> (PartitionLog, i64) {
+    let small = LogConfig { segment_bytes: 1000, ..config() };
+    let mut log = open(dir, small, false);
+    let mut end = 0;
+    for i in 0..durable {
+        end = log.append_sync(batch(2, 100, NOW_MS + i as i64), NOW_MS).unwrap().1;
+    }
+    (log, end)
+}
+
+/// Places batches (offsets assigned, files created at rolls) and writes only those
+/// `write` picks, as a process killed with writes in flight leaves them.
+fn place(log: &mut PartitionLog, count: usize, write: impl Fn(usize) -> bool) -> Vec<(i64, i64)> {
+    use std::os::unix::fs::FileExt;
+    let mut placed = Vec::new();
+    for i in 0..count {
+        let plan = log.append(batch(2, 100, NOW_MS + 100 + i as i64), NOW_MS).unwrap();
+        if write(i) {
+            plan.file.write_all_at(&plan.bytes, plan.position).unwrap();
+        }
+        placed.push((plan.base_offset, plan.next_offset));
+    }
+    placed
+}
+
+fn log_files(dir: &Path) -> Vec<(i64, u64)> {
+    let mut files: Vec<(i64, u64)> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let path = e.unwrap().path();
+            let base = engine::segment::parse_log_name(&path)?;
+            Some((base, std::fs::metadata(&path).unwrap().len()))
+        })
+        .collect();
+    files.sort_unstable();
+    files
+}
+
+/// After an unclean reopen: the durable prefix is intact, the log ends at `end`, no
+/// segment file follows the end, and the partition takes an append that survives a
+/// clean reopen.
+fn assert_recovered_to(dir: &Path, durable_bytes: &[u8], end: i64) {
+    let small = LogConfig { segment_bytes: 1000, ..config() };
+    let (mut log, report) = PartitionLog::open(dir, small.clone(), false, NOW_MS).unwrap();
+    assert_eq!(log.read_only_reason(), None, "{report:?}");
+    assert_eq!(log.next_offset(), end, "{report:?}");
+    assert_eq!(log.high_watermark(), end);
+    assert_eq!(read_all(&log), durable_bytes);
+    let last_base = log_files(dir).last().unwrap().0;
+    assert!(last_base <= end, "no segment starts past the end: {:?}", log_files(dir));
+    let (base, next) = log.append_sync(batch(3, 50, NOW_MS + 9), NOW_MS).expect("appendable after recovery");
+    assert_eq!(base, end);
+    log.close().unwrap();
+    drop(log);
+    let log = open(dir, small, true);
+    assert_eq!(log.next_offset(), next);
+    assert_eq!(&read_all(&log)[..durable_bytes.len()], durable_bytes);
+}
+
+#[test]
+fn given_a_kill_with_the_last_batch_of_a_sealed_segment_unwritten_and_the_next_segment_written_then_recovery_cuts_at_the_hole(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, end) = durable_log(dir.path(), 5);
+    let durable_bytes = read_all(&log);
+    let segments_before = log.segment_count();
+    // The first placed batch is not written; later ones (some in new segments) are.
+    let placed = place(&mut log, 8, |i| i != 0);
+    assert!(log.segment_count() > segments_before + 1, "placements rolled twice");
+    assert_eq!(placed[0].0, end);
+    drop(log);
+    assert_recovered_to(dir.path(), &durable_bytes, end);
+}
+
+#[test]
+fn given_a_kill_right_after_a_roll_with_the_sealed_tail_unwritten_then_the_empty_segment_goes_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, end) = durable_log(dir.path(), 4);
+    let durable_bytes = read_all(&log);
+    let segments = log.segment_count();
+    // Place until a roll: nothing written, so the sealed tail is a hole and the new
+    // segment is a zero-length file that does not follow it.
+    let mut placed = 0;
+    while log.segment_count() == segments {
+        place(&mut log, 1, |_| false);
+        placed += 1;
+    }
+    assert!(placed >= 1);
+    let files = log_files(dir.path());
+    assert_eq!(files.last().unwrap().1, 0, "{files:?}");
+    drop(log);
+    assert_recovered_to(dir.path(), &durable_bytes, end);
+}
+
+#[test]
+fn given_a_kill_after_a_roll_with_nothing_lost_then_the_zero_length_segment_is_kept_and_appendable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = durable_log(dir.path(), 4);
+    let segments = log.segment_count();
+    let mut end = 0;
+    while log.segment_count() == segments {
+        end = place(&mut log, 1, |_| true)[0].1;
+    }
+    // The batch that rolled was written into the new segment; cut it off the file to
+    // leave a zero-length segment that follows its predecessor exactly.
+    let files = log_files(dir.path());
+    let (base, _) = *files.last().unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.path().join(format!("{base:020}.log")))
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let durable_bytes = read_all(&log);
+    drop(log);
+    assert!(end > base);
+    let log = open(dir.path(), LogConfig { segment_bytes: 1000, ..config() }, false);
+    let durable_bytes_now = read_all(&log);
+    assert!(durable_bytes_now.len() >= durable_bytes.len());
+    drop(log);
+    assert_recovered_to(dir.path(), &durable_bytes_now, base);
+}
+
+#[test]
+fn given_holes_in_several_recent_segments_then_recovery_keeps_only_the_prefix_before_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, end) = durable_log(dir.path(), 3);
+    let durable_bytes = read_all(&log);
+    // Holes every third placement across several rolls.
+    place(&mut log, 20, |i| i % 3 != 0);
+    drop(log);
+    assert_recovered_to(dir.path(), &durable_bytes, end);
+}
+
+#[test]
+fn given_a_failed_write_when_the_log_is_cut_back_to_the_high_watermark_then_it_takes_appends_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, end) = durable_log(dir.path(), 5);
+    let durable_bytes = read_all(&log);
+    // Placed and partly written across a roll, then "the disk failed".
+    place(&mut log, 9, |i| i % 2 == 1);
+    log.set_read_only("write failed: ENOSPC".into());
+    assert!(log.append_sync(batch(1, 1, NOW_MS), NOW_MS).is_err());
+    log.truncate_to(end).unwrap();
+    assert_eq!(log.read_only_reason(), None);
+    assert_eq!(log.next_offset(), end);
+    assert_eq!(read_all(&log), durable_bytes);
+    let (base, next) = log.append_sync(batch(2, 30, NOW_MS), NOW_MS).unwrap();
+    assert_eq!(base, end);
+    log.close().unwrap();
+    drop(log);
+    let log = open(dir.path(), LogConfig { segment_bytes: 1000, ..config() }, true);
+    assert_eq!(log.next_offset(), next);
+    assert_eq!(&read_all(&log)[..durable_bytes.len()], &durable_bytes[..]);
+}
+
+#[test]
+fn given_an_unclean_stop_when_old_segments_were_written_before_the_run_then_corruption_there_is_not_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = durable_log(dir.path(), 10);
+    assert!(log.segment_count() > 2);
+    drop(log);
+    let first = dir.path().join(format!("{:020}.log", 0));
+    let mut bytes = std::fs::read(&first).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    std::fs::write(&first, &bytes).unwrap();
+    // Only segments written since a time after the corruption count as the stopped
+    // run's: the first one is old, so its bad batch is corruption, not a torn write.
+    let recovery = engine::log::Recovery::Unclean { written_since_ms: Some(engine::now_ms() + 3_600_000) };
+    let small = LogConfig { segment_bytes: 1000, ..config() };
+    let (log, report) = PartitionLog::open_with(dir.path(), small, recovery, NOW_MS).unwrap();
+    assert!(report.sealed_corruption.is_some(), "{report:?}");
+    assert!(log.read_only_reason().is_some());
+    assert_eq!(std::fs::read(&first).unwrap(), bytes, "an old segment is never cut");
+}
