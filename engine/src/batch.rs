@@ -421,7 +421,8 @@ pub fn decompress_bounded(codec: i16, bytes: &[u8], limit: usize) -> Result<Vec<
         Ok(())
     };
     match codec {
-        1 => read(&mut flate2::read::GzDecoder::new(bytes), &mut out)?,
+        // Java's GZIPInputStream reads concatenated members; so does this.
+        1 => read(&mut flate2::read::MultiGzDecoder::new(bytes), &mut out)?,
         3 => {
             let mut decoder = lz4::Decoder::new(bytes).map_err(|_| corrupt("bad lz4 frame"))?;
             read(&mut decoder, &mut out)?

@@ -12,6 +12,8 @@
 //!   that owns each source partition, right behind the durable append;
 //! * [`producers`]: idempotent producers' sequence state, snapshotted beside the log
 //!   and rebuilt from it on open;
+//! * [`lies`]: structure-aware lying batches (valid CRC, lying fields) and the oracle
+//!   the validation property test and fuzz target judge them by;
 //! * [`landed`]: the lander's landed-offset registrations that retention honours;
 //! * [`fault`]: the storage-fault layer every shard write and sync passes (tests arm
 //!   EIO, ENOSPC and short writes through it);
@@ -50,6 +52,7 @@ pub mod groups;
 pub mod io;
 pub mod kafka;
 pub mod landed;
+pub mod lies;
 pub mod log;
 pub mod producers;
 pub mod query;
