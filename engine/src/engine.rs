@@ -634,7 +634,11 @@ impl Via<'_> {
     /// As [`Engine::read`], entering through this shard.
     pub fn read(&self, topic: &str, partition: u32, offset: i64, max_bytes: usize) -> Pending<Fetched> {
         let tp = TopicPartition::new(topic, partition);
-        self.engine.submit(self.shard, Request::Read { tp, offset, max_bytes }, reply_as!(Read))
+        self.engine.submit(
+            self.shard,
+            Request::Read { tp, offset, max_bytes, strict: false },
+            reply_as!(Read),
+        )
     }
 }
 

@@ -702,11 +702,31 @@ struct FetchSlot {
     tp: TopicPartition,
     offset: i64,
     max_bytes: usize,
+    /// Only the first partition of a Fetch may return a batch above its budget.
+    strict: bool,
 }
 
 async fn read_partition(shard: &Rc<Shard>, slot: &FetchSlot) -> fetch_response::PartitionData {
     let partition = fetch_response::PartitionData::default().with_partition_index(slot.tp.partition as i32);
-    let request = Request::Read { tp: slot.tp.clone(), offset: slot.offset, max_bytes: slot.max_bytes };
+    if slot.max_bytes == 0 && slot.strict {
+        // No budget left for it: only offsets, no read (and no work).
+        let partition = match shard.route(Request::Info(slot.tp.clone())).await {
+            Ok(Reply::Info(info)) => partition
+                .with_high_watermark(info.high_watermark)
+                .with_last_stable_offset(info.high_watermark)
+                .with_log_start_offset(info.log_start_offset)
+                .with_records(Some(Bytes::new())),
+            Ok(other) => unreachable!("info answered {other:?}"),
+            Err(error) => partition.with_error_code(error_code(&error)).with_high_watermark(-1),
+        };
+        return partition;
+    }
+    let request = Request::Read {
+        tp: slot.tp.clone(),
+        offset: slot.offset,
+        max_bytes: slot.max_bytes,
+        strict: slot.strict,
+    };
     match shard.route(request).await {
         Ok(Reply::Read(fetched)) => partition
             .with_high_watermark(fetched.high_watermark)
@@ -728,18 +748,52 @@ async fn read_partition(shard: &Rc<Shard>, slot: &FetchSlot) -> fetch_response::
     }
 }
 
-async fn fetch(shard: &Rc<Shard>, request: FetchRequest) -> FetchResponse {
+/// Kafka's `fetch.max.bytes` default: the most record bytes one Fetch response holds
+/// (plus at most one batch, when the first partition's first batch is larger).
+pub const FETCH_RESPONSE_BYTES_MAX: usize = 55 << 20;
+
+/// Partitions one Fetch may name; later ones are not read.
+pub const FETCH_PARTITIONS_MAX: usize = 10_000;
+
+/// Plans the reads of a Fetch the way Kafka's broker does: partitions in request order,
+/// each read bounded by its `partition_max_bytes` and by what is left of the request's
+/// `max_bytes` (itself capped at [`FETCH_RESPONSE_BYTES_MAX`]); only the first partition
+/// may return a batch above its budget (so a consumer always progresses). A partition
+/// named again in the same request, or beyond [`FETCH_PARTITIONS_MAX`], is answered once
+/// and never read twice. Negative partition indexes are answered
+/// UNKNOWN_TOPIC_OR_PARTITION.
+fn plan_fetch(request: &FetchRequest) -> (Vec<FetchSlot>, Vec<(usize, i32)>) {
     let mut slots = Vec::new();
+    let mut unknown = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut left = (request.max_bytes.max(0) as usize).min(FETCH_RESPONSE_BYTES_MAX);
     for (topic_index, topic) in request.topics.iter().enumerate() {
         for partition in &topic.partitions {
+            if partition.partition < 0 {
+                unknown.push((topic_index, partition.partition));
+                continue;
+            }
+            let tp = TopicPartition::new(&topic.topic.0, partition.partition as u32);
+            if slots.len() >= FETCH_PARTITIONS_MAX || !seen.insert(tp.clone()) {
+                continue;
+            }
+            let max_bytes = (partition.partition_max_bytes.max(0) as usize).min(left);
+            left -= max_bytes;
+            let strict = !slots.is_empty();
             slots.push(FetchSlot {
                 topic: topic_index,
-                tp: TopicPartition::new(&topic.topic.0, partition.partition.max(0) as u32),
+                tp,
                 offset: partition.fetch_offset,
-                max_bytes: partition.partition_max_bytes.max(0) as usize,
+                max_bytes,
+                strict,
             });
         }
     }
+    (slots, unknown)
+}
+
+async fn fetch(shard: &Rc<Shard>, request: FetchRequest) -> FetchResponse {
+    let (slots, unknown) = plan_fetch(&request);
     let mut partitions = join_all(slots.iter().map(|slot| read_partition(shard, slot))).await;
     let bytes: usize = partitions.iter().map(|p| p.records.as_ref().map_or(0, Bytes::len)).sum();
     let wait_ms = (request.max_wait_ms.max(0) as u64).min(FETCH_WAIT_MS_MAX);
@@ -762,6 +816,14 @@ async fn fetch(shard: &Rc<Shard>, request: FetchRequest) -> FetchResponse {
     for (slot, partition) in slots.iter().zip(partitions) {
         responses[slot.topic].partitions.push(partition);
     }
+    for (topic, index) in unknown {
+        responses[topic].partitions.push(
+            fetch_response::PartitionData::default()
+                .with_partition_index(index)
+                .with_error_code(code::UNKNOWN_TOPIC_OR_PARTITION)
+                .with_high_watermark(-1),
+        );
+    }
     FetchResponse::default().with_responses(responses)
 }
 
@@ -770,10 +832,21 @@ async fn list_offsets(shard: &Rc<Shard>, request: ListOffsetsRequest) -> ListOff
     for topic in request.topics {
         let mut partitions = Vec::with_capacity(topic.partitions.len());
         for partition in topic.partitions {
-            let tp = TopicPartition::new(&topic.name.0, partition.partition_index.max(0) as u32);
             let response = list_offsets_response::ListOffsetsPartitionResponse::default()
                 .with_partition_index(partition.partition_index);
+            if partition.partition_index < 0 {
+                partitions.push(
+                    response
+                        .with_error_code(code::UNKNOWN_TOPIC_OR_PARTITION)
+                        .with_timestamp(-1)
+                        .with_offset(-1),
+                );
+                continue;
+            }
+            let tp = TopicPartition::new(&topic.name.0, partition.partition_index as u32);
             let answer = match partition.timestamp {
+                // -3: the offset of the record with the largest timestamp (KIP-734).
+                -3 => max_timestamp_offset(shard, tp).await,
                 -1 | -2 => shard.route(Request::Info(tp)).await.map(|reply| match reply {
                     Reply::Info(info) if partition.timestamp == -1 => (-1, info.high_watermark),
                     Reply::Info(info) => (-1, info.log_start_offset),
@@ -801,6 +874,16 @@ async fn list_offsets(shard: &Rc<Shard>, request: ListOffsetsRequest) -> ListOff
         );
     }
     ListOffsetsResponse::default().with_topics(topics)
+}
+
+/// ListOffsets with timestamp -3: (largest timestamp, offset of its record), or (-1, -1)
+/// for an empty partition. Found by a scan of the partition's batch headers, then of
+/// the records of the batch that holds it.
+async fn max_timestamp_offset(shard: &Rc<Shard>, tp: TopicPartition) -> Result<(i64, i64), EngineError> {
+    match shard.route(Request::MaxTimestamp(tp)).await? {
+        Reply::Offset(found) => Ok(found.map_or((-1, -1), |(offset, timestamp)| (timestamp, offset))),
+        other => unreachable!("max timestamp answered {other:?}"),
+    }
 }
 
 async fn create_topics(shard: &Rc<Shard>, request: CreateTopicsRequest) -> CreateTopicsResponse {

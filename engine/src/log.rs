@@ -626,6 +626,17 @@ impl PartitionLog {
     /// (at least one batch when any is available), never past the high watermark and
     /// never across a segment boundary. Every returned batch is CRC-checked.
     pub fn read(&self, offset: i64, max_bytes: usize) -> Result<Fetched, ReadError> {
+        self.read_bounded(offset, max_bytes, true)
+    }
+
+    /// As [`PartitionLog::read`]; with `first_may_exceed` false, a first batch larger
+    /// than `max_bytes` is not returned either (the read is empty).
+    pub fn read_bounded(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        first_may_exceed: bool,
+    ) -> Result<Fetched, ReadError> {
         let high_watermark = self.high_watermark();
         let log_start_offset = self.log_start_offset();
         if offset < log_start_offset || offset > high_watermark {
@@ -654,7 +665,11 @@ impl PartitionLog {
                 continue;
             }
             let first = *start.get_or_insert(position);
-            if position > first && position + view.len() - first > max_bytes {
+            let oversized = position + view.len() - first > max_bytes;
+            if oversized && (position > first || !first_may_exceed) {
+                if position == first {
+                    start = None;
+                }
                 break;
             }
             position += view.len();
@@ -696,6 +711,45 @@ impl PartitionLog {
             position += view.len();
         }
         None
+    }
+
+    /// The record with the largest timestamp below the high watermark, as (offset,
+    /// timestamp): what ListOffsets answers for timestamp -3 (KIP-734). Segments are
+    /// visited by descending maximum timestamp and the walk stops once no unvisited
+    /// segment can hold a larger one; only batch headers are read, then the records of
+    /// the winning batch (a compressed one answers with its last offset).
+    pub fn max_timestamp_offset(&self) -> Option<(i64, i64)> {
+        let high_watermark = self.high_watermark();
+        let mut order: Vec<&Segment> =
+            self.segments.iter().filter(|s| s.base_offset() < high_watermark).collect();
+        order.sort_by_key(|s| std::cmp::Reverse(s.max_timestamp()));
+        let mut best: Option<(i64, u64, &Segment)> = None;
+        for segment in order {
+            if best.as_ref().is_some_and(|(ts, ..)| *ts >= segment.max_timestamp()) {
+                break;
+            }
+            let window = segment.slice(0, segment.size());
+            let mut position = 0usize;
+            let mut next = segment.base_offset();
+            while position < window.len() && next < high_watermark {
+                let Some(Ok(len)) = crate::batch::frame_len(&window[position..]) else { break };
+                let Ok((header, _)) = BatchHeader::ref_from_prefix(&window[position..]) else { break };
+                if best.as_ref().is_none_or(|(ts, ..)| header.max_timestamp.get() > *ts) {
+                    best = Some((header.max_timestamp.get(), position as u64, segment));
+                }
+                next = header.base_offset.get() + i64::from(header.last_offset_delta.get()) + 1;
+                position += len;
+            }
+        }
+        let (timestamp, position, segment) = best?;
+        let window = segment.slice(0, segment.size());
+        let view = BatchView::parse(&window[position as usize..]).ok()?;
+        let offset = view
+            .records()
+            .ok()
+            .and_then(|records| records.into_iter().find(|r| r.timestamp == timestamp).map(|r| r.offset))
+            .unwrap_or(view.last_offset());
+        Some((offset, timestamp))
     }
 
     /// Deletes whole sealed segments past retention (time, size), never the active

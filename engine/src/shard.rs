@@ -77,7 +77,8 @@ pub enum Request {
         /// When to answer.
         ack: AckLevel,
     },
-    /// Read whole batches from `offset`, at most `max_bytes` (at least one batch).
+    /// Read whole batches from `offset`, at most `max_bytes` (at least one batch,
+    /// unless `strict`).
     Read {
         /// Source partition.
         tp: TopicPartition,
@@ -85,6 +86,9 @@ pub enum Request {
         offset: i64,
         /// Byte budget.
         max_bytes: usize,
+        /// Never exceed `max_bytes`, even with the first batch (a Fetch lets only its
+        /// first partition exceed its budget, as Kafka does).
+        strict: bool,
     },
     /// Resolve once the high watermark is past `offset`, or after `timeout_ms`.
     WaitFor {
@@ -104,6 +108,8 @@ pub enum Request {
     },
     /// Offsets of a partition.
     Info(TopicPartition),
+    /// The record with the largest timestamp (ListOffsets -3).
+    MaxTimestamp(TopicPartition),
     /// Finish in-flight work, sync and close every partition, stop the shard.
     Shutdown,
 }
@@ -111,7 +117,10 @@ pub enum Request {
 impl Request {
     fn partition(&self) -> Option<&TopicPartition> {
         match self {
-            Request::CreatePartition(tp) | Request::DeletePartition(tp) | Request::Info(tp) => Some(tp),
+            Request::CreatePartition(tp)
+            | Request::DeletePartition(tp)
+            | Request::Info(tp)
+            | Request::MaxTimestamp(tp) => Some(tp),
             Request::Append { tp, .. }
             | Request::Read { tp, .. }
             | Request::WaitFor { tp, .. }
@@ -1075,9 +1084,9 @@ impl Shard {
                 let partition = self.partition(&tp)?;
                 partition.append(batch, self.config.flush, ack).await.map(Reply::Appended)
             }
-            Request::Read { tp, offset, max_bytes } => {
+            Request::Read { tp, offset, max_bytes, strict } => {
                 let partition = self.partition(&tp)?;
-                let fetched = partition.log.borrow().read(offset, max_bytes);
+                let fetched = partition.log.borrow().read_bounded(offset, max_bytes, !strict);
                 match fetched {
                     Ok(fetched) => Ok(Reply::Read(fetched)),
                     Err(error @ ReadError::Corrupt { .. }) => {
@@ -1097,6 +1106,11 @@ impl Shard {
                 Ok(Reply::Offset(found))
             }
             Request::Info(tp) => Ok(Reply::Info(self.partition(&tp)?.info())),
+            Request::MaxTimestamp(tp) => {
+                let partition = self.partition(&tp)?;
+                let found = partition.log.borrow().max_timestamp_offset();
+                Ok(Reply::Offset(found))
+            }
             Request::Shutdown => {
                 self.stopping.set(true);
                 let partitions: Vec<_> = self.partitions.borrow().values().cloned().collect();

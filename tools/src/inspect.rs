@@ -1,7 +1,8 @@
 //! `corelog inspect PATH`: dumps a segment (`.log`), offset index (`.index`), time
-//! index (`.timeindex`) or a whole partition directory, checks every batch's length,
-//! CRC and offset sequence and every index entry against the log, and reports whether
-//! the files are intact. Reads files only; never repairs anything.
+//! index (`.timeindex`), a whole partition directory or a whole data directory (every
+//! partition directory in it), checks every batch's length, CRC, offset sequence and
+//! records (the rules appends are validated by) and every index entry against the log,
+//! and reports whether the files are intact. Reads files only; never repairs anything.
 
 use anyhow::{bail, Context, Result};
 use engine::batch::BatchView;
@@ -23,19 +24,22 @@ pub struct Findings {
 /// Inspects `path`, writing the dump to `out`. `records` also decodes records.
 pub fn run(path: &Path, records: bool, out: &mut impl Write) -> Result<Findings> {
     let mut findings = Findings::default();
-    if path.is_dir() {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+    if path.join(engine::META_FILE).is_file() {
+        // A whole data directory: every partition directory in it.
+        let mut partitions: Vec<PathBuf> = std::fs::read_dir(path)
             .with_context(|| format!("reading {}", path.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("log" | "index" | "timeindex")))
+            .filter(|p| {
+                p.is_dir()
+                    && p.file_name().and_then(|n| n.to_str()).and_then(engine::parse_partition_dir).is_some()
+            })
             .collect();
-        files.sort();
-        if files.is_empty() {
-            bail!("{}: no segment files", path.display());
+        partitions.sort();
+        for partition in partitions {
+            inspect_dir(&partition, records, out, &mut findings)?;
         }
-        for file in files {
-            inspect_file(&file, records, out, &mut findings)?;
-        }
+    } else if path.is_dir() {
+        inspect_dir(path, records, out, &mut findings)?;
     } else {
         inspect_file(path, records, out, &mut findings)?;
     }
@@ -50,6 +54,24 @@ pub fn run(path: &Path, records: bool, out: &mut impl Write) -> Result<Findings>
         writeln!(out, "problem: {problem}")?;
     }
     Ok(findings)
+}
+
+fn inspect_dir(path: &Path, records: bool, out: &mut impl Write, findings: &mut Findings) -> Result<()> {
+    {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("log" | "index" | "timeindex")))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            bail!("{}: no segment files", path.display());
+        }
+        for file in files {
+            inspect_file(&file, records, out, findings)?;
+        }
+    }
+    Ok(())
 }
 
 fn base_offset_of(path: &Path) -> Result<i64> {
@@ -80,7 +102,16 @@ fn inspect_log(
 ) -> Result<()> {
     writeln!(out, "{}: segment, base offset {base_offset}, {} bytes", path.display(), bytes.len())?;
     let mut write_error = None;
+    let mut invalid = Vec::new();
     let scan = scan_batches(bytes, 0, base_offset, |position, view| {
+        if let Err(error) = engine::batch::validate_records(view) {
+            invalid.push(format!(
+                "{}: batch at byte {position} (offsets {}..={}) passes its CRC but breaks the record rules: {error}",
+                path.display(),
+                view.base_offset(),
+                view.last_offset()
+            ));
+        }
         let mut line = format!(
             "  batch at {position}: offsets {}..={} ({} records), {} bytes, max timestamp {}, crc {:#010x} ok, codec {}",
             view.base_offset(),
@@ -112,6 +143,7 @@ fn inspect_log(
         return Err(error.into());
     }
     findings.batches += scan.batches;
+    findings.problems.extend(invalid);
     writeln!(
         out,
         "  {} batches, offsets {base_offset}..{}, {} valid bytes",

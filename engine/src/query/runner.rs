@@ -240,8 +240,12 @@ async fn last_seq(shard: &Rc<Shard>, tp: &TopicPartition) -> Result<u64, EngineE
     if info.high_watermark <= info.log_start_offset {
         return Ok(0);
     }
-    let request =
-        Request::Read { tp: tp.clone(), offset: info.high_watermark - 1, max_bytes: READ_CHUNK_BYTES };
+    let request = Request::Read {
+        tp: tp.clone(),
+        offset: info.high_watermark - 1,
+        max_bytes: READ_CHUNK_BYTES,
+        strict: false,
+    };
     let fetched = match shard.route(request).await? {
         Reply::Read(fetched) => fetched,
         other => unreachable!("Read answered {other:?}"),
@@ -511,7 +515,7 @@ pub(crate) async fn follow_deny_topic(shard: Rc<Shard>, topic: String, list: Arc
         let mut caught_up = true;
         for (partition, offset) in offsets.iter_mut().enumerate() {
             let tp = TopicPartition::new(&topic, partition as u32);
-            let request = Request::Read { tp, offset: *offset, max_bytes: READ_CHUNK_BYTES };
+            let request = Request::Read { tp, offset: *offset, max_bytes: READ_CHUNK_BYTES, strict: false };
             let fetched = match shard.route(request).await {
                 Ok(Reply::Read(fetched)) => fetched,
                 Ok(other) => unreachable!("Read answered {other:?}"),

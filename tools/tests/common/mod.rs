@@ -2,6 +2,8 @@
 //! clients against it.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod wire;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
