@@ -122,7 +122,30 @@ pub struct EngineConfig {
     /// Stream queries run behind the appends of their source topics (see
     /// [`crate::query`]).
     pub queries: Vec<crate::query::QueryDef>,
+    /// Request and response bytes all Kafka connections together may hold in memory
+    /// (Kafka's `queued.max.request.bytes`, Redpanda's per-shard memory semaphore): a
+    /// connection waits for budget instead of allocating.
+    pub memory_budget_bytes: usize,
+    /// Kafka connections open at once; more are closed on accept (with a log line).
+    pub max_connections: usize,
+    /// Partitions the broker holds at most (each keeps up to
+    /// [`FDS_PER_PARTITION`] descriptors and a mapping per segment); topic creation
+    /// beyond it is refused. Also bounded by the process's descriptor limit.
+    pub max_partitions: u32,
 }
+
+/// Default [`EngineConfig::memory_budget_bytes`] (`--memory-budget-bytes`).
+pub const MEMORY_BUDGET_BYTES_DEFAULT: usize = 512 << 20;
+/// Default [`EngineConfig::max_connections`] (`--max-connections`).
+pub const MAX_CONNECTIONS_DEFAULT: usize = 4096;
+/// Default [`EngineConfig::max_partitions`] (`--max-partitions`).
+pub const MAX_PARTITIONS_DEFAULT: u32 = 10_000;
+/// File descriptors one open partition may hold: the active segment's log (and its
+/// io_uring twin) and its two index files.
+pub const FDS_PER_PARTITION: u64 = 4;
+/// Descriptors kept for everything but partitions and connections (listeners,
+/// eventfds, io_uring rings, metadata and group files, the page-cache helper).
+pub const FDS_RESERVED: u64 = 256;
 
 impl EngineConfig {
     /// Defaults for `data_dir`: one shard per core, group flush.
@@ -140,6 +163,9 @@ impl EngineConfig {
             auto_create_partitions: Some(1),
             retain_until_landed: false,
             queries: Vec::new(),
+            memory_budget_bytes: MEMORY_BUDGET_BYTES_DEFAULT,
+            max_connections: MAX_CONNECTIONS_DEFAULT,
+            max_partitions: MAX_PARTITIONS_DEFAULT,
         }
     }
 }
@@ -247,6 +273,19 @@ pub enum EngineError {
     /// The engine is shutting down or a shard stopped.
     #[error("engine is shutting down")]
     ShuttingDown,
+    /// A query's sink holds records the query did not write.
+    #[error("untrusted query sink: {0}")]
+    UntrustedSink(String),
+    /// Creating the topic would pass the broker's partition limit.
+    #[error("the broker holds {held} partitions; {asked} more would pass its limit of {limit}")]
+    PartitionLimit {
+        /// Partitions held now.
+        held: u64,
+        /// Partitions asked for.
+        asked: u32,
+        /// The limit.
+        limit: u32,
+    },
 }
 
 static FSYNC_COUNT: AtomicU64 = AtomicU64::new(0);
@@ -382,8 +421,11 @@ impl Engine {
         crate::segment::sync_dir(&data_dir).map_err(|e| dir_error(e.to_string()))?;
 
         let shards = config.shards;
+        let partition_limit = partition_limit(&config);
+        // A frame being joined from its chunks is counted twice for a moment.
+        let memory_budget = config.memory_budget_bytes.max(2 * config.max_request_bytes);
         let catalog = Arc::new(
-            Catalog::new(data_dir.clone(), topics.clone())
+            Catalog::new(data_dir.clone(), topics.clone(), partition_limit, memory_budget)
                 .map_err(|e| dir_error(format!("consumer groups: {e}")))?,
         );
         let queries = prepare_queries(&catalog, &config)?;
@@ -648,18 +690,37 @@ impl Via<'_> {
 pub(crate) struct Catalog {
     data_dir: PathBuf,
     topics: Mutex<BTreeMap<String, u32>>,
+    /// Most partitions of all topics together (see [`partition_limit`]).
+    partition_limit: u32,
+    /// The broker-wide budget of request and response bytes in memory.
+    pub(crate) memory: Arc<tokio::sync::Semaphore>,
+    /// Kafka connections open now.
+    pub(crate) connections: std::sync::atomic::AtomicUsize,
     next_producer_id: AtomicI64,
     /// Consumer groups and their committed offsets.
     pub(crate) groups: crate::groups::Coordinator,
 }
 
 impl Catalog {
-    fn new(data_dir: PathBuf, topics: BTreeMap<String, u32>) -> std::io::Result<Self> {
+    fn new(
+        data_dir: PathBuf,
+        topics: BTreeMap<String, u32>,
+        partition_limit: u32,
+        memory_budget: usize,
+    ) -> std::io::Result<Self> {
         // Producer ids only need to be unique across restarts: start from the clock
         // (ms × 256), which leaves 256 ids per millisecond of uptime before overlap.
         let next_producer_id = AtomicI64::new(now_ms().max(1) << 8);
         let groups = crate::groups::Coordinator::open(&data_dir)?;
-        Ok(Self { data_dir, topics: Mutex::new(topics), next_producer_id, groups })
+        Ok(Self {
+            data_dir,
+            topics: Mutex::new(topics),
+            partition_limit,
+            memory: Arc::new(tokio::sync::Semaphore::new(memory_budget)),
+            connections: std::sync::atomic::AtomicUsize::new(0),
+            next_producer_id,
+            groups,
+        })
     }
 
     /// A producer id no other producer of this data directory got.
@@ -699,6 +760,10 @@ impl Catalog {
         if topics.contains_key(name) {
             return Err(EngineError::TopicExists(name.to_string()));
         }
+        let held: u64 = topics.values().map(|&p| u64::from(p)).sum();
+        if held + u64::from(partitions) > u64::from(self.partition_limit) {
+            return Err(EngineError::PartitionLimit { held, asked: partitions, limit: self.partition_limit });
+        }
         let mut next = topics.clone();
         next.insert(name.to_string(), partitions);
         write_meta(&self.data_dir, &next)
@@ -706,6 +771,24 @@ impl Catalog {
         *topics = next;
         Ok(())
     }
+}
+
+/// The most partitions this engine may hold: [`EngineConfig::max_partitions`], lowered
+/// to what the process's descriptor limit leaves after connections and
+/// [`FDS_RESERVED`] (the soft limit is first raised to the hard one).
+fn partition_limit(config: &EngineConfig) -> u32 {
+    let descriptors = crate::io::raise_descriptor_limit();
+    let connections = if config.listen.is_some() { config.max_connections as u64 } else { 0 };
+    let by_descriptors = descriptors.saturating_sub(FDS_RESERVED + connections) / FDS_PER_PARTITION;
+    let limit = u64::from(config.max_partitions).min(by_descriptors);
+    if limit < u64::from(config.max_partitions) {
+        tracing::warn!(
+            descriptors,
+            "at most {limit} partitions: the descriptor limit leaves no room for --max-partitions {}",
+            config.max_partitions
+        );
+    }
+    limit as u32
 }
 
 /// Checks the queries against the catalog and creates what they need: the source

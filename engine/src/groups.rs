@@ -63,6 +63,9 @@ pub const REBALANCE_TIMEOUT_MS_MAX: u64 = 300_000;
 pub const GROUP_MEMBERS_MAX: usize = 10_000;
 /// Directory under the data dir holding committed offsets.
 pub const GROUPS_DIR: &str = "__groups";
+/// Longest group id: its hex form names the group's offsets file, and a file name has
+/// at most 255 bytes.
+pub const GROUP_ID_BYTES_MAX: usize = 120;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -311,7 +314,7 @@ impl Coordinator {
             member_id: request.member_id.clone(),
             ..JoinResult::default()
         };
-        if request.group.is_empty() {
+        if request.group.is_empty() || request.group.len() > GROUP_ID_BYTES_MAX {
             return failed(code::INVALID_GROUP_ID);
         }
         if !(SESSION_TIMEOUT_MS_MIN..=SESSION_TIMEOUT_MS_MAX).contains(&request.session_timeout_ms) {
@@ -516,10 +519,13 @@ impl Coordinator {
         for group in groups.values_mut() {
             group.expire(now);
         }
+        // Groups with no members and no offsets (a heartbeat or sync for a group that
+        // never was) hold nothing worth keeping.
+        groups.retain(|_, group| !group.members.is_empty() || !group.offsets.is_empty());
     }
 
     /// Commits offsets durably. `generation < 0` with an empty member id is a simple
-    /// (group-less) commit, as Kafka allows.
+    /// (group-less) commit, as Kafka allows, and only to a group with no members.
     pub fn commit(
         &self,
         group_id: &str,
@@ -527,9 +533,14 @@ impl Coordinator {
         member_id: &str,
         offsets: &[(String, i32, i64, Option<String>)],
     ) -> i16 {
+        if group_id.is_empty() || group_id.len() > GROUP_ID_BYTES_MAX {
+            return code::INVALID_GROUP_ID;
+        }
         let mut groups = self.groups.lock().expect("group map lock");
         let group = groups.entry(group_id.to_string()).or_insert_with(Group::new);
-        if generation >= 0 || !member_id.is_empty() {
+        if generation >= 0 || !member_id.is_empty() || !group.members.is_empty() {
+            // A simple commit (no generation, no member) only to a group with no
+            // members, as Kafka allows: it must not overwrite a live member's offsets.
             let error = group.check_member(member_id, generation);
             if error != code::NONE {
                 return error;

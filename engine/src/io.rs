@@ -151,3 +151,22 @@ pub fn apply_cache_hints(hints: Vec<crate::segment::CacheHint>) {
         let _ = sender.send(hints);
     }
 }
+
+/// Raises the soft limit on open descriptors to the hard one (when allowed) and returns
+/// the soft limit in force (`u64::MAX` when it cannot be read).
+pub fn raise_descriptor_limit() -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain syscalls reading into and from a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return u64::MAX;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit.rlim_cur = limit.rlim_max;
+            }
+        }
+    }
+    limit.rlim_cur
+}

@@ -57,6 +57,7 @@ mod code {
     pub const OFFSET_OUT_OF_RANGE: i16 = 1;
     pub const CORRUPT_MESSAGE: i16 = 2;
     pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    pub const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
     pub const MESSAGE_TOO_LARGE: i16 = 10;
     pub const UNSUPPORTED_VERSION: i16 = 35;
     pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
@@ -64,6 +65,7 @@ mod code {
     pub const INVALID_PARTITIONS: i16 = 37;
     pub const TOPIC_ALREADY_EXISTS: i16 = 36;
     pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+    pub const POLICY_VIOLATION: i16 = 44;
     pub const INVALID_PRODUCER_EPOCH: i16 = 47;
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
     pub const UNSUPPORTED_COMPRESSION_TYPE: i16 = 76;
@@ -111,9 +113,15 @@ pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let Some(slot) = ConnectionSlot::take(&shard) else {
+                    refuse_connection(&shard, peer);
+                    drop(stream);
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let shard = shard.clone();
                 tokio_uring::spawn(async move {
+                    let _slot = slot;
                     if let Err(reason) = serve(shard, stream, advertised).await {
                         tracing::info!(%peer, "closing Kafka connection: {reason}");
                     }
@@ -130,14 +138,62 @@ pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     }
 }
 
+/// One of the broker's [`crate::EngineConfig::max_connections`] connection slots,
+/// given back when the connection ends.
+struct ConnectionSlot(Rc<Shard>);
+
+impl ConnectionSlot {
+    fn take(shard: &Rc<Shard>) -> Option<Self> {
+        let open = shard.catalog.connections.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        if open >= shard.config.max_connections {
+            shard.catalog.connections.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            return None;
+        }
+        metrics::gauge!("corelog_kafka_connections").increment(1.0);
+        Some(Self(shard.clone()))
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.catalog.connections.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        metrics::gauge!("corelog_kafka_connections").decrement(1.0);
+    }
+}
+
+/// Closes a connection over the limit, saying so at most once a second per shard.
+fn refuse_connection(shard: &Rc<Shard>, peer: SocketAddr) {
+    metrics::counter!("corelog_kafka_connections_refused_total").increment(1);
+    thread_local! { static LAST_LOG_MS: std::cell::Cell<i64> = const { std::cell::Cell::new(0) }; }
+    let now = crate::engine::now_ms();
+    if LAST_LOG_MS.with(|last| now - last.replace(now) >= 1000) {
+        tracing::warn!(%peer, limit = shard.config.max_connections, "connection refused: the broker is at --max-connections");
+    }
+}
+
+/// A response frame ready to write, with the memory budget it holds until written.
+struct Outgoing {
+    bytes: BytesMut,
+    _budget: Option<Held>,
+}
+
+/// Response bytes held in the connection's and the broker's budgets.
+type Held = (tokio::sync::OwnedSemaphorePermit, tokio::sync::OwnedSemaphorePermit);
+
+impl From<BytesMut> for Outgoing {
+    fn from(bytes: BytesMut) -> Self {
+        Self { bytes, _budget: None }
+    }
+}
+
 async fn serve(shard: Rc<Shard>, stream: TcpStream, advertised: Option<SocketAddr>) -> Result<(), String> {
     let (reader, mut writer) = stream.into_split();
     let (responses, mut pending) = tokio::sync::mpsc::channel::<Responding>(PIPELINE_DEPTH);
     let written = tokio_uring::spawn(async move {
         while let Some(response) = pending.recv().await {
             // None: acks=0, no response.
-            if let Some(bytes) = response.await.map_err(|e| format!("request task failed: {e}"))?? {
-                writer.write_all(&bytes).await.map_err(|e| e.to_string())?;
+            if let Some(outgoing) = response.await.map_err(|e| format!("request task failed: {e}"))?? {
+                writer.write_all(&outgoing.bytes).await.map_err(|e| e.to_string())?;
             }
         }
         Ok::<(), String>(())
@@ -149,12 +205,24 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, advertised: Option<SocketAdd
 }
 
 /// A response being computed: the encoded frame, or none for acks=0.
-type Responding = tokio::task::JoinHandle<Result<Option<BytesMut>, String>>;
+type Responding = tokio::task::JoinHandle<Result<Option<Outgoing>, String>>;
 
 /// Requests of one connection handled at once; their responses still go out in order.
 pub const PIPELINE_DEPTH: usize = 64;
 /// Request bytes one connection may have in flight (at least one maximal frame).
 pub const PIPELINE_BYTES_MAX: usize = 64 << 20;
+/// Response bytes one connection may have encoded and not yet written (a client that
+/// does not read its responses stalls only itself once this is reached).
+pub const RESPONSE_BYTES_PER_CONNECTION_MAX: usize = 64 << 20;
+/// Longest a connection may stay silent between requests (Kafka's
+/// `connections.max.idle.ms`).
+pub const CONNECTION_IDLE_MS: u64 = 600_000;
+/// Longest the rest of a frame may take to arrive once its size was read.
+pub const FRAME_READ_TIMEOUT_MS: u64 = 30_000;
+/// A frame's first bytes are taken from the broker's memory budget in a chunk of this
+/// size, later ones in chunks as large as what already arrived, so a frame that
+/// declares a large size and sends little holds little.
+pub const FRAME_CHUNK_BYTES: usize = 64 << 10;
 
 /// Reads frames and starts handling each; produce requests are submitted (phase one)
 /// before the next frame is read, so appends keep the connection's order.
@@ -167,11 +235,14 @@ async fn read_requests(
     let max = shard.config.max_request_bytes;
     let budget_bytes = PIPELINE_BYTES_MAX.max(max);
     let in_flight_bytes = std::sync::Arc::new(tokio::sync::Semaphore::new(budget_bytes));
+    let response_bytes = std::sync::Arc::new(tokio::sync::Semaphore::new(RESPONSE_BYTES_PER_CONNECTION_MAX));
+    let idle = std::time::Duration::from_millis(CONNECTION_IDLE_MS);
     loop {
-        let size = match reader.read_i32().await {
-            Ok(size) => size,
-            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(error) => return Err(error.to_string()),
+        let size = match tokio::time::timeout(idle, reader.read_i32()).await {
+            Err(_) => return Err(format!("idle for {CONNECTION_IDLE_MS} ms")),
+            Ok(Ok(size)) => size,
+            Ok(Err(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Ok(Err(error)) => return Err(error.to_string()),
         };
         if size < 8 || size as usize > max {
             return Err(format!("frame of {size} bytes outside 8..={max}"));
@@ -179,15 +250,8 @@ async fn read_requests(
         // Bound the bytes of requests in flight, not only their number.
         let permit =
             in_flight_bytes.clone().acquire_many_owned(size as u32).await.map_err(|e| e.to_string())?;
-        // Read straight into uninitialised capacity: zeroing a frame only to overwrite
-        // it was a visible share of a busy shard's time (`memset` in `perf`).
-        let mut frame = BytesMut::with_capacity(size as usize);
-        let mut rest = (&mut reader).take(size as u64);
-        while frame.len() < size as usize {
-            if rest.read_buf(&mut frame).await.map_err(|e| e.to_string())? == 0 {
-                return Err(format!("connection closed inside a frame of {size} bytes"));
-            }
-        }
+        let (frame, memory) = read_frame(shard, &mut reader, size as usize).await?;
+        let permit = (permit, memory);
         let mut frame = frame.freeze();
         let (api_key, version, header) = decode_header(&mut frame)?;
         let api = api_name(api_key);
@@ -195,6 +259,7 @@ async fn read_requests(
         metrics::counter!("corelog_kafka_request_bytes_total", "api" => api).increment(size as u64 + 4);
         let started = std::time::Instant::now();
         let correlation_id = header.correlation_id;
+        let responses_budget = response_bytes.clone();
         let task = if api_key == ApiKey::Produce {
             let request = ProduceRequest::decode(&mut frame, version)
                 .map_err(|e| format!("malformed Produce v{version}: {e:#}"))?;
@@ -208,7 +273,7 @@ async fn read_requests(
                 Ok(if acks == 0 {
                     None
                 } else {
-                    Some(response_frame(api_key, version, correlation_id, &body)?)
+                    Some(response_frame(api_key, version, correlation_id, &body)?.into())
                 })
             })
         } else {
@@ -216,11 +281,14 @@ async fn read_requests(
             let client_id = header.client_id.as_ref().map_or(String::new(), |c| c.to_string());
             tokio_uring::spawn(async move {
                 let _permit = permit;
-                let answer = handle(&shard, api_key, version, &mut frame, advertised, &client_id).await?;
+                let budget = Budget { connection: responses_budget, broker: shard.catalog.memory.clone() };
+                let answer =
+                    handle(&shard, api_key, version, &mut frame, advertised, &client_id, &budget).await?;
                 record_latency(api, started);
                 answer
-                    .map(|(response_version, body)| {
+                    .map(|(response_version, body, held)| {
                         response_frame(api_key, response_version, correlation_id, &body)
+                            .map(|bytes| Outgoing { bytes, _budget: held })
                     })
                     .transpose()
             })
@@ -228,6 +296,88 @@ async fn read_requests(
         if responses.send(task).await.is_err() {
             return Ok(()); // the writer stopped: the connection is closing
         }
+    }
+}
+
+/// Reads the `size` bytes of a frame, taking them from the broker's memory budget as
+/// they arrive, within [`FRAME_READ_TIMEOUT_MS`]: the frame is read in chunks of
+/// [`FRAME_CHUNK_BYTES`], then of as much as already arrived (so a frame that declares
+/// a large size and sends little holds little), each allocated exactly after its
+/// budget was granted; several chunks are joined into one buffer at the end (its bytes
+/// counted too while both exist). Returns the frame and the budget it holds.
+async fn read_frame(
+    shard: &Rc<Shard>,
+    reader: &mut tokio::net::tcp::OwnedReadHalf,
+    size: usize,
+) -> Result<(BytesMut, tokio::sync::OwnedSemaphorePermit), String> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(FRAME_READ_TIMEOUT_MS);
+    let take = |bytes: usize| {
+        let permits = shard.catalog.memory.clone().acquire_many_owned(bytes as u32);
+        async move {
+            tokio::time::timeout_at(deadline, permits)
+                .await
+                .map_err(|_| {
+                    format!("no memory budget for a frame of {size} bytes within {FRAME_READ_TIMEOUT_MS} ms")
+                })?
+                .map_err(|e| e.to_string())
+        }
+    };
+    let mut chunks: Vec<BytesMut> = Vec::new();
+    let mut received = 0;
+    let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    while received < size {
+        let len = (size - received).min(FRAME_CHUNK_BYTES.max(received));
+        let more = take(len).await?;
+        match &mut held {
+            Some(held) => held.merge(more),
+            None => held = Some(more),
+        }
+        // Read straight into uninitialised capacity: zeroing a frame only to overwrite
+        // it was a visible share of a busy shard's time (`memset` in `perf`).
+        let mut chunk = BytesMut::with_capacity(len);
+        let mut limited = (&mut *reader).take(len as u64);
+        while chunk.len() < len {
+            let read = tokio::time::timeout_at(deadline, limited.read_buf(&mut chunk))
+                .await
+                .map_err(|_| {
+                    format!("a frame of {size} bytes did not arrive within {FRAME_READ_TIMEOUT_MS} ms")
+                })?
+                .map_err(|e| e.to_string())?;
+            if read == 0 {
+                return Err(format!("connection closed inside a frame of {size} bytes"));
+            }
+        }
+        received += len;
+        chunks.push(chunk);
+    }
+    let held = held.expect("a frame has at least 8 bytes");
+    if chunks.len() == 1 {
+        return Ok((chunks.pop().expect("one chunk"), held));
+    }
+    let joined_budget = take(size).await?;
+    let mut frame = BytesMut::with_capacity(size);
+    for chunk in chunks {
+        frame.extend_from_slice(&chunk);
+    }
+    // The chunks are gone: only the joined frame's share stays held.
+    drop(held);
+    Ok((frame, joined_budget))
+}
+
+/// Where a response's bytes are counted until written: the connection's share and the
+/// broker's memory budget.
+struct Budget {
+    connection: std::sync::Arc<tokio::sync::Semaphore>,
+    broker: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+impl Budget {
+    /// Waits until `bytes` (clamped to the connection's share) fit both budgets.
+    async fn take(&self, bytes: usize) -> Option<Held> {
+        let bytes = bytes.clamp(1, RESPONSE_BYTES_PER_CONNECTION_MAX) as u32;
+        let connection = self.connection.clone().acquire_many_owned(bytes).await.ok()?;
+        let broker = self.broker.clone().acquire_many_owned(bytes).await.ok()?;
+        Some((connection, broker))
     }
 }
 
@@ -321,7 +471,8 @@ async fn handle(
     body: &mut Bytes,
     advertised: Option<SocketAddr>,
     client_id: &str,
-) -> Result<Option<(i16, BytesMut)>, String> {
+    budget: &Budget,
+) -> Result<Option<(i16, BytesMut, Option<Held>)>, String> {
     let bad = |e: anyhow::Error| format!("malformed {api_key:?} v{version}: {e:#}");
     let encoded = match api_key {
         ApiKey::ApiVersions => {
@@ -330,7 +481,7 @@ async fn handle(
                 let response = ApiVersionsResponse::default()
                     .with_error_code(code::UNSUPPORTED_VERSION)
                     .with_api_keys(api_versions());
-                return Ok(Some((0, encode(&response, 0)?)));
+                return Ok(Some((0, encode(&response, 0)?, None)));
             }
             let _request = ApiVersionsRequest::decode(body, version).map_err(bad)?;
             encode(&ApiVersionsResponse::default().with_api_keys(api_versions()), version)?
@@ -351,7 +502,12 @@ async fn handle(
                     partition.log_start_offset = -1;
                 }
             }
-            encode(&response, version)?
+            // The records are still zero-copy slices of the log: count them against the
+            // budgets before encoding copies them, and until the frame is written.
+            let partitions = response.responses.iter().flat_map(|t| t.partitions.iter());
+            let estimate: usize = partitions.map(|p| p.records.as_ref().map_or(0, Bytes::len) + 64).sum();
+            let held = budget.take(estimate + 1024).await;
+            return Ok(Some((version, encode(&response, version)?, held)));
         }
         ApiKey::ListOffsets => {
             let request = ListOffsetsRequest::decode(body, version).map_err(bad)?;
@@ -479,7 +635,7 @@ async fn handle(
         }
         other => return Err(format!("unsupported API {other:?}")),
     };
-    Ok(Some((version, encoded)))
+    Ok(Some((version, encoded, None)))
 }
 
 fn api_versions() -> Vec<api_versions_response::ApiVersion> {
@@ -510,7 +666,7 @@ async fn ensure_topic(shard: &Rc<Shard>, topic: &str, allow_create: bool) -> Res
     match shard.catalog.add(topic, partitions) {
         Ok(()) | Err(EngineError::TopicExists(_)) => {}
         Err(EngineError::InvalidTopic(_)) => return Err(code::INVALID_TOPIC_EXCEPTION),
-        Err(_) => return Err(code::UNKNOWN_SERVER_ERROR),
+        Err(error) => return Err(error_code(&error)),
     }
     let opened = join_all(
         (0..partitions).map(|p| shard.route(Request::CreatePartition(TopicPartition::new(topic, p)))),
@@ -581,6 +737,7 @@ fn error_code(error: &EngineError) -> i16 {
         EngineError::OutOfOrderSequence { .. } => code::OUT_OF_ORDER_SEQUENCE_NUMBER,
         EngineError::InvalidProducerEpoch { .. } => code::INVALID_PRODUCER_EPOCH,
         EngineError::TopicExists(_) => code::TOPIC_ALREADY_EXISTS,
+        EngineError::PartitionLimit { .. } => code::POLICY_VIOLATION,
         _ => code::UNKNOWN_SERVER_ERROR,
     }
 }
@@ -605,7 +762,11 @@ async fn produce_submit(
     let mut topics = Vec::with_capacity(request.topic_data.len());
     for topic in request.topic_data {
         let name = topic.name.0.to_string();
-        let known = ensure_topic(shard, &name, true).await;
+        let known = match shard.query_writing(&name) {
+            // Only the query writes its sinks (one writer, no gap in `seq`).
+            Some(_) => Err(code::TOPIC_AUTHORIZATION_FAILED),
+            None => ensure_topic(shard, &name, true).await,
+        };
         let partitions = topic
             .partition_data
             .into_iter()
@@ -681,9 +842,13 @@ async fn produce_finish(topics: Vec<(TopicName, Vec<(i32, PartitionSubmitted)>)>
                     outcome
                 }
             };
+            let message = (error_code == code::TOPIC_AUTHORIZATION_FAILED).then(|| {
+                StrBytes::from_static_str("this topic is a stream query's output: only the query writes it")
+            });
             produce_response::PartitionProduceResponse::default()
                 .with_index(index)
                 .with_error_code(error_code)
+                .with_error_message(message)
                 .with_base_offset(base_offset)
                 .with_log_append_time_ms(-1)
         }))
@@ -1010,8 +1175,8 @@ async fn join_group(
 /// partitions a commit names.
 async fn record_lag(shard: &Rc<Shard>, request: &OffsetCommitRequest) {
     for topic in &request.topics {
-        for partition in &topic.partitions {
-            let tp = TopicPartition::new(&topic.name.0, partition.partition_index.max(0) as u32);
+        for partition in topic.partitions.iter().filter(|p| p.partition_index >= 0) {
+            let tp = TopicPartition::new(&topic.name.0, partition.partition_index as u32);
             if let Ok(Reply::Info(info)) = shard.route(Request::Info(tp)).await {
                 let lag = (info.high_watermark - partition.committed_offset).max(0);
                 metrics::gauge!(
@@ -1027,11 +1192,14 @@ async fn record_lag(shard: &Rc<Shard>, request: &OffsetCommitRequest) {
 }
 
 fn offset_commit(shard: &Rc<Shard>, request: &OffsetCommitRequest) -> OffsetCommitResponse {
+    let exists = |topic: &str, partition: i32| {
+        partition >= 0 && shard.catalog.partition_count(topic).is_some_and(|count| (partition as u32) < count)
+    };
     let offsets: Vec<(String, i32, i64, Option<String>)> = request
         .topics
         .iter()
         .flat_map(|t| {
-            t.partitions.iter().map(|p| {
+            t.partitions.iter().filter(|p| exists(&t.name.0, p.partition_index)).map(|p| {
                 (
                     t.name.0.to_string(),
                     p.partition_index,
@@ -1055,9 +1223,14 @@ fn offset_commit(shard: &Rc<Shard>, request: &OffsetCommitRequest) -> OffsetComm
                 .partitions
                 .iter()
                 .map(|p| {
+                    let code = if exists(&t.name.0, p.partition_index) {
+                        error_code
+                    } else {
+                        code::UNKNOWN_TOPIC_OR_PARTITION
+                    };
                     offset_commit_response::OffsetCommitResponsePartition::default()
                         .with_partition_index(p.partition_index)
-                        .with_error_code(error_code)
+                        .with_error_code(code)
                 })
                 .collect();
             offset_commit_response::OffsetCommitResponseTopic::default()

@@ -1026,6 +1026,15 @@ impl Shard {
         self.partitions.borrow().get(tp).is_some_and(|open| Rc::ptr_eq(open, partition))
     }
 
+    /// The query whose sink `topic` is (`<query>.agg` or `<query>.decisions`), if any:
+    /// such topics take appends only from their query's runners.
+    pub(crate) fn query_writing(&self, topic: &str) -> Option<&str> {
+        self.queries
+            .iter()
+            .find(|q| q.def.agg_topic() == topic || q.def.decisions_topic() == topic)
+            .map(|q| q.def.name.as_str())
+    }
+
     /// Starts every query over every source partition this shard owns, and (on shard
     /// 0) the deny-list topic followers.
     fn start_queries(self: &Rc<Self>) {

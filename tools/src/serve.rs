@@ -51,6 +51,17 @@ pub struct ServeArgs {
     /// Run the stream queries declared in this directory's `*.toml` files.
     #[arg(long)]
     pub queries: Option<PathBuf>,
+    /// Request and response bytes all connections together may hold in memory; a
+    /// connection waits for budget instead of allocating.
+    #[arg(long, default_value_t = engine::MEMORY_BUDGET_BYTES_DEFAULT)]
+    pub memory_budget_bytes: usize,
+    /// Connections open at once; more are closed when accepted.
+    #[arg(long, default_value_t = engine::MAX_CONNECTIONS_DEFAULT)]
+    pub max_connections: usize,
+    /// Partitions the broker holds at most (lowered to what the descriptor limit
+    /// allows); creating topics past it is refused.
+    #[arg(long, default_value_t = engine::MAX_PARTITIONS_DEFAULT)]
+    pub max_partitions: u32,
 }
 
 /// Histogram buckets for every latency metric, 50 µs to 5 s.
@@ -77,6 +88,9 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     config.log.segment_bytes = args.segment_bytes;
     config.log.cache_window_bytes = args.cache_window_bytes;
     config.retain_until_landed = args.retain_until_landed;
+    config.memory_budget_bytes = args.memory_budget_bytes;
+    config.max_connections = args.max_connections;
+    config.max_partitions = args.max_partitions;
     if let Some(cores) = args.cores {
         if cores == 0 {
             bail!("--cores must be positive");

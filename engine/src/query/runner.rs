@@ -157,6 +157,21 @@ pub(crate) async fn run(shard: Rc<Shard>, query: Arc<RunningQuery>, tp: TopicPar
     loop {
         match run_once(&shard, &query, &tp).await {
             Ok(()) => return,
+            Err(EngineError::UntrustedSink(reason)) => {
+                // Restarting would find the same sink: say so once and stop this runner
+                // (the other partitions' runners go on). Deleting the sink topics
+                // (and so the query's checkpoints) lets the query start over.
+                tracing::error!(
+                    query = %query.def.name,
+                    partition = %tp,
+                    "query stopped: its output cannot be trusted: {reason}; delete {} and {} to rebuild them",
+                    query.def.agg_topic(),
+                    query.def.decisions_topic()
+                );
+                metrics::counter!("corelog_query_stopped_total", "query" => query.def.name.clone())
+                    .increment(1);
+                return;
+            }
             Err(error) => {
                 if shard.stopping() {
                     return;
@@ -260,7 +275,7 @@ async fn last_seq(shard: &Rc<Shard>, tp: &TopicPartition) -> Result<u64, EngineE
         .and_then(|value| serde_json::from_slice::<serde_json::Value>(&value).ok())
         .and_then(|value| value["seq"].as_u64());
     seq.ok_or_else(|| {
-        EngineError::Storage(format!("{tp}: last record carries no seq (not written by a query?)"))
+        EngineError::UntrustedSink(format!("{tp}: its last record carries no seq (not written by a query)"))
     })
 }
 
