@@ -122,9 +122,10 @@ pub struct EngineConfig {
     /// Stream queries run behind the appends of their source topics (see
     /// [`crate::query`]).
     pub queries: Vec<crate::query::QueryDef>,
-    /// Request and response bytes all Kafka connections together may hold in memory
-    /// (Kafka's `queued.max.request.bytes`, Redpanda's per-shard memory semaphore): a
-    /// connection waits for budget instead of allocating.
+    /// Request bytes all Kafka connections together may hold in memory (Kafka's
+    /// `queued.max.request.bytes`, Redpanda's per-shard memory semaphore), and
+    /// separately the response bytes they may hold: a connection waits for budget
+    /// instead of allocating.
     pub memory_budget_bytes: usize,
     /// Kafka connections open at once; more are closed on accept (with a log line).
     pub max_connections: usize,
@@ -692,8 +693,11 @@ pub(crate) struct Catalog {
     topics: Mutex<BTreeMap<String, u32>>,
     /// Most partitions of all topics together (see [`partition_limit`]).
     partition_limit: u32,
-    /// The broker-wide budget of request and response bytes in memory.
+    /// The broker-wide budget of request bytes in memory.
     pub(crate) memory: Arc<tokio::sync::Semaphore>,
+    /// The broker-wide budget of response bytes in memory (apart from requests', so
+    /// clients that do not read their responses never stop others' requests).
+    pub(crate) response_memory: Arc<tokio::sync::Semaphore>,
     /// Kafka connections open now.
     pub(crate) connections: std::sync::atomic::AtomicUsize,
     next_producer_id: AtomicI64,
@@ -717,6 +721,7 @@ impl Catalog {
             topics: Mutex::new(topics),
             partition_limit,
             memory: Arc::new(tokio::sync::Semaphore::new(memory_budget)),
+            response_memory: Arc::new(tokio::sync::Semaphore::new(memory_budget)),
             connections: std::sync::atomic::AtomicUsize::new(0),
             next_producer_id,
             groups,

@@ -193,7 +193,11 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, advertised: Option<SocketAdd
         while let Some(response) = pending.recv().await {
             // None: acks=0, no response.
             if let Some(outgoing) = response.await.map_err(|e| format!("request task failed: {e}"))?? {
-                writer.write_all(&outgoing.bytes).await.map_err(|e| e.to_string())?;
+                let timeout = std::time::Duration::from_millis(RESPONSE_WRITE_TIMEOUT_MS);
+                tokio::time::timeout(timeout, writer.write_all(&outgoing.bytes))
+                    .await
+                    .map_err(|_| format!("the client read no response for {RESPONSE_WRITE_TIMEOUT_MS} ms"))?
+                    .map_err(|e| e.to_string())?;
             }
         }
         Ok::<(), String>(())
@@ -217,6 +221,8 @@ pub const RESPONSE_BYTES_PER_CONNECTION_MAX: usize = 64 << 20;
 /// Longest a connection may stay silent between requests (Kafka's
 /// `connections.max.idle.ms`).
 pub const CONNECTION_IDLE_MS: u64 = 600_000;
+/// Longest a response may take to be written (a client that stops reading is closed).
+pub const RESPONSE_WRITE_TIMEOUT_MS: u64 = 30_000;
 /// Longest the rest of a frame may take to arrive once its size was read.
 pub const FRAME_READ_TIMEOUT_MS: u64 = 30_000;
 /// A frame's first bytes are taken from the broker's memory budget in a chunk of this
@@ -281,7 +287,8 @@ async fn read_requests(
             let client_id = header.client_id.as_ref().map_or(String::new(), |c| c.to_string());
             tokio_uring::spawn(async move {
                 let _permit = permit;
-                let budget = Budget { connection: responses_budget, broker: shard.catalog.memory.clone() };
+                let budget =
+                    Budget { connection: responses_budget, broker: shard.catalog.response_memory.clone() };
                 let answer =
                     handle(&shard, api_key, version, &mut frame, advertised, &client_id, &budget).await?;
                 record_latency(api, started);

@@ -65,6 +65,7 @@ pub mod watermark;
 pub use engine::{
     fsync_stats, heal_count, now_ms, parse_partition_dir, synced_write_count, Engine, EngineConfig,
     EngineError, FlushMode, Pending, TopicPartition, Via, CLEAN_MARKER_FILE, LAYOUT_VERSION,
-    MAX_REQUEST_BYTES_DEFAULT, META_FILE,
+    MAX_CONNECTIONS_DEFAULT, MAX_PARTITIONS_DEFAULT, MAX_REQUEST_BYTES_DEFAULT, MEMORY_BUDGET_BYTES_DEFAULT,
+    META_FILE,
 };
 pub use shard::{AppendResult, PartitionInfo};

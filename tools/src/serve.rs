@@ -51,8 +51,8 @@ pub struct ServeArgs {
     /// Run the stream queries declared in this directory's `*.toml` files.
     #[arg(long)]
     pub queries: Option<PathBuf>,
-    /// Request and response bytes all connections together may hold in memory; a
-    /// connection waits for budget instead of allocating.
+    /// Request bytes all connections together may hold in memory, and separately
+    /// response bytes; a connection waits for budget instead of allocating.
     #[arg(long, default_value_t = engine::MEMORY_BUDGET_BYTES_DEFAULT)]
     pub memory_budget_bytes: usize,
     /// Connections open at once; more are closed when accepted.

@@ -69,6 +69,19 @@ impl Server {
         self.address.to_string()
     }
 
+    /// The broker's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The broker's anonymous resident memory (`RssAnon`), in bytes: what its own
+    /// allocations hold, without the page-cache pages its segment mappings touch.
+    pub fn rss_anon_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("RssAnon:")).expect("RssAnon in /proc status");
+        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    }
+
     /// What the broker wrote to stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
