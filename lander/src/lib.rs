@@ -154,6 +154,11 @@ pub struct Progress {
     pub bytes: u64,
     /// Offsets deleted by retention before they could land.
     pub skipped_offsets: u64,
+    /// Batches that pass their CRC but cannot be landed, kept whole under
+    /// `OUT/<topic>/_quarantine/<partition>/` with the reason.
+    pub quarantined_batches: u64,
+    /// Partition steps that failed (the partition is retried; the others go on).
+    pub partition_errors: u64,
     /// Offsets in the source not yet landed (sum over partitions).
     pub lag_offsets: i64,
     /// Age of the oldest record read but not landed, seconds.
@@ -170,6 +175,8 @@ impl Progress {
         self.files += other.files;
         self.bytes += other.bytes;
         self.skipped_offsets += other.skipped_offsets;
+        self.quarantined_batches += other.quarantined_batches;
+        self.partition_errors += other.partition_errors;
     }
 }
 
@@ -356,9 +363,20 @@ impl<S: Source + Send> Lander<S> {
             let mut worker = Worker::new(source, output, config, schemas);
             let mut result = Ok(());
             for (_, state) in &mut group {
-                result = worker.land_partition(state, finish);
-                if result.is_err() {
-                    break;
+                // One partition's failure stops only that partition: it is reported,
+                // counted and retried on the next step while the others go on.
+                if let Err(error) = worker.land_partition(state, finish) {
+                    tracing::error!(
+                        topic = state.topic,
+                        partition = state.partition,
+                        "landing failed: {error}"
+                    );
+                    metrics::counter!("lander_partition_errors").increment(1);
+                    worker.progress.partition_errors += 1;
+                    state.caught_up = false;
+                    if finish {
+                        result = Err(error);
+                    }
                 }
             }
             let all_caught_up = group.iter().all(|(_, state)| state.caught_up);
@@ -488,6 +506,13 @@ impl<'a, S: Source> Worker<'a, S> {
                 READ_BYTES_MAX,
                 &mut records,
             );
+            let quarantined = self.source.lock().expect("source lock").take_quarantined();
+            for batch in quarantined {
+                if let Err(error) = self.quarantine(&batch) {
+                    self.records = records;
+                    return Err(error);
+                }
+            }
             let outcome = match outcome {
                 Ok(outcome) => outcome,
                 Err(error) => {
@@ -523,6 +548,29 @@ impl<'a, S: Source> Worker<'a, S> {
             let next_offset = state.read_next;
             self.commit(state, next_offset)?;
         }
+        Ok(())
+    }
+
+    /// Puts a batch that cannot be landed under `OUT/<topic>/_quarantine/<partition>/`
+    /// (`<first>-<last>.batch` with its bytes, `.reason` with why), durably, before the
+    /// manifest can move past its offsets.
+    fn quarantine(&mut self, batch: &source::Quarantined) -> Result<(), LandError> {
+        let stem = format!(
+            "{}/_quarantine/{}/{:020}-{:020}",
+            batch.topic, batch.partition, batch.first_offset, batch.last_offset
+        );
+        self.output.put(&format!("{stem}.batch"), batch.bytes.clone())?;
+        self.output.put(&format!("{stem}.reason"), bytes::Bytes::from(format!("{}\n", batch.reason)))?;
+        tracing::error!(
+            topic = batch.topic,
+            partition = batch.partition,
+            first = batch.first_offset,
+            last = batch.last_offset,
+            "batch quarantined at {stem}.batch: {}",
+            batch.reason
+        );
+        self.progress.quarantined_batches += 1;
+        metrics::counter!("lander_quarantined_batches").increment(1);
         Ok(())
     }
 

@@ -5,6 +5,8 @@
 //! * nothing under the data directory is ever written here;
 //! * only bytes below a length observed *before* an `fdatasync` of the segment are
 //!   read, so nothing handed out can be taken back by a power loss;
+//! * a CRC-valid batch that breaks the record rules or does not decode is handed to
+//!   the lander as [`Quarantined`] (bytes and reason), never skipped silently;
 //! * every batch is CRC-checked and must carry the next expected offset; a batch that
 //!   fails is the tail still being written and is retried on the next read (with a
 //!   fresh look at the file's length), unless the next segment already starts past it
@@ -13,7 +15,7 @@
 //!   after the last batch read (a segment is sealed once its successor exists, but its
 //!   last write may still be in flight when the successor appears).
 
-use crate::source::{decode_batch, LandRecord, ReadOutcome, Source, SourceError};
+use crate::source::{decode_checked, LandRecord, Quarantined, ReadOutcome, Source, SourceError};
 use engine::batch::{frame_len, BatchView, BATCH_HEADER_BYTES};
 use engine::segment::{parse_log_name, FollowedSegment};
 use std::collections::HashMap;
@@ -64,6 +66,7 @@ impl Cursor {
 pub struct SegmentSource {
     data_dir: PathBuf,
     cursors: HashMap<(String, u32), Cursor>,
+    quarantined: Vec<Quarantined>,
 }
 
 impl SegmentSource {
@@ -75,7 +78,7 @@ impl SegmentSource {
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "data directory does not exist"),
             });
         }
-        Ok(Self { data_dir: data_dir.to_path_buf(), cursors: HashMap::new() })
+        Ok(Self { data_dir: data_dir.to_path_buf(), cursors: HashMap::new(), quarantined: Vec::new() })
     }
 
     fn open_cursor(&self, topic: &str, partition: u32, base: i64) -> Result<Cursor, SourceError> {
@@ -183,7 +186,16 @@ impl Source for SegmentSource {
                 let (next, last) = (view.next_offset(), view.last_offset());
                 if last >= from {
                     let batch = cursor.segment.slice(cursor.position, cursor.position + len as u64);
-                    decode_batch(topic, partition, batch, from, out)?;
+                    if let Err(reason) = decode_checked(topic, partition, batch.clone(), from, out) {
+                        self.quarantined.push(Quarantined {
+                            topic: topic.to_string(),
+                            partition,
+                            first_offset: view.base_offset(),
+                            last_offset: last,
+                            bytes: batch,
+                            reason,
+                        });
+                    }
                     bytes_read += len;
                 }
                 cursor.position += len as u64;
@@ -237,6 +249,10 @@ impl Source for SegmentSource {
                 _ => return Ok(ReadOutcome { next_offset, caught_up: true, skipped }),
             }
         }
+    }
+
+    fn take_quarantined(&mut self) -> Vec<Quarantined> {
+        std::mem::take(&mut self.quarantined)
     }
 
     fn end_offset(&mut self, topic: &str, partition: u32) -> Result<i64, SourceError> {

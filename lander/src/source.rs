@@ -80,6 +80,48 @@ pub trait Source {
 
     /// The partition's end offset now (for lag reports; may be an estimate).
     fn end_offset(&mut self, topic: &str, partition: u32) -> Result<i64, SourceError>;
+
+    /// Batches the reads since the last call passed over because they cannot be
+    /// decoded: the lander puts each in quarantine before its manifest moves past it.
+    fn take_quarantined(&mut self) -> Vec<Quarantined> {
+        Vec::new()
+    }
+}
+
+/// A stored batch that passes its CRC but cannot be landed (it breaks the record rules
+/// or does not decode): kept whole with the reason, never silently skipped.
+#[derive(Debug, Clone)]
+pub struct Quarantined {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: u32,
+    /// First offset the batch claims.
+    pub first_offset: i64,
+    /// Last offset the batch claims.
+    pub last_offset: i64,
+    /// The batch's bytes as stored.
+    pub bytes: Bytes,
+    /// Why it cannot be landed.
+    pub reason: String,
+}
+
+/// Checks one stored batch with the engine's record rules, then decodes it into `out`
+/// ([`decode_batch`]); on failure nothing is added to `out` and the reason is returned.
+pub fn decode_checked(
+    topic: &str,
+    partition: u32,
+    batch: Bytes,
+    from: i64,
+    out: &mut Vec<LandRecord>,
+) -> Result<(), String> {
+    let view = engine::batch::BatchView::parse(&batch).map_err(|e| e.to_string())?;
+    engine::batch::validate_records(&view).map_err(|e| e.to_string())?;
+    let before = out.len();
+    decode_batch(topic, partition, batch, from, out).map_err(|e| {
+        out.truncate(before);
+        e.to_string()
+    })
 }
 
 /// Decodes one stored RecordBatch v2 (any codec) into `out`, keeping records at or past

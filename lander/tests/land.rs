@@ -366,3 +366,72 @@ fn given_a_batch_still_being_written_when_read_again_then_it_is_read_once_comple
     assert_eq!((records.len(), outcome.next_offset), (2, 5), "the completed batch is read");
     assert_eq!(records[1].value.as_deref(), Some(&b"v4"[..]));
 }
+
+/// Writes `batches` as one segment file of `dir` (offsets stamped in order).
+fn write_segment(dir: &Path, batches: &[bytes::BytesMut]) -> i64 {
+    use std::io::Write;
+    std::fs::create_dir_all(dir).unwrap();
+    let mut file = std::fs::File::create(dir.join("00000000000000000000.log")).unwrap();
+    let mut next = 0i64;
+    for batch in batches {
+        let mut batch = batch.clone();
+        engine::batch::assign_base_offset(&mut batch, next);
+        next +=
+            i64::from(engine::batch::BatchView::parse(&batch).unwrap().header().last_offset_delta.get()) + 1;
+        file.write_all(&batch).unwrap();
+    }
+    next
+}
+
+#[test]
+fn given_a_crc_valid_batch_that_breaks_the_record_rules_then_it_is_quarantined_and_every_other_record_lands()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = dir.path().join("out");
+    let honest = |from: i64, count: i64| {
+        let mut builder = BatchBuilder::default();
+        for i in from..from + count {
+            builder.push(1_764_000_000_000 + i, Some(b"k"), Some(&payment(1_764_000_000_000 + i, i)));
+        }
+        builder.finish()
+    };
+    // A lying batch a disk (or an older broker) could hold: decreasing offset deltas
+    // and a header key that is not UTF-8, with a valid CRC.
+    let mut lie = engine::lies::RawBatch::generate(&mut |n| (n - 1).min(2));
+    lie.records.push(lie.records[0].clone());
+    lie.records.reverse();
+    lie.records[0].headers.push((engine::lies::Field::Bytes(vec![0xff]), engine::lies::Field::Null));
+    lie.record_count = lie.records.len() as i32;
+    lie.last_offset_delta = lie.record_count - 1;
+    assert!(!lie.is_valid());
+    let lying = lie.encode();
+    let end = write_segment(&data.join("pay-0"), &[honest(0, 5), lying, honest(100, 5)]);
+    // Another partition with honest batches only must land whatever happens in pay-0.
+    write_segment(&data.join("pay-1"), &[honest(0, 3)]);
+    let lander = land_all(&data, &out, None, 60_000);
+    let progress = lander.progress();
+    assert_eq!(progress.quarantined_batches, 1, "{progress:?}");
+    assert_eq!(progress.records, 13, "5 + 5 honest records of pay-0 and 3 of pay-1 land: {progress:?}");
+    let rows = read_rows(&out);
+    let offsets: Vec<(i32, i64)> = rows.iter().map(|r| (r.partition, r.offset)).collect();
+    let lying_range = 5..end - 5;
+    assert!(offsets.iter().all(|(p, o)| *p == 1 || !lying_range.contains(o)), "{offsets:?}");
+    // The batch is kept whole with its reason, and the manifest covers it.
+    let quarantine = out.join("pay/_quarantine/0");
+    let names: Vec<String> = std::fs::read_dir(&quarantine)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    let reason =
+        std::fs::read_to_string(quarantine.join(names.iter().find(|n| n.ends_with(".reason")).unwrap()))
+            .unwrap();
+    assert!(
+        reason.contains("invalid record") || reason.contains("UTF-8") || reason.contains("offset"),
+        "{reason}"
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("pay/_landed/0.json")).unwrap()).unwrap();
+    assert_eq!(manifest["next_offset"].as_i64(), Some(end));
+}

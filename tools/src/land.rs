@@ -101,13 +101,15 @@ pub fn run(args: &LandArgs) -> Result<Progress> {
         _ => bail!("give exactly one of --data-dir and --brokers"),
     };
     eprintln!(
-        "corelog land: landed {} records in {} files ({:.1} MB) from {} partitions; {} bad records, {} offsets skipped",
+        "corelog land: landed {} records in {} files ({:.1} MB) from {} partitions; {} bad records, {} offsets skipped, {} batches quarantined, {} partition errors",
         progress.records,
         progress.files,
         progress.bytes as f64 / 1e6,
         progress.partitions,
         progress.bad_records,
-        progress.skipped_offsets
+        progress.skipped_offsets,
+        progress.quarantined_batches,
+        progress.partition_errors
     );
     Ok(progress)
 }
