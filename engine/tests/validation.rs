@@ -212,7 +212,7 @@ fn given_compressed_batches_then_honest_ones_pass_and_bombs_and_lies_inside_are_
         );
         let error = validate(&bomb).unwrap_err();
         assert!(error.to_string().contains("limit"), "{compression:?}: {error}");
-        assert!(DECOMPRESSED_BATCH_BYTES_MAX < 72 << 20);
+        const { assert!(DECOMPRESSED_BATCH_BYTES_MAX < 72 << 20) };
         // A lie inside the compressed records: the header claims one record more, CRC
         // recomputed.
         let mut lying = honest.clone();
