@@ -2,8 +2,8 @@
 //! a restart.
 //!
 //! A partition keeps, per producer id, the epoch and the last
-//! [`PRODUCER_BATCHES_REMEMBERED`] batches (first and last sequence, offsets), and
-//! checks every idempotent batch against them with Kafka's rules: the next batch
+//! [`PRODUCER_BATCHES_REMEMBERED`] batches (first and last sequence, offsets), for at
+//! most [`PRODUCERS_PER_PARTITION_MAX`] producers, and checks every idempotent batch against them with Kafka's rules: the next batch
 //! follows the last one; a retry of one of the remembered batches is a duplicate and
 //! is answered with its original offsets; a newer epoch starts over; an older epoch or
 //! a gap is refused. A producer the partition has no state for is accepted at any
@@ -32,6 +32,10 @@ use std::path::{Path, PathBuf};
 
 /// Batches of one idempotent producer remembered for duplicate detection (Kafka keeps 5).
 pub const PRODUCER_BATCHES_REMEMBERED: usize = 5;
+/// Producers one partition remembers; a new one past this evicts the one whose last
+/// batch is oldest (Kafka expires producers by time, `producer.id.expiration.ms`; a
+/// count bounds memory whatever the rate of new producer ids).
+pub const PRODUCERS_PER_PARTITION_MAX: usize = 10_000;
 /// Snapshots kept per partition (the newest ones).
 pub const SNAPSHOTS_KEPT: usize = 2;
 /// First bytes of a snapshot file.
@@ -133,6 +137,20 @@ impl ProducerStates {
         records: i32,
         result: AppendResult,
     ) {
+        if !self.producers.contains_key(&producer_id) && self.producers.len() >= PRODUCERS_PER_PARTITION_MAX {
+            // Forget the producer whose last batch is oldest. A forgotten producer is
+            // accepted at any sequence when it returns (KIP-360), like an expired one.
+            let oldest = self
+                .producers
+                .iter()
+                .min_by_key(|(id, state)| {
+                    (state.recent.back().map_or(i64::MIN, |(.., r)| r.next_offset), **id)
+                })
+                .map(|(id, _)| *id);
+            if let Some(oldest) = oldest {
+                self.producers.remove(&oldest);
+            }
+        }
         let state = self.producers.entry(producer_id).or_default();
         if epoch != state.epoch {
             *state = ProducerState { epoch, recent: VecDeque::new() };
@@ -378,6 +396,25 @@ mod tests {
             states.check(11, 0, 12345).unwrap(),
             Sequenced::Append,
             "unknown producers start anywhere"
+        );
+    }
+
+    #[test]
+    fn given_more_producers_than_the_bound_then_the_one_with_the_oldest_batch_is_forgotten() {
+        let mut states = ProducerStates::default();
+        for id in 0..PRODUCERS_PER_PARTITION_MAX as i64 {
+            states.remember(id, 0, 0, 1, result(1000 + id, 1));
+        }
+        // Producer 0 writes again: producer 1's batch is now the oldest.
+        states.remember(0, 0, 1, 1, result(50_000, 1));
+        states.remember(-7 + 1_000_000, 0, 0, 1, result(60_000, 1));
+        assert_eq!(states.producers.len(), PRODUCERS_PER_PARTITION_MAX);
+        assert!(!states.producers.contains_key(&1), "the producer with the oldest batch is forgotten");
+        assert!(states.producers.contains_key(&0));
+        assert_eq!(
+            states.check(1, 0, 77).unwrap(),
+            Sequenced::Append,
+            "a forgotten producer resumes anywhere"
         );
     }
 }
