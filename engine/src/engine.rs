@@ -14,6 +14,8 @@
 //! DATA/corelog.meta            "corelog-data-dir 1" + one "topic NAME PARTITIONS" line per topic
 //! DATA/.lock                   flock held while an engine has the directory open
 //! DATA/.clean-shutdown         present only between a clean shutdown and the next open
+//! DATA/.opened                 when the engine last opened the directory (unclean recovery)
+//! DATA/.deleting-…/            a partition directory being deleted (removed at open)
 //! DATA/<topic>-<partition>/    segment files (see `segment`)
 //! ```
 //!
