@@ -596,7 +596,8 @@ impl<'a> Record<'a> {
     }
 }
 
-fn put_varint(out: &mut BytesMut, value: i64) {
+/// Appends `value` as a zigzag varint (Kafka's encoding of record fields).
+pub(crate) fn put_varint(out: &mut BytesMut, value: i64) {
     let mut raw = ((value << 1) ^ (value >> 63)) as u64;
     while raw >= 0x80 {
         out.put_u8((raw as u8) | 0x80);

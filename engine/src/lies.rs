@@ -16,7 +16,7 @@
 //! short or followed by extra bytes. Never used on the data path.
 
 use crate::batch::{
-    BatchHeader, ATTR_CONTROL, ATTR_TIMESTAMP_LOG_APPEND, ATTR_TRANSACTIONAL, BATCH_HEADER_BYTES,
+    put_varint, BatchHeader, ATTR_CONTROL, ATTR_TIMESTAMP_LOG_APPEND, ATTR_TRANSACTIONAL, BATCH_HEADER_BYTES,
     BATCH_LOG_OVERHEAD_BYTES, CRC_START_BYTES, MAGIC_V2,
 };
 use bytes::{BufMut, BytesMut};
@@ -77,15 +77,6 @@ pub struct RawBatch {
     pub records: Vec<RawRecord>,
     /// Bytes after the last record.
     pub trailing: Vec<u8>,
-}
-
-fn put_varint(out: &mut BytesMut, value: i64) {
-    let mut raw = ((value << 1) ^ (value >> 63)) as u64;
-    while raw >= 0x80 {
-        out.put_u8((raw as u8) | 0x80);
-        raw >>= 7;
-    }
-    out.put_u8(raw as u8);
 }
 
 /// A zigzag varint padded with continuation bytes to `width` bytes.

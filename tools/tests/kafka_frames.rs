@@ -5,14 +5,14 @@
 
 mod common;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use engine::batch::BatchBuilder;
 use kafka_protocol::messages::{
     fetch_request, list_offsets_request, metadata_request, produce_request, ApiKey, ApiVersionsRequest,
     CreateTopicsRequest, FetchRequest, InitProducerIdRequest, ListOffsetsRequest, MetadataRequest,
-    ProduceRequest, RequestHeader, TopicName,
+    ProduceRequest, TopicName,
 };
-use kafka_protocol::protocol::{Encodable, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use rand::{Rng, SeedableRng};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -21,21 +21,7 @@ use std::time::Duration;
 
 const FRAMES: usize = 100_000;
 
-fn frame(api_key: ApiKey, version: i16, correlation_id: i32, body: &impl Encodable) -> Vec<u8> {
-    let mut buffer = BytesMut::new();
-    buffer.put_i32(0);
-    RequestHeader::default()
-        .with_request_api_key(api_key as i16)
-        .with_request_api_version(version)
-        .with_correlation_id(correlation_id)
-        .with_client_id(Some(StrBytes::from_static_str("fuzz")))
-        .encode(&mut buffer, api_key.request_header_version(version))
-        .unwrap();
-    body.encode(&mut buffer, version).unwrap();
-    let length = (buffer.len() - 4) as i32;
-    buffer[0..4].copy_from_slice(&length.to_be_bytes());
-    buffer.to_vec()
-}
+use common::wire::frame;
 
 fn topic(name: &'static str) -> TopicName {
     TopicName(StrBytes::from_static_str(name))
