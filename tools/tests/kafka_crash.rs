@@ -1,5 +1,8 @@
 //! Crash safety through the Kafka protocol: confluent-kafka produces with acks=all while
-//! `corelog serve` is SIGKILLed at random (seeded) moments and restarted; afterwards
+//! `corelog serve` (4 KiB segments, so kills land during rolls; every flush mode) is
+//! SIGKILLed at random (seeded) moments six times and restarted; the producer must get
+//! every message acknowledged across the restarts (a partition that cannot take
+//! appends after a restart fails it); afterwards
 //! every acknowledged message is readable at its acknowledged offset, in order per
 //! partition, with no gaps, and no message is stored twice (the producer is idempotent
 //! and the broker rebuilds its producer state on restart). Replay with `CORELOG_KAFKA_CRASH_SEED=<seed>`.
@@ -12,10 +15,24 @@ use common::Server;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-const ROUNDS: usize = 4;
+const ROUNDS: usize = 6;
 
 #[test]
-fn acknowledged_messages_survive_sigkill_of_the_broker() {
+fn acknowledged_messages_survive_sigkills_of_the_broker_during_rolls_with_group_flush() {
+    kill_repeatedly("group");
+}
+
+#[test]
+fn acknowledged_messages_survive_sigkills_of_the_broker_during_rolls_with_always_flush() {
+    kill_repeatedly("always");
+}
+
+#[test]
+fn acknowledged_messages_survive_sigkills_of_the_broker_during_rolls_with_os_flush() {
+    kill_repeatedly("os");
+}
+
+fn kill_repeatedly(flush: &str) {
     let seed: u64 = std::env::var("CORELOG_KAFKA_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -23,12 +40,12 @@ fn acknowledged_messages_survive_sigkill_of_the_broker() {
     println!("kafka crash seed {seed} (replay with CORELOG_KAFKA_CRASH_SEED={seed})");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
-    let flags = ["--default-partitions", "3"];
+    let flags = ["--default-partitions", "3", "--segment-bytes", "4096", "--flush", flush];
     let mut server = Server::start(dir.path(), &flags);
     let address = server.address;
     let script = common::script("acked_producer.py");
     let mut producer = Command::new(common::python())
-        .args([script.to_str().unwrap(), &address.to_string(), "crash", "6"])
+        .args([script.to_str().unwrap(), &address.to_string(), "crash", "8"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -53,6 +70,11 @@ fn acknowledged_messages_survive_sigkill_of_the_broker() {
     let acked = reader.join().unwrap();
     assert!(acked.len() > 500, "seed {seed}: the producer made progress ({} acks)", acked.len());
     server.kill();
+    let segments = std::fs::read_dir(dir.path().join("crash-0"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "log"))
+        .count();
+    assert!(segments > ROUNDS, "seed {seed}: the log rolled often ({segments} segments in crash-0)");
 
     // Reopen the data directory embedded and check every acknowledgement.
     let engine = engine::Engine::open(engine::EngineConfig {

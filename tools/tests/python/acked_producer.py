@@ -1,6 +1,8 @@
 """Produce {"n": i} forever with confluent-kafka (acks=all, idempotent), printing one line
 "partition offset n" per acknowledged message. The broker may die and come back under
-it; librdkafka reconnects and retries. Exits after SECONDS.
+it; librdkafka reconnects and retries. Stops producing after SECONDS, then flushes; exits
+non-zero when any message was not delivered (a partition that refuses appends after a
+restart fails the run).
 
 Usage: acked_producer.py BROKERS TOPIC SECONDS
 """
@@ -22,7 +24,14 @@ producer = Producer({
 })
 
 
+failed = 0
+
+
 def on_delivery(error, message):
+    global failed
+    if error is not None:
+        failed += 1
+        sys.stderr.write(f"not delivered: {error}\n")
     if error is None:
         n = json.loads(message.value())["n"]
         sys.stdout.write(f"{message.partition()} {message.offset()} {n}\n")
@@ -38,4 +47,5 @@ while time.time() < end:
     except BufferError:
         pass
     producer.poll(0.001)
-producer.flush(60)
+remaining = producer.flush(60)
+sys.exit(1 if failed or remaining else 0)
