@@ -1,5 +1,5 @@
 //! Crash safety through the Kafka protocol: confluent-kafka produces with acks=all while
-//! `corelog serve` (4 KiB segments, so kills land during rolls; every flush mode) is
+//! `corelog serve` (256 KiB segments of 1.5 KB messages, so kills land during rolls; every flush mode) is
 //! SIGKILLed at random (seeded) moments six times and restarted; the producer must get
 //! every message acknowledged across the restarts (a partition that cannot take
 //! appends after a restart fails it); afterwards
@@ -40,12 +40,12 @@ fn kill_repeatedly(flush: &str) {
     println!("kafka crash seed {seed} (replay with CORELOG_KAFKA_CRASH_SEED={seed})");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
-    let flags = ["--default-partitions", "3", "--segment-bytes", "4096", "--flush", flush];
+    let flags = ["--default-partitions", "3", "--segment-bytes", "262144", "--flush", flush];
     let mut server = Server::start(dir.path(), &flags);
     let address = server.address;
     let script = common::script("acked_producer.py");
     let mut producer = Command::new(common::python())
-        .args([script.to_str().unwrap(), &address.to_string(), "crash", "8"])
+        .args([script.to_str().unwrap(), &address.to_string(), "crash", "8", "1500"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -4,7 +4,7 @@ it; librdkafka reconnects and retries. Stops producing after SECONDS, then flush
 non-zero when any message was not delivered (a partition that refuses appends after a
 restart fails the run).
 
-Usage: acked_producer.py BROKERS TOPIC SECONDS
+Usage: acked_producer.py BROKERS TOPIC SECONDS [PAD_BYTES]
 """
 import json
 import sys
@@ -13,6 +13,7 @@ import time
 from confluent_kafka import Producer
 
 brokers, topic, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+pad = "x" * int(sys.argv[4]) if len(sys.argv) > 4 else ""
 producer = Producer({
     "bootstrap.servers": brokers,
     "acks": "all",
@@ -42,7 +43,7 @@ end = time.time() + seconds
 i = 0
 while time.time() < end:
     try:
-        producer.produce(topic, key=f"k{i % 13}", value=json.dumps({"n": i}), on_delivery=on_delivery)
+        producer.produce(topic, key=f"k{i % 13}", value=json.dumps({"n": i, "pad": pad}), on_delivery=on_delivery)
         i += 1
     except BufferError:
         pass
