@@ -197,6 +197,8 @@ struct PartitionState {
     oldest_open_ms: Option<i64>,
     caught_up: bool,
     end_offset: i64,
+    /// Why the last step of this partition failed, if it did.
+    failed: Option<String>,
 }
 
 /// A lander over one source and one output.
@@ -341,6 +343,7 @@ impl<S: Source + Send> Lander<S> {
             oldest_open_ms: None,
             caught_up: false,
             end_offset: 0,
+            failed: None,
         })
     }
 
@@ -365,21 +368,30 @@ impl<S: Source + Send> Lander<S> {
             for (_, state) in &mut group {
                 // One partition's failure stops only that partition: it is reported,
                 // counted and retried on the next step while the others go on.
-                if let Err(error) = worker.land_partition(state, finish) {
-                    tracing::error!(
-                        topic = state.topic,
-                        partition = state.partition,
-                        "landing failed: {error}"
-                    );
-                    metrics::counter!("lander_partition_errors").increment(1);
-                    worker.progress.partition_errors += 1;
-                    state.caught_up = false;
-                    if finish {
-                        result = Err(error);
+                match worker.land_partition(state, finish) {
+                    Ok(()) => state.failed = None,
+                    Err(error) => {
+                        let message = error.to_string();
+                        if state.failed.as_deref() != Some(&message) {
+                            tracing::error!(
+                                topic = state.topic,
+                                partition = state.partition,
+                                "landing failed: {message}"
+                            );
+                        }
+                        metrics::counter!("lander_partition_errors").increment(1);
+                        worker.progress.partition_errors += 1;
+                        state.caught_up = false;
+                        state.failed = Some(message);
+                        if finish {
+                            result = Err(error);
+                        }
                     }
                 }
             }
-            let all_caught_up = group.iter().all(|(_, state)| state.caught_up);
+            // A failed partition is retried on the next step; it does not hold up
+            // whether the others are caught up (see `Lander::failed_partitions`).
+            let all_caught_up = group.iter().all(|(_, state)| state.caught_up || state.failed.is_some());
             (group, worker.progress, result.map(|_| all_caught_up))
         };
         let outcomes: Vec<_> = if workers == 1 {
@@ -408,6 +420,17 @@ impl<S: Source + Send> Lander<S> {
         self.register()?;
         self.progress.caught_up = all_caught_up;
         Ok(all_caught_up)
+    }
+
+    /// Partitions whose last step failed, with why.
+    pub fn failed_partitions(&self) -> Vec<(String, u32, String)> {
+        let mut failed: Vec<_> = self
+            .partitions
+            .values()
+            .filter_map(|s| s.failed.as_ref().map(|why| (s.topic.clone(), s.partition, why.clone())))
+            .collect();
+        failed.sort();
+        failed
     }
 
     /// Commits everything read so far in every partition (a clean stop).

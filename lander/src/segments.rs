@@ -5,6 +5,8 @@
 //! * nothing under the data directory is ever written here;
 //! * only bytes below a length observed *before* an `fdatasync` of the segment are
 //!   read, so nothing handed out can be taken back by a power loss;
+//! * a log that ends before the offset asked for (already read or landed: the topic
+//!   was re-created, or the engine cut its log back) is an error, never a silent wait;
 //! * a CRC-valid batch that breaks the record rules or does not decode is handed to
 //!   the lander as [`Quarantined`] (bytes and reason), never skipped silently;
 //! * every batch is CRC-checked and must carry the next expected offset; a batch that
@@ -162,6 +164,17 @@ impl Source for SegmentSource {
             if cursor.position >= cursor.durable_len || cursor.stalled {
                 cursor.durable_len = cursor.segment.durable_len()?;
                 cursor.stalled = false;
+                if cursor.durable_len < cursor.position {
+                    // The file shrank under us: the engine cut the log back (recovery
+                    // after a crash, or healing after a storage failure) past bytes
+                    // already read.
+                    return Err(SourceError::LogEndsEarly {
+                        topic: topic.to_string(),
+                        partition,
+                        end: cursor.segment.base_offset(),
+                        expected: cursor.next_offset,
+                    });
+                }
             }
             let end = cursor.durable_len;
             let mut stalled = None;
@@ -244,6 +257,16 @@ impl Source for SegmentSource {
                             cursor.position,
                             stalled.unwrap_or_default()
                         ),
+                    });
+                }
+                None if stalled.is_none() && cursor.position >= end && cursor.next_offset < from => {
+                    // The whole log is read and it ends before `from`, which was read
+                    // or landed before: never wait there silently.
+                    return Err(SourceError::LogEndsEarly {
+                        topic: topic.to_string(),
+                        partition,
+                        end: cursor.next_offset,
+                        expected: from,
                     });
                 }
                 _ => return Ok(ReadOutcome { next_offset, caught_up: true, skipped }),

@@ -57,6 +57,21 @@ pub enum SourceError {
         /// Why.
         reason: String,
     },
+    /// The log ends before an offset already read or landed: the topic was deleted and
+    /// re-created, or the engine cut the log back. Landing it would skip or mix
+    /// offsets, so the partition stops (loudly) until an operator moves its manifest
+    /// and landed files aside.
+    #[error("{topic}-{partition}: the log ends at offset {end}, before {expected} (already landed or read): the topic was re-created or its log cut back; move OUT/{topic}/_landed/{partition}.json and its parts aside to land it again")]
+    LogEndsEarly {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// Where the log ends.
+        end: i64,
+        /// The offset the lander stands at.
+        expected: i64,
+    },
     /// The broker failed.
     #[error("kafka: {0}")]
     Kafka(String),

@@ -435,3 +435,33 @@ fn given_a_crc_valid_batch_that_breaks_the_record_rules_then_it_is_quarantined_a
         serde_json::from_slice(&std::fs::read(out.join("pay/_landed/0.json")).unwrap()).unwrap();
     assert_eq!(manifest["next_offset"].as_i64(), Some(end));
 }
+
+#[test]
+fn given_a_topic_re_created_shorter_than_what_landed_then_the_lander_says_so_instead_of_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = dir.path().join("out");
+    let batch = |count: i64| {
+        let mut builder = BatchBuilder::default();
+        for i in 0..count {
+            builder.push(1_764_000_000_000 + i, None, Some(&payment(1_764_000_000_000 + i, i)));
+        }
+        builder.finish()
+    };
+    write_segment(&data.join("pay-0"), &[batch(10), batch(5)]);
+    let lander = land_all(&data, &out, None, 60_000);
+    assert_eq!(lander.progress().records, 15);
+    drop(lander);
+    // Deleted and re-created with fewer records than were landed.
+    std::fs::remove_dir_all(data.join("pay-0")).unwrap();
+    write_segment(&data.join("pay-0"), &[batch(4)]);
+    let config = LanderConfig { max_lag_ms: 60_000, ..LanderConfig::default() };
+    let mut lander =
+        Lander::new(SegmentSource::new(&data).unwrap(), Output::open(out.to_str().unwrap()).unwrap(), config);
+    lander.step(false).unwrap();
+    let progress = lander.progress();
+    assert_eq!(progress.partition_errors, 1, "the partition reports the problem: {progress:?}");
+    let failed = lander.failed_partitions();
+    assert_eq!(failed.len(), 1);
+    assert!(failed[0].2.contains("ends at offset 4, before 15"), "{failed:?}");
+}

@@ -150,5 +150,10 @@ pub fn run_until<S: Source + Send>(
     lander.flush()?;
     lander.update_lag();
     bar.finish_and_clear();
+    let failed = lander.failed_partitions();
+    if once && !failed.is_empty() {
+        let lines: Vec<String> = failed.iter().map(|(t, p, why)| format!("{t}-{p}: {why}")).collect();
+        anyhow::bail!("{} partitions could not be landed:\n{}", failed.len(), lines.join("\n"));
+    }
     Ok(())
 }
