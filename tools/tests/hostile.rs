@@ -35,6 +35,8 @@ const SERVED_WITHIN: Duration = Duration::from_secs(1);
 /// The broker's own memory (RssAnon) stays under this in every case. Its memory budget
 /// is set to 256 MiB below; the rest is code, shards' rings and tasks.
 const RSS_ANON_BOUND: u64 = 768 << 20;
+/// Once every hostile connection is gone, the broker's own memory falls back under this.
+const RSS_ANON_IDLE_BOUND: u64 = 256 << 20;
 const MEMORY_BUDGET: &str = "268435456";
 const MAX_PARTITIONS: u32 = 400;
 
@@ -688,6 +690,18 @@ fn a_hostile_client_gets_kafkas_errors_and_the_broker_keeps_serving_bounded_and_
         }
         suite.after("connections past --max-connections", "hostile", 0);
     }
+
+    // ---- Memory is given back once the load is gone (every hostile connection closed).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let returned = loop {
+        let rss = suite.server.rss_anon_bytes();
+        if rss < RSS_ANON_IDLE_BOUND || Instant::now() > deadline {
+            break rss;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    println!("RssAnon after the load went: {} MiB (peak {} MiB)", returned >> 20, suite.rss_max >> 20);
+    assert!(returned < RSS_ANON_IDLE_BOUND, "RssAnon stays at {} MiB after the load went", returned >> 20);
 
     // ---- The end: a clean stop, intact files, a restart that serves what was acked.
     let mut wire = suite.wire();
