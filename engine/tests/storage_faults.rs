@@ -174,3 +174,38 @@ fn given_enospc_on_fdatasync_then_nothing_failed_is_published_and_appends_resume
         scenario(FaultOp::Sync, FaultKind::NoSpace, flush, 4, 6);
     }
 }
+
+fn open_descriptors() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Every segment keeps its log file open (as Kafka's do): one descriptor per roll is
+/// the design. `--flush os` used to keep two more per roll (a sealed file and the
+/// directory queued for a sync that never runs in that mode).
+#[test]
+fn given_flush_os_when_segments_roll_many_times_then_it_holds_no_more_descriptors_than_group() {
+    let mut growth = Vec::new();
+    for flush in [FlushMode::Os, FlushMode::Group] {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(config(dir.path(), flush)).unwrap();
+        engine.create_topic(TOPIC, 1).unwrap();
+        for id in 0..20 {
+            engine.append(TOPIC, 0, batch(id)).wait().unwrap();
+        }
+        let before = open_descriptors();
+        let segments_before = engine.partition_info(TOPIC, 0).wait().unwrap().segments;
+        for id in 20..2500 {
+            engine.append(TOPIC, 0, batch(id)).wait().unwrap();
+        }
+        let rolls = engine.partition_info(TOPIC, 0).wait().unwrap().segments - segments_before;
+        let after = open_descriptors();
+        assert!(rolls > 100, "--flush {flush}: the log rolled ({rolls} times)");
+        assert!(
+            after <= before + rolls + 4,
+            "--flush {flush}: {before} descriptors before {rolls} rolls, {after} after"
+        );
+        growth.push((after as i64 - before as i64) - rolls as i64);
+        engine.shutdown().unwrap();
+    }
+    assert!(growth[0] <= growth[1] + 4, "descriptors beyond one per segment, os vs group: {growth:?}");
+}
