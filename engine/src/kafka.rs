@@ -929,8 +929,9 @@ pub const FETCH_PARTITIONS_MAX: usize = 10_000;
 
 /// Plans the reads of a Fetch the way Kafka's broker does: partitions in request order,
 /// each read bounded by its `partition_max_bytes` and by what is left of the request's
-/// `max_bytes` (itself capped at [`FETCH_RESPONSE_BYTES_MAX`]); only the first partition
-/// may return a batch above its budget (so a consumer always progresses). A partition
+/// `max_bytes` (itself capped at [`FETCH_RESPONSE_BYTES_MAX`]); only the first non-empty
+/// partition may return a batch above its share (the first one here, the others through
+/// [`read_slots`]), so a consumer always progresses. A partition
 /// named again in the same request, or beyond [`FETCH_PARTITIONS_MAX`], is answered once
 /// and never read twice. Negative partition indexes are answered
 /// UNKNOWN_TOPIC_OR_PARTITION.
@@ -964,9 +965,35 @@ fn plan_fetch(request: &FetchRequest) -> (Vec<FetchSlot>, Vec<(usize, i32)>) {
     (slots, unknown)
 }
 
+/// Reads every slot at once. When nothing came back but some partition has a batch
+/// larger than its share, that partition (the first such) is read again allowed to
+/// exceed it: Kafka lets the first *non-empty* partition of a Fetch exceed its limits,
+/// so a consumer whose first-listed partitions are caught up still progresses.
+async fn read_slots(shard: &Rc<Shard>, slots: &[FetchSlot]) -> Vec<fetch_response::PartitionData> {
+    let mut partitions = join_all(slots.iter().map(|slot| read_partition(shard, slot))).await;
+    let empty = |p: &fetch_response::PartitionData| p.records.as_ref().is_none_or(Bytes::is_empty);
+    if partitions.iter().all(empty) {
+        let oversized = slots.iter().zip(&partitions).position(|(slot, p)| {
+            slot.strict && p.error_code == code::NONE && p.high_watermark > slot.offset && empty(p)
+        });
+        if let Some(at) = oversized {
+            let slot = &slots[at];
+            let retry = FetchSlot {
+                topic: slot.topic,
+                tp: slot.tp.clone(),
+                offset: slot.offset,
+                max_bytes: slot.max_bytes,
+                strict: false,
+            };
+            partitions[at] = read_partition(shard, &retry).await;
+        }
+    }
+    partitions
+}
+
 async fn fetch(shard: &Rc<Shard>, request: FetchRequest) -> FetchResponse {
     let (slots, unknown) = plan_fetch(&request);
-    let mut partitions = join_all(slots.iter().map(|slot| read_partition(shard, slot))).await;
+    let mut partitions = read_slots(shard, &slots).await;
     let bytes: usize = partitions.iter().map(|p| p.records.as_ref().map_or(0, Bytes::len)).sum();
     let wait_ms = (request.max_wait_ms.max(0) as u64).min(FETCH_WAIT_MS_MAX);
     if bytes < request.min_bytes.max(1) as usize && wait_ms > 0 && !slots.is_empty() {
@@ -978,7 +1005,7 @@ async fn fetch(shard: &Rc<Shard>, request: FetchRequest) -> FetchResponse {
             }))
         });
         let _ = select_all(waits).await;
-        partitions = join_all(slots.iter().map(|slot| read_partition(shard, slot))).await;
+        partitions = read_slots(shard, &slots).await;
     }
     let mut responses: Vec<fetch_response::FetchableTopicResponse> = request
         .topics

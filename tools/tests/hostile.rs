@@ -502,6 +502,15 @@ fn a_hostile_client_gets_kafkas_errors_and_the_broker_keeps_serving_bounded_and_
         "first partition one batch over the budget, the second none: {sizes:?}"
     );
     suite.after("fetch max_bytes 100 over two partitions", "budget", 1);
+    let mut wire = suite.wire();
+    assert_eq!(create_topics(&mut wire, &[("firstempty", 2)]), vec![NONE]);
+    assert_eq!(wire.produce("firstempty", 1, honest_batch(50)).0, NONE);
+    let response: FetchResponse =
+        wire.call(ApiKey::Fetch, 11, &fetch_request("firstempty", &[(0, 0), (1, 0)], 100, 100));
+    let sizes: Vec<usize> =
+        response.responses[0].partitions.iter().map(|p| p.records.as_ref().map_or(0, Bytes::len)).collect();
+    assert!(sizes[0] == 0 && sizes[1] > 100, "the first non-empty partition may exceed its share: {sizes:?}");
+    suite.after("fetch whose first non-empty partition holds a batch above every limit", "firstempty", 1);
 
     // ---- Frames: sizes that lie, half frames, unknown keys.
     for (case, frame) in [
