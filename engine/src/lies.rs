@@ -338,3 +338,38 @@ impl RawBatch {
         }
     }
 }
+
+/// One honest batch of `records` (key, value), the i-th at `timestamp + i`, encoded by
+/// `kafka-protocol` (an encoder corelog did not write) with `compression`: what real
+/// clients send, compressed or not, for tests beside the lies.
+pub fn kafka_encoded(
+    compression: kafka_protocol::records::Compression,
+    timestamp: i64,
+    records: Vec<(Option<bytes::Bytes>, Option<bytes::Bytes>)>,
+) -> BytesMut {
+    use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+    let records: Vec<Record> = records
+        .into_iter()
+        .enumerate()
+        .map(|(i, (key, value))| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            // kafka-protocol starts a new batch where sequences do not follow.
+            sequence: i as i32 - 1,
+            timestamp: timestamp + i as i64,
+            key,
+            value,
+            headers: Default::default(),
+        })
+        .collect();
+    let mut encoded = BytesMut::new();
+    RecordBatchEncoder::encode(&mut encoded, &records, &RecordEncodeOptions { version: 2, compression })
+        .expect("kafka-protocol encodes plain records");
+    encoded
+}

@@ -11,9 +11,7 @@ use bytes::BytesMut;
 use engine::batch::{validate_records, BatchError, BatchView, DECOMPRESSED_BATCH_BYTES_MAX};
 use engine::lies::RawBatch;
 use engine::log::{AppendError, LogConfig, PartitionLog};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::{Compression, RecordBatchDecoder};
 use rand::{Rng, SeedableRng};
 
 const NOW_MS: i64 = 1_700_000_000_000;
@@ -169,29 +167,12 @@ fn given_the_lies_from_the_issue_then_each_is_refused_with_its_reason() {
 }
 
 fn kafka_batch(compression: Compression, values: Vec<bytes::Bytes>) -> BytesMut {
-    let records: Vec<Record> = values
+    let records = values
         .into_iter()
         .enumerate()
-        .map(|(i, value)| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: i as i32 - 1,
-            timestamp: NOW_MS + i as i64,
-            key: Some(bytes::Bytes::from(format!("k{i}"))),
-            value: Some(value),
-            headers: Default::default(),
-        })
+        .map(|(i, value)| (Some(bytes::Bytes::from(format!("k{i}"))), Some(value)))
         .collect();
-    let mut encoded = BytesMut::new();
-    RecordBatchEncoder::encode(&mut encoded, &records, &RecordEncodeOptions { version: 2, compression })
-        .unwrap();
-    encoded
+    engine::lies::kafka_encoded(compression, NOW_MS, records)
 }
 
 #[test]

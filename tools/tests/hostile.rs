@@ -393,34 +393,14 @@ fn a_hostile_client_gets_kafkas_errors_and_the_broker_keeps_serving_bounded_and_
     suite.refuse("control batch from a client", lie(1, |b| b.attributes |= 0x20), INVALID_RECORD);
     suite.refuse("transactional batch", lie(1, |b| b.attributes |= 0x10), INVALID_RECORD);
     suite.refuse("codec 6", lie(1, |b| b.attributes |= 6), UNSUPPORTED_COMPRESSION_TYPE);
-    let bomb = {
-        use kafka_protocol::records::{
-            Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-        };
-        let record = Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: 0,
-            sequence: -1,
-            timestamp: now_ms(),
-            key: None,
-            value: Some(Bytes::from(vec![0u8; 96 << 20])),
-            headers: Default::default(),
-        };
-        let mut out = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut out,
-            [&record],
-            &RecordEncodeOptions { version: 2, compression: Compression::Zstd },
+    let bomb = Bytes::from(
+        engine::lies::kafka_encoded(
+            kafka_protocol::records::Compression::Zstd,
+            now_ms(),
+            vec![(None, Some(Bytes::from(vec![0u8; 96 << 20])))],
         )
-        .unwrap();
-        Bytes::from(out.to_vec())
-    };
+        .to_vec(),
+    );
     assert!(bomb.len() < 1 << 20, "a small bomb ({} bytes)", bomb.len());
     suite.refuse("zstd bomb of 96 MiB of zeros", bomb, INVALID_RECORD);
     let mut bad_crc = BytesMut::from(&honest_batch(2)[..]);
