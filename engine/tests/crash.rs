@@ -19,6 +19,8 @@ use std::time::Duration;
 
 const TOPIC: &str = "crash";
 const PARTITIONS: u32 = 4;
+/// Longest a child may take to recover the directory and start appending.
+const CHILD_START_TIMEOUT: Duration = Duration::from_secs(60);
 /// SIGKILLs per flush mode.
 const ROUNDS: u32 = 7;
 const IN_FLIGHT_PER_THREAD: usize = 32;
@@ -111,12 +113,16 @@ fn run_child_and_kill(dir: &Path, round: u32, flush: FlushMode, kill_after: Dura
         .spawn()
         .expect("spawn child");
     let stdout = child.stdout.take().unwrap();
+    let (started, started_rx) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
         let mut acks = Vec::new();
         let mut ready = false;
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            ready |= line.ends_with("ready");
+            if !ready && line.ends_with("ready") {
+                ready = true;
+                let _ = started.send(());
+            }
             let fields: Vec<&str> = line.split_whitespace().collect();
             if let ["ack", round, partition, sequence, base, next] = fields.as_slice() {
                 acks.push(Ack {
@@ -130,7 +136,12 @@ fn run_child_and_kill(dir: &Path, round: u32, flush: FlushMode, kill_after: Dura
         }
         (ready, acks)
     });
-    std::thread::sleep(kill_after);
+    // The kill lands `kill_after` into appending, whatever recovery took (recovering a
+    // directory the last child filled fast, with `--flush os`, can take a while).
+    let opened = started_rx.recv_timeout(CHILD_START_TIMEOUT);
+    if opened.is_ok() {
+        std::thread::sleep(kill_after);
+    }
     child.kill().expect("SIGKILL the child");
     child.wait().unwrap();
     let (ready, acks) = reader.join().unwrap();

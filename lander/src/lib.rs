@@ -522,14 +522,14 @@ impl<'a, S: Source> Worker<'a, S> {
         for _ in 0..READS_PER_STEP_MAX {
             let mut records = std::mem::take(&mut self.records);
             records.clear();
-            let outcome = self.source.lock().expect("source lock").read(
-                &state.topic,
-                state.partition,
-                state.read_next,
-                READ_BYTES_MAX,
-                &mut records,
-            );
-            let quarantined = self.source.lock().expect("source lock").take_quarantined();
+            // The batches this read passed over are taken under the same lock, so a
+            // worker only ever quarantines its own partition's (before its commit).
+            let (outcome, quarantined) = {
+                let mut source = self.source.lock().expect("source lock");
+                let outcome =
+                    source.read(&state.topic, state.partition, state.read_next, READ_BYTES_MAX, &mut records);
+                (outcome, source.take_quarantined())
+            };
             for batch in quarantined {
                 if let Err(error) = self.quarantine(&batch) {
                     self.records = records;
