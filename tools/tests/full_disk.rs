@@ -124,14 +124,5 @@ fn given_a_full_disk_then_produces_fail_with_56_and_resume_without_a_restart_onc
     let (stopped, log) = server.stop();
     assert!(stopped, "clean stop: {log}");
     assert!(log.contains("healed"), "the broker says the partition healed: {log}");
-    let inspect = Command::new(env!("CARGO_BIN_EXE_corelog"))
-        .args(["inspect", data.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        inspect.status.success(),
-        "inspect: {}{}",
-        String::from_utf8_lossy(&inspect.stdout),
-        String::from_utf8_lossy(&inspect.stderr)
-    );
+    common::assert_inspect_clean(&data, "after a clean stop");
 }

@@ -27,7 +27,6 @@ use kafka_protocol::protocol::StrBytes;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// A new connection must be answered this soon after every case.
@@ -182,19 +181,7 @@ impl Suite {
 }
 
 fn inspect(data: &Path, context: &str) {
-    let output = Command::new(env!("CARGO_BIN_EXE_corelog"))
-        .args(["inspect", data.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{context}: inspect found problems:\n{}",
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter(|l| l.starts_with("problem"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    common::assert_inspect_clean(data, context);
 }
 
 fn fetch_request(topic: &str, partitions: &[(i32, i64)], max_bytes: i32, partition_max: i32) -> FetchRequest {

@@ -175,3 +175,22 @@ impl Drop for Moto {
         let _ = self.child.wait();
     }
 }
+
+/// Runs `corelog inspect` on a data directory and fails with its problem lines unless
+/// every file is intact.
+pub fn assert_inspect_clean(data_dir: &Path, context: &str) {
+    let output = Command::new(env!("CARGO_BIN_EXE_corelog"))
+        .args(["inspect", data_dir.to_str().unwrap()])
+        .output()
+        .expect("run corelog inspect");
+    assert!(
+        output.status.success(),
+        "{context}: inspect found problems:\n{}{}",
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|l| l.starts_with("problem"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
