@@ -11,12 +11,13 @@
 //!
 //! Data directory (layout version 1, see `docs/FORMATS.md`):
 //! ```text
-//! DATA/corelog.meta            "corelog-data-dir 1" + one "topic NAME PARTITIONS" line per topic
+//! DATA/corelog.meta            "corelog-data-dir 1" + one "topic NAME PARTITIONS ID" line per topic
 //! DATA/.lock                   flock held while an engine has the directory open
 //! DATA/.clean-shutdown         present only between a clean shutdown and the next open
 //! DATA/.opened                 when the engine last opened the directory (unclean recovery)
 //! DATA/.deleting-…/            a partition directory being deleted (removed at open)
-//! DATA/<topic>-<partition>/    segment files (see `segment`)
+//! DATA/<topic>-<partition>/    segment files (see `segment`) and `partition.metadata`
+//!                              (the topic id, see `partition_meta`)
 //! ```
 //!
 //! Invariants: the metadata file is replaced atomically (write temp, fsync, rename,
@@ -25,6 +26,7 @@
 
 use crate::io::{self, EventFd, ProbeError, SharedEventFd};
 use crate::log::{AppendError, Fetched, LogConfig, ReadError, RecoveryReport};
+use crate::partition_meta::TopicId;
 use crate::query::runner::RunningQuery;
 use crate::ring::{mpsc, spsc, Doorbell};
 use crate::shard::{self, AppendResult, PartitionInfo, Reply, Request, Response, ShardHandle, Submission};
@@ -135,8 +137,14 @@ pub struct EngineConfig {
     /// [`FDS_PER_PARTITION`] descriptors and a mapping per segment); topic creation
     /// beyond it is refused. Also bounded by the process's descriptor limit.
     pub max_partitions: u32,
+    /// How long a consumer group's committed offsets are kept once the group has no
+    /// members and commits nothing (Kafka's `offsets.retention.minutes`).
+    pub offsets_retention_ms: u64,
 }
 
+/// Default [`EngineConfig::offsets_retention_ms`] (`--offsets-retention`): 7 days,
+/// Kafka's default.
+pub const OFFSETS_RETENTION_MS_DEFAULT: u64 = 7 * 24 * 3_600_000;
 /// Default [`EngineConfig::memory_budget_bytes`] (`--memory-budget-bytes`).
 pub const MEMORY_BUDGET_BYTES_DEFAULT: usize = 512 << 20;
 /// Default [`EngineConfig::max_connections`] (`--max-connections`).
@@ -169,6 +177,7 @@ impl EngineConfig {
             memory_budget_bytes: MEMORY_BUDGET_BYTES_DEFAULT,
             max_connections: MAX_CONNECTIONS_DEFAULT,
             max_partitions: MAX_PARTITIONS_DEFAULT,
+            offsets_retention_ms: OFFSETS_RETENTION_MS_DEFAULT,
         }
     }
 }
@@ -403,7 +412,18 @@ impl Engine {
         let dir_error = |reason: String| EngineError::DataDir { path: data_dir.clone(), reason };
         std::fs::create_dir_all(&data_dir).map_err(|e| dir_error(e.to_string()))?;
         let lock = DirLock::acquire(&data_dir.join(LOCK_FILE)).map_err(dir_error)?;
-        let topics = read_meta(&data_dir.join(META_FILE)).map_err(dir_error)?;
+        let stored = read_meta(&data_dir.join(META_FILE)).map_err(dir_error)?;
+        // Topics written before ids existed get one now (their directories adopt it).
+        let unnamed = stored.values().any(|(_, id)| id.is_none());
+        let topics: BTreeMap<String, TopicEntry> = stored
+            .into_iter()
+            .map(|(name, (partitions, id))| {
+                (name, TopicEntry { partitions, id: id.unwrap_or_else(TopicId::random) })
+            })
+            .collect();
+        if unnamed {
+            write_meta(&data_dir, &topics).map_err(dir_error)?;
+        }
         let marker = data_dir.join(CLEAN_MARKER_FILE);
         let clean = marker.exists();
         if clean {
@@ -421,6 +441,7 @@ impl Engine {
         write_durably(&data_dir, OPENED_FILE, format!("{}\n", now_ms()).as_bytes())
             .map_err(|e| dir_error(format!("{OPENED_FILE}: {e}")))?;
         remove_orphan_partitions(&data_dir, &topics).map_err(|e| dir_error(format!("orphans: {e}")))?;
+        claim_partition_dirs(&data_dir, &topics).map_err(dir_error)?;
         crate::segment::sync_dir(&data_dir).map_err(|e| dir_error(e.to_string()))?;
 
         let shards = config.shards;
@@ -428,8 +449,14 @@ impl Engine {
         // A frame being joined from its chunks is counted twice for a moment.
         let memory_budget = config.memory_budget_bytes.max(2 * config.max_request_bytes);
         let catalog = Arc::new(
-            Catalog::new(data_dir.clone(), topics.clone(), partition_limit, memory_budget)
-                .map_err(|e| dir_error(format!("consumer groups: {e}")))?,
+            Catalog::new(
+                data_dir.clone(),
+                topics.clone(),
+                partition_limit,
+                memory_budget,
+                config.offsets_retention_ms,
+            )
+            .map_err(|e| dir_error(format!("consumer groups: {e}")))?,
         );
         let queries = prepare_queries(&catalog, &config)?;
         let topics = catalog.topics();
@@ -692,7 +719,7 @@ impl Via<'_> {
 #[derive(Debug)]
 pub(crate) struct Catalog {
     data_dir: PathBuf,
-    topics: Mutex<BTreeMap<String, u32>>,
+    topics: Mutex<BTreeMap<String, TopicEntry>>,
     /// Most partitions of all topics together (see [`partition_limit`]).
     partition_limit: u32,
     /// The broker-wide budget of request bytes in memory.
@@ -710,14 +737,18 @@ pub(crate) struct Catalog {
 impl Catalog {
     fn new(
         data_dir: PathBuf,
-        topics: BTreeMap<String, u32>,
+        topics: BTreeMap<String, TopicEntry>,
         partition_limit: u32,
         memory_budget: usize,
+        offsets_retention_ms: u64,
     ) -> std::io::Result<Self> {
         // Producer ids only need to be unique across restarts: start from the clock
         // (ms × 256), which leaves 256 ids per millisecond of uptime before overlap.
         let next_producer_id = AtomicI64::new(now_ms().max(1) << 8);
-        let groups = crate::groups::Coordinator::open(&data_dir)?;
+        let groups = crate::groups::Coordinator::open(&data_dir, offsets_retention_ms)?;
+        // Offsets committed for a topic that no longer exists (its delete was cut short
+        // before they were dropped) must not apply to a topic created under its name.
+        groups.retain_topics(|topic| topics.contains_key(topic))?;
         Ok(Self {
             data_dir,
             topics: Mutex::new(topics),
@@ -738,7 +769,7 @@ impl Catalog {
     /// Forgets a topic durably; returns its partition count.
     pub(crate) fn remove(&self, name: &str) -> Result<u32, EngineError> {
         let mut topics = self.topics.lock().expect("topic map lock");
-        let Some(&partitions) = topics.get(name) else {
+        let Some(&TopicEntry { partitions, .. }) = topics.get(name) else {
             return Err(EngineError::UnknownPartition(TopicPartition::new(name, 0)));
         };
         let mut next = topics.clone();
@@ -746,17 +777,28 @@ impl Catalog {
         write_meta(&self.data_dir, &next)
             .map_err(|reason| EngineError::DataDir { path: self.data_dir.clone(), reason })?;
         *topics = next;
+        // As Kafka does: committed offsets of a deleted topic go with it (a failure here
+        // is retried at the next open).
+        if let Err(error) = self.groups.retain_topics(|topic| topic != name) {
+            tracing::warn!(topic = name, "dropping committed offsets of the deleted topic: {error}");
+        }
         Ok(partitions)
     }
 
     /// All topics and their partition counts.
     pub(crate) fn topics(&self) -> BTreeMap<String, u32> {
-        self.topics.lock().expect("topic map lock").clone()
+        let topics = self.topics.lock().expect("topic map lock");
+        topics.iter().map(|(name, entry)| (name.clone(), entry.partitions)).collect()
     }
 
     /// Partition count of `topic`, if it exists.
     pub(crate) fn partition_count(&self, topic: &str) -> Option<u32> {
-        self.topics.lock().expect("topic map lock").get(topic).copied()
+        self.topics.lock().expect("topic map lock").get(topic).map(|entry| entry.partitions)
+    }
+
+    /// The id of `topic`'s current incarnation, if it exists.
+    pub(crate) fn topic_id(&self, topic: &str) -> Option<TopicId> {
+        self.topics.lock().expect("topic map lock").get(topic).map(|entry| entry.id)
     }
 
     /// Records a new topic durably in the metadata file. The caller then opens its
@@ -767,12 +809,12 @@ impl Catalog {
         if topics.contains_key(name) {
             return Err(EngineError::TopicExists(name.to_string()));
         }
-        let held: u64 = topics.values().map(|&p| u64::from(p)).sum();
+        let held: u64 = topics.values().map(|entry| u64::from(entry.partitions)).sum();
         if held + u64::from(partitions) > u64::from(self.partition_limit) {
             return Err(EngineError::PartitionLimit { held, asked: partitions, limit: self.partition_limit });
         }
         let mut next = topics.clone();
-        next.insert(name.to_string(), partitions);
+        next.insert(name.to_string(), TopicEntry { partitions, id: TopicId::random() });
         write_meta(&self.data_dir, &next)
             .map_err(|reason| EngineError::DataDir { path: self.data_dir.clone(), reason })?;
         *topics = next;
@@ -857,7 +899,18 @@ fn validate_topic(name: &str, partitions: u32) -> Result<(), EngineError> {
     Ok(())
 }
 
-fn read_meta(path: &Path) -> Result<BTreeMap<String, u32>, String> {
+/// What the catalog keeps of one topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TopicEntry {
+    /// Partition count.
+    partitions: u32,
+    /// This incarnation's id (a topic created again under the name gets a new one).
+    id: TopicId,
+}
+
+/// Reads `corelog.meta`: each topic's partition count and id (`None` for a topic
+/// written before ids existed).
+fn read_meta(path: &Path) -> Result<BTreeMap<String, (u32, Option<TopicId>)>, String> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
@@ -871,13 +924,15 @@ fn read_meta(path: &Path) -> Result<BTreeMap<String, u32>, String> {
     let mut topics = BTreeMap::new();
     for line in lines.filter(|l| !l.trim().is_empty()) {
         let fields: Vec<&str> = line.split_whitespace().collect();
-        match fields.as_slice() {
-            ["topic", name, count] => {
-                let count: u32 = count.parse().map_err(|_| format!("bad partition count in {line:?}"))?;
-                validate_topic(name, count).map_err(|e| e.to_string())?;
-                topics.insert(name.to_string(), count);
-            }
+        let (name, count, id) = match fields.as_slice() {
+            ["topic", name, count] => (name, count, None),
+            ["topic", name, count, id] => (name, count, Some(id.parse::<TopicId>()?)),
             _ => return Err(format!("{}: unreadable line {line:?}", path.display())),
+        };
+        let count: u32 = count.parse().map_err(|_| format!("bad partition count in {line:?}"))?;
+        validate_topic(name, count).map_err(|e| e.to_string())?;
+        if topics.insert(name.to_string(), (count, id)).is_some() {
+            return Err(format!("{}: topic {name} listed twice", path.display()));
         }
     }
     Ok(topics)
@@ -927,9 +982,47 @@ pub(crate) fn remove_partition_files(data_dir: &Path, tp: &TopicPartition) -> st
     std::fs::File::open(data_dir)?.sync_all()
 }
 
+/// Makes every partition directory the metadata names carry its topic's id: a missing
+/// directory is created with it, a directory from before ids existed adopts it, and a
+/// directory carrying another id (an earlier topic of the same name whose delete a
+/// crash cut short) is deleted and created afresh: it is not this topic's data.
+pub(crate) fn claim_partition_dirs(
+    data_dir: &Path,
+    topics: &BTreeMap<String, TopicEntry>,
+) -> Result<(), String> {
+    for (topic, entry) in topics {
+        for partition in 0..entry.partitions {
+            let tp = TopicPartition::new(topic, partition);
+            claim_partition_dir(data_dir, &tp, entry.id)?;
+        }
+    }
+    Ok(())
+}
+
+/// [`claim_partition_dirs`] for one partition.
+pub(crate) fn claim_partition_dir(data_dir: &Path, tp: &TopicPartition, id: TopicId) -> Result<(), String> {
+    let dir = data_dir.join(tp.dir_name());
+    let error = |e: std::io::Error| format!("{}: {e}", dir.display());
+    match crate::partition_meta::read(&dir)? {
+        Some(found) if found == id => return Ok(()),
+        Some(found) => {
+            tracing::warn!(partition = %tp, %found, topic_id = %id, "removing the files of an earlier topic of the same name");
+            remove_partition_files(data_dir, tp).map_err(error)?;
+        }
+        None => {}
+    }
+    let created = !dir.exists();
+    std::fs::create_dir_all(&dir).map_err(error)?;
+    crate::partition_meta::write(&dir, id).map_err(error)?;
+    if created {
+        std::fs::File::open(data_dir).and_then(|d| d.sync_all()).map_err(error)?;
+    }
+    Ok(())
+}
+
 /// Removes partition directories the metadata does not name (a topic delete cut short,
 /// or partitions of a topic that no longer exists) and half-deleted ones.
-fn remove_orphan_partitions(data_dir: &Path, topics: &BTreeMap<String, u32>) -> std::io::Result<()> {
+fn remove_orphan_partitions(data_dir: &Path, topics: &BTreeMap<String, TopicEntry>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(data_dir)?.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if !entry.file_type().is_ok_and(|t| t.is_dir()) {
@@ -940,7 +1033,7 @@ fn remove_orphan_partitions(data_dir: &Path, topics: &BTreeMap<String, u32>) -> 
             continue;
         }
         let Some(tp) = parse_partition_dir(&name) else { continue };
-        if topics.get(&*tp.topic).is_none_or(|&count| tp.partition >= count) {
+        if topics.get(&*tp.topic).is_none_or(|entry| tp.partition >= entry.partitions) {
             tracing::warn!(partition = %tp, "removing the files of a partition the metadata does not name");
             remove_partition_files(data_dir, &tp)?;
         }
@@ -948,11 +1041,11 @@ fn remove_orphan_partitions(data_dir: &Path, topics: &BTreeMap<String, u32>) -> 
     Ok(())
 }
 
-fn write_meta(data_dir: &Path, topics: &BTreeMap<String, u32>) -> Result<(), String> {
+fn write_meta(data_dir: &Path, topics: &BTreeMap<String, TopicEntry>) -> Result<(), String> {
     use std::io::Write;
     let mut text = format!("corelog-data-dir {LAYOUT_VERSION}\n");
-    for (name, count) in topics {
-        text.push_str(&format!("topic {name} {count}\n"));
+    for (name, entry) in topics {
+        text.push_str(&format!("topic {name} {} {}\n", entry.partitions, entry.id));
     }
     let temp = data_dir.join(format!("{META_FILE}.tmp"));
     let write = || -> std::io::Result<()> {

@@ -17,6 +17,10 @@
 //! (write temp, fsync, rename, fsync dir), format `corelog-offsets 1` then one
 //! `topic partition offset metadata-hex` line per partition (see docs/FORMATS.md).
 //!
+//! Committed offsets expire as Kafka's do (KIP-211): once a group has had no member and
+//! no commit for the retention period (`--offsets-retention`, 7 days), its offsets and
+//! its file are deleted. A group's idle time starts from its file's mtime at open.
+//!
 //! Invariants: a member's generation equals the group's only after a completed join;
 //! generations only grow; an offset commit with a generation is accepted only from a
 //! current member of that generation.
@@ -97,6 +101,8 @@ struct Group {
     members: BTreeMap<String, Member>,
     rebalance_deadline: Instant,
     offsets: BTreeMap<(String, i32), (i64, Option<String>)>,
+    /// Wall-clock ms when the group last had a member or a commit.
+    active_ms: i64,
     changed: watch::Sender<u64>,
 }
 
@@ -111,6 +117,7 @@ impl Group {
             members: BTreeMap::new(),
             rebalance_deadline: Instant::now(),
             offsets: BTreeMap::new(),
+            active_ms: crate::engine::now_ms(),
             changed: watch::Sender::new(0),
         }
     }
@@ -251,6 +258,8 @@ pub struct JoinRequest {
 #[derive(Debug)]
 pub struct Coordinator {
     dir: PathBuf,
+    /// How long a group with no member and no commit keeps its offsets.
+    offsets_retention_ms: u64,
     groups: Mutex<HashMap<String, Group>>,
     next_member: std::sync::atomic::AtomicU64,
 }
@@ -268,7 +277,7 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 
 impl Coordinator {
     /// Opens the coordinator, loading committed offsets from `data_dir/__groups`.
-    pub fn open(data_dir: &Path) -> std::io::Result<Self> {
+    pub fn open(data_dir: &Path, offsets_retention_ms: u64) -> std::io::Result<Self> {
         let dir = data_dir.join(GROUPS_DIR);
         std::fs::create_dir_all(&dir)?;
         let mut groups = HashMap::new();
@@ -286,6 +295,9 @@ impl Coordinator {
                 return Err(std::io::Error::other(format!("{}: unknown format", path.display())));
             }
             let mut group = Group::new();
+            let modified = std::fs::metadata(&path)?.modified()?;
+            let since_epoch = modified.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            group.active_ms = i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX);
             for line in lines {
                 let fields: Vec<&str> = line.split(' ').collect();
                 if let [topic, partition, offset, metadata] = fields.as_slice() {
@@ -298,7 +310,12 @@ impl Coordinator {
             }
             groups.insert(group_id, group);
         }
-        Ok(Self { dir, groups: Mutex::new(groups), next_member: std::sync::atomic::AtomicU64::new(0) })
+        Ok(Self {
+            dir,
+            offsets_retention_ms,
+            groups: Mutex::new(groups),
+            next_member: std::sync::atomic::AtomicU64::new(0),
+        })
     }
 
     fn with_group<R>(&self, group: &str, f: impl FnOnce(&mut Group) -> R) -> R {
@@ -512,12 +529,32 @@ impl Coordinator {
         })
     }
 
-    /// Expires members whose sessions ran out and completes overdue rebalances.
+    /// Expires members whose sessions ran out, completes overdue rebalances and
+    /// expires the offsets of groups idle for the retention period.
     pub fn tick(&self) {
+        self.tick_at(crate::engine::now_ms());
+    }
+
+    /// [`Coordinator::tick`] with the wall clock at `now_ms`.
+    fn tick_at(&self, now_ms: i64) {
         let now = Instant::now();
         let mut groups = self.groups.lock().expect("group map lock");
-        for group in groups.values_mut() {
+        for (group_id, group) in groups.iter_mut() {
             group.expire(now);
+            if !group.members.is_empty() {
+                group.active_ms = group.active_ms.max(now_ms);
+                continue;
+            }
+            let idle_ms = u64::try_from(now_ms.saturating_sub(group.active_ms)).unwrap_or(0);
+            if !group.offsets.is_empty() && idle_ms >= self.offsets_retention_ms {
+                match self.forget(group_id) {
+                    Ok(()) => {
+                        tracing::info!(group = group_id, idle_ms, "committed offsets expired");
+                        group.offsets.clear();
+                    }
+                    Err(error) => tracing::warn!(group = group_id, "expiring offsets failed: {error}"),
+                }
+            }
         }
         // Groups with no members and no offsets (a heartbeat or sync for a group that
         // never was) hold nothing worth keeping.
@@ -549,6 +586,7 @@ impl Coordinator {
         for (topic, partition, offset, metadata) in offsets {
             group.offsets.insert((topic.clone(), *partition), (*offset, metadata.clone()));
         }
+        group.active_ms = group.active_ms.max(crate::engine::now_ms());
         match self.persist(group_id, group) {
             Ok(()) => code::NONE,
             Err(error) => {
@@ -570,6 +608,36 @@ impl Coordinator {
         groups.get(group_id).map(|g| g.offsets.keys().cloned().collect()).unwrap_or_default()
     }
 
+    /// Drops every committed offset whose topic `keep` refuses, durably (a group left
+    /// with no offsets and no members is forgotten).
+    pub fn retain_topics(&self, keep: impl Fn(&str) -> bool) -> std::io::Result<()> {
+        let mut groups = self.groups.lock().expect("group map lock");
+        for (group_id, group) in groups.iter_mut() {
+            let before = group.offsets.len();
+            group.offsets.retain(|(topic, _), _| keep(topic));
+            if group.offsets.len() == before {
+                continue;
+            }
+            if group.offsets.is_empty() {
+                self.forget(group_id)?;
+            } else {
+                self.persist(group_id, group)?;
+            }
+        }
+        groups.retain(|_, group| !group.members.is_empty() || !group.offsets.is_empty());
+        Ok(())
+    }
+
+    /// Deletes a group's offsets file durably.
+    fn forget(&self, group_id: &str) -> std::io::Result<()> {
+        let path = self.dir.join(format!("{}.offsets", hex(group_id.as_bytes())));
+        match std::fs::remove_file(&path) {
+            Ok(()) => std::fs::File::open(&self.dir)?.sync_all(),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
     fn persist(&self, group_id: &str, group: &Group) -> std::io::Result<()> {
         let mut text = String::from("corelog-offsets 1\n");
         for ((topic, partition), (offset, metadata)) in &group.offsets {
@@ -583,5 +651,66 @@ impl Coordinator {
         file.sync_all()?;
         std::fs::rename(&temp, &path)?;
         std::fs::File::open(&self.dir)?.sync_all()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offsets(offset: i64) -> Vec<(String, i32, i64, Option<String>)> {
+        vec![("payments".to_string(), 0, offset, None)]
+    }
+
+    #[test]
+    fn given_an_idle_group_when_the_retention_passes_then_its_offsets_and_file_are_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let coordinator = Coordinator::open(dir.path(), 60_000).unwrap();
+        assert_eq!(coordinator.commit("idle", -1, "", &offsets(42)), code::NONE);
+        assert_eq!(coordinator.commit("busy", -1, "", &offsets(7)), code::NONE);
+        let now = crate::engine::now_ms();
+        coordinator.tick_at(now + 59_000);
+        assert_eq!(
+            coordinator.committed("idle", "payments", 0),
+            Some((42, None)),
+            "kept within the retention"
+        );
+        // A member keeps its group's offsets however long it stays.
+        coordinator.with_group("busy", |group| {
+            group.members.insert(
+                "m".into(),
+                Member {
+                    session_timeout: Duration::from_secs(3600),
+                    rebalance_timeout: Duration::from_secs(60),
+                    protocols: Vec::new(),
+                    joined: true,
+                    generation: 0,
+                    last_heartbeat: Instant::now(),
+                    assignment: Bytes::new(),
+                },
+            );
+            group.state = State::Stable;
+        });
+        coordinator.tick_at(now + 61_000);
+        assert_eq!(coordinator.committed("idle", "payments", 0), None, "expired");
+        assert_eq!(coordinator.committed("busy", "payments", 0), Some((7, None)));
+        let files: Vec<_> = std::fs::read_dir(dir.path().join(GROUPS_DIR)).unwrap().flatten().collect();
+        assert_eq!(files.len(), 1, "only the live group's file is left");
+        drop(coordinator);
+        let reopened = Coordinator::open(dir.path(), 60_000).unwrap();
+        assert_eq!(reopened.committed("idle", "payments", 0), None, "the expiry is durable");
+        assert_eq!(reopened.committed("busy", "payments", 0), Some((7, None)));
+        // Offsets of a deleted topic go with it, durably.
+        reopened.commit("busy", -1, "", &[("clicks".to_string(), 3, 9, None)]);
+        reopened.retain_topics(|topic| topic != "payments").unwrap();
+        assert_eq!(reopened.committed("busy", "payments", 0), None);
+        assert_eq!(reopened.committed("busy", "clicks", 3), Some((9, None)));
+        drop(reopened);
+        let reopened = Coordinator::open(dir.path(), 60_000).unwrap();
+        assert_eq!(reopened.committed("busy", "payments", 0), None);
+        assert_eq!(reopened.committed("busy", "clicks", 3), Some((9, None)));
+        // The reopened group's idle time starts at its file's mtime, not at the open.
+        reopened.tick_at(crate::engine::now_ms() + 61_000);
+        assert_eq!(reopened.committed("busy", "clicks", 3), None);
     }
 }

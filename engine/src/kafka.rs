@@ -703,17 +703,19 @@ async fn metadata(
     for name in names {
         let topic = metadata_response::MetadataResponseTopic::default().with_name(Some(topic_name(&name)));
         let topic = match ensure_topic(shard, &name, request.allow_auto_topic_creation).await {
-            Ok(count) => topic.with_partitions(
-                (0..count as i32)
-                    .map(|p| {
-                        metadata_response::MetadataResponsePartition::default()
-                            .with_partition_index(p)
-                            .with_leader_id(BrokerId(NODE_ID))
-                            .with_replica_nodes(vec![BrokerId(NODE_ID)])
-                            .with_isr_nodes(vec![BrokerId(NODE_ID)])
-                    })
-                    .collect(),
-            ),
+            Ok(count) => topic
+                .with_topic_id(shard.catalog.topic_id(&name).map_or_else(Default::default, |id| id.0))
+                .with_partitions(
+                    (0..count as i32)
+                        .map(|p| {
+                            metadata_response::MetadataResponsePartition::default()
+                                .with_partition_index(p)
+                                .with_leader_id(BrokerId(NODE_ID))
+                                .with_replica_nodes(vec![BrokerId(NODE_ID)])
+                                .with_isr_nodes(vec![BrokerId(NODE_ID)])
+                        })
+                        .collect(),
+                ),
             Err(error) => topic.with_error_code(error),
         };
         topics.push(topic);

@@ -54,6 +54,7 @@ pub mod kafka;
 pub mod landed;
 pub mod lies;
 pub mod log;
+pub mod partition_meta;
 pub mod producers;
 pub mod query;
 pub mod ring;
@@ -66,6 +67,6 @@ pub use engine::{
     fsync_stats, heal_count, now_ms, parse_partition_dir, synced_write_count, Engine, EngineConfig,
     EngineError, FlushMode, Pending, TopicPartition, Via, CLEAN_MARKER_FILE, LAYOUT_VERSION,
     MAX_CONNECTIONS_DEFAULT, MAX_PARTITIONS_DEFAULT, MAX_REQUEST_BYTES_DEFAULT, MEMORY_BUDGET_BYTES_DEFAULT,
-    META_FILE,
+    META_FILE, OFFSETS_RETENTION_MS_DEFAULT,
 };
 pub use shard::{AppendResult, PartitionInfo};

@@ -613,11 +613,11 @@ impl FollowedSegment {
         let file = File::open(path).map_err(io_error(path))?;
         let len = usize::try_from(FOLLOW_MAP_BYTES).expect("64-bit address space");
         // SAFETY: the mapping is read-only and callers only touch bytes below a length
-        // read from `fstat` just before (`durable_len`). The engine only appends to a
-        // segment while it runs; it truncates one only while recovering at open, and
-        // then only a torn tail that no CRC-checking reader accepted. A reader racing that
-        // truncation could fault on the vanished pages; the lander documents this and
-        // restarts idempotently.
+        // read from `fstat` just before (`durable_len`). The engine truncates a segment
+        // only while recovering at open (a torn tail no CRC-checking reader accepted) or
+        // while healing a partition after a storage failure (bytes past its watermark).
+        // A reader racing a truncation could fault on the vanished pages; the lander
+        // documents this and restarts idempotently.
         let map = unsafe { MmapOptions::new().len(len).map(&file) }.map_err(io_error(path))?;
         Ok(Self { path: path.to_path_buf(), file, map: Bytes::from_owner(MapOwner(map)), base_offset })
     }

@@ -1074,6 +1074,10 @@ impl Shard {
                     // (a delete cut short by a crash) is not this topic's data.
                     crate::engine::remove_partition_files(&self.config.data_dir, &tp)
                         .map_err(|e| storage_error(&tp, e))?;
+                    let id =
+                        self.catalog.topic_id(&tp.topic).ok_or(EngineError::UnknownPartition(tp.clone()))?;
+                    crate::engine::claim_partition_dir(&self.config.data_dir, &tp, id)
+                        .map_err(|reason| storage_error(&tp, reason))?;
                     let (partition, _) = Partition::open(tp.clone(), &self.config, Recovery::Clean)?;
                     self.partitions.borrow_mut().insert(tp.clone(), Rc::new(partition));
                     self.start_queries_over(&tp);
@@ -1147,8 +1151,9 @@ impl Shard {
             }
             let now = crate::engine::now_ms();
             let partitions: Vec<_> = self.partitions.borrow().values().cloned().collect();
-            let landed_floors = (self.config.retain_until_landed && !partitions.is_empty())
-                .then(|| crate::landed::read_floors(&self.config.data_dir));
+            let landed_floors = (self.config.retain_until_landed && !partitions.is_empty()).then(|| {
+                crate::landed::read_floors(&self.config.data_dir, |topic| self.catalog.topic_id(topic))
+            });
             for partition in partitions {
                 partition.maintain(now, landed_floors.as_ref(), self.config.flush);
             }

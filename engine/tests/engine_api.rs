@@ -299,3 +299,57 @@ fn given_a_deleted_topic_then_its_files_are_gone_and_the_name_can_be_reused() {
     let engine = Engine::open(config(dir.path(), 2, FlushMode::Group)).unwrap();
     assert_eq!(engine.topics().get("gone"), Some(&1), "the deletion and re-creation are durable");
 }
+
+#[test]
+fn given_topic_ids_then_each_topic_gets_its_own_and_a_directory_of_another_topic_of_the_name_is_not_served() {
+    use engine::partition_meta::{self, TopicId};
+    let dir = tempfile::tempdir().unwrap();
+    let meta = dir.path().join(engine::META_FILE);
+    let engine = Engine::open(config(dir.path(), 2, FlushMode::Group)).unwrap();
+    engine.create_topic("t", 2).unwrap();
+    engine.append("t", 1, batch(3, "a")).wait().unwrap();
+    engine.delete_topic("t").unwrap();
+    engine.create_topic("t", 2).unwrap();
+    engine.append("t", 1, batch(3, "b")).wait().unwrap();
+    drop(engine);
+    let ids: Vec<TopicId> =
+        (0..2).map(|p| partition_meta::read(&dir.path().join(format!("t-{p}"))).unwrap().unwrap()).collect();
+    assert_eq!(ids[0], ids[1], "every partition carries its topic's id");
+    let text = std::fs::read_to_string(&meta).unwrap();
+    assert_eq!(text, format!("corelog-data-dir 1\ntopic t 2 {}\n", ids[0]));
+
+    // A metadata file from before ids existed: the topic gets an id, its data stays.
+    std::fs::write(&meta, "corelog-data-dir 1\ntopic t 2\n").unwrap();
+    for p in 0..2 {
+        std::fs::remove_file(dir.path().join(format!("t-{p}")).join(partition_meta::PARTITION_META_FILE))
+            .unwrap();
+    }
+    let engine = Engine::open(config(dir.path(), 2, FlushMode::Group)).unwrap();
+    assert_eq!(engine.read("t", 1, 0, 1 << 20).wait().unwrap().high_watermark, 3, "adopted, not discarded");
+    drop(engine);
+    let adopted = partition_meta::read(&dir.path().join("t-1")).unwrap().unwrap();
+    assert!(std::fs::read_to_string(&meta).unwrap().contains(&format!("topic t 2 {adopted}\n")));
+
+    // The metadata names a newer topic "t" than the one whose files are there (a crash
+    // between recording the new topic and clearing the old one's files).
+    let newer = TopicId::random();
+    std::fs::write(&meta, format!("corelog-data-dir 1\ntopic t 2 {newer}\n")).unwrap();
+    let engine = Engine::open(config(dir.path(), 2, FlushMode::Group)).unwrap();
+    assert_eq!(
+        engine.read("t", 1, 0, 1 << 20).wait().unwrap().high_watermark,
+        0,
+        "the old topic's records are not served"
+    );
+    assert_eq!(engine.append("t", 1, batch(1, "c")).wait().unwrap().base_offset, 0);
+    drop(engine);
+    assert_eq!(partition_meta::read(&dir.path().join("t-1")).unwrap(), Some(newer));
+
+    // A partition.metadata that lies is refused with the path, not guessed at.
+    std::fs::write(
+        dir.path().join("t-0").join(partition_meta::PARTITION_META_FILE),
+        "version: 0\ntopic_id: nope\n",
+    )
+    .unwrap();
+    let error = Engine::open(config(dir.path(), 2, FlushMode::Group)).unwrap_err().to_string();
+    assert!(error.contains("t-0") && error.contains("topic id"), "{error}");
+}

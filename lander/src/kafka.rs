@@ -8,12 +8,20 @@
 //! high watermark (read_committed), so only replicated data lands. A partition is
 //! caught up once the broker reported its end (partition EOF) and nothing newer
 //! arrived.
+//!
+//! Nothing is reset silently (`auto.offset.reset=error`): when the offset asked for is
+//! out of the broker's range, the watermarks say why. Below the log start, the offsets
+//! were deleted by retention before they landed (reported as skipped, like the segment
+//! source does); past the end, the topic was re-created shorter or its log cut back
+//! ([`SourceError::LogEndsEarly`]). librdkafka does not expose topic ids, so a topic
+//! re-created *longer* than what landed is not told apart over `--brokers` (the
+//! segment source tells it by id).
 
 use crate::source::{LandRecord, ReadOutcome, Source, SourceError};
 use bytes::Bytes;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use std::collections::HashMap;
@@ -61,7 +69,7 @@ impl KafkaSource {
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
             .set("isolation.level", "read_committed")
-            .set("auto.offset.reset", "earliest")
+            .set("auto.offset.reset", "error")
             .create()
             .map_err(kafka_error)?;
         // Fail fast on an unreachable broker rather than on the first read.
@@ -124,11 +132,16 @@ impl Source for KafkaSource {
         let mut bytes = 0usize;
         let mut wait = Duration::from_millis(if assigned.at_end { 0 } else { POLL_WAIT_MS });
         let mut next_offset = from;
+        let mut out_of_range = false;
         while bytes < bytes_max {
             match assigned.queue.poll(wait) {
                 None => break,
                 Some(Err(KafkaError::PartitionEOF(_))) => {
                     assigned.at_end = true;
+                    break;
+                }
+                Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset))) => {
+                    out_of_range = true;
                     break;
                 }
                 Some(Err(error)) => return Err(kafka_error(error)),
@@ -159,7 +172,29 @@ impl Source for KafkaSource {
             }
         }
         assigned.position = next_offset;
-        Ok(ReadOutcome { next_offset, caught_up: assigned.at_end, skipped: None })
+        if out_of_range && next_offset == from {
+            let (low, high) = self
+                .consumer
+                .fetch_watermarks(topic, partition as i32, Duration::from_millis(BROKER_TIMEOUT_MS))
+                .map_err(kafka_error)?;
+            if from > high {
+                // Assigned again (and asked again) on the next read.
+                self.assigned.get_mut(&key).expect("assigned above").position = -1;
+                return Err(SourceError::LogEndsEarly {
+                    topic: topic.to_string(),
+                    partition,
+                    end: high,
+                    expected: from,
+                });
+            }
+            // Below the start (deleted before it landed), or back in range by now: go on
+            // from the start of what exists.
+            let next = from.max(low);
+            self.assign(topic, partition, next)?;
+            let skipped = (next > from).then_some((from, next));
+            return Ok(ReadOutcome { next_offset: next, caught_up: false, skipped, topic_id: None });
+        }
+        Ok(ReadOutcome { next_offset, caught_up: assigned.at_end, skipped: None, topic_id: None })
     }
 
     fn end_offset(&mut self, topic: &str, partition: u32) -> Result<i64, SourceError> {

@@ -32,6 +32,16 @@
 //! commit itself fits in the rest), and at the
 //! end of `--once` or a clean stop.
 //!
+//! ## A topic deleted and created again
+//! A topic that is deleted and created under the same name is a new topic: its offsets
+//! start at 0 again. The source reports each read's topic id ([`ReadOutcome::topic_id`]);
+//! when it is not the manifest's, the lander commits what it read of the old topic,
+//! moves the old topic's part files, quarantined batches and a copy of its manifest to
+//! `OUT/_replaced/<topic>/<old topic id>/` (same relative paths; see [`REPLACED_DIR`]),
+//! and lands the new topic from offset 0 under a fresh manifest. Nothing of either is
+//! deleted, and globs over `OUT/<topic>/` see only the current topic. A crash part-way
+//! repeats the move on the next read (the manifest still names the old id).
+//!
 //! Invariants: the lander never writes under the engine's data directory except its
 //! registration file ([`engine::landed`]); a manifest only moves forward; offsets
 //! within a part increase. This crate has no `unsafe` code.
@@ -62,6 +72,9 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// Directory under the output root that keeps what landed of topics that were deleted
+/// and created again: `OUT/_replaced/<topic>/<old topic id>/…`.
+pub const REPLACED_DIR: &str = "_replaced";
 /// Milliseconds in an hour.
 pub const HOUR_MS: i64 = 3_600_000;
 /// A partition commits once its oldest buffered record has waited this fraction of
@@ -159,6 +172,9 @@ pub struct Progress {
     pub quarantined_batches: u64,
     /// Partition steps that failed (the partition is retried; the others go on).
     pub partition_errors: u64,
+    /// Partitions found replaced (topic deleted and created again), whose landed files
+    /// were set aside under [`REPLACED_DIR`].
+    pub replaced_partitions: u64,
     /// Offsets in the source not yet landed (sum over partitions).
     pub lag_offsets: i64,
     /// Age of the oldest record read but not landed, seconds.
@@ -177,6 +193,7 @@ impl Progress {
         self.skipped_offsets += other.skipped_offsets;
         self.quarantined_batches += other.quarantined_batches;
         self.partition_errors += other.partition_errors;
+        self.replaced_partitions += other.replaced_partitions;
     }
 }
 
@@ -201,6 +218,25 @@ struct PartitionState {
     failed: Option<String>,
 }
 
+impl PartitionState {
+    /// A partition about to be read from its manifest's `next_offset`.
+    fn new(manifest: Manifest) -> Self {
+        Self {
+            topic: manifest.topic.clone(),
+            partition: manifest.partition,
+            read_next: manifest.next_offset,
+            manifest,
+            open: BTreeMap::new(),
+            hour_max: None,
+            buffered_since: None,
+            oldest_open_ms: None,
+            caught_up: false,
+            end_offset: 0,
+            failed: None,
+        }
+    }
+}
+
 /// A lander over one source and one output.
 pub struct Lander<S: Source> {
     source: Mutex<S>,
@@ -209,7 +245,7 @@ pub struct Lander<S: Source> {
     schemas: HashMap<String, (TopicSchema, SchemaRef)>,
     partitions: BTreeMap<(String, u32), PartitionState>,
     progress: Progress,
-    registered: Option<BTreeMap<(String, u32), i64>>,
+    registered: Option<engine::landed::Registration>,
     discovered_at: Option<Instant>,
 }
 
@@ -322,7 +358,7 @@ impl<S: Source + Send> Lander<S> {
         let manifest = match self.output.get(&manifest_path)? {
             Some(bytes) => Manifest::decode(&bytes, topic, partition)
                 .map_err(|reason| LandError::Manifest { path: manifest_path.clone(), reason })?,
-            None => Manifest::empty(topic, partition),
+            None => Manifest::empty(topic, partition, None),
         };
         for path in listing {
             let name = path.rsplit('/').next().unwrap_or_default();
@@ -332,19 +368,7 @@ impl<S: Source + Send> Lander<S> {
                 self.output.delete(path)?;
             }
         }
-        Ok(PartitionState {
-            topic: topic.to_string(),
-            partition,
-            read_next: manifest.next_offset,
-            manifest,
-            open: BTreeMap::new(),
-            hour_max: None,
-            buffered_since: None,
-            oldest_open_ms: None,
-            caught_up: false,
-            end_offset: 0,
-            failed: None,
-        })
+        Ok(PartitionState::new(manifest))
     }
 
     /// One pass: discover partitions (at most every [`DISCOVERY_INTERVAL_MS`]), read what
@@ -456,8 +480,11 @@ impl<S: Source + Send> Lander<S> {
     /// Rewrites the registration file when a manifest moved.
     fn register(&mut self) -> Result<(), LandError> {
         let Some((data_dir, id)) = &self.config.registration else { return Ok(()) };
-        let landed: BTreeMap<(String, u32), i64> =
-            self.partitions.iter().map(|(k, s)| (k.clone(), s.manifest.next_offset)).collect();
+        let landed: engine::landed::Registration = self
+            .partitions
+            .iter()
+            .map(|(k, s)| (k.clone(), (s.manifest.next_offset, s.manifest.topic_id)))
+            .collect();
         if self.registered.as_ref() == Some(&landed) {
             return Ok(());
         }
@@ -543,6 +570,17 @@ impl<'a, S: Source> Worker<'a, S> {
                     return Err(error.into());
                 }
             };
+            if let Some(id) = outcome.topic_id {
+                match state.manifest.topic_id {
+                    None => state.manifest.topic_id = Some(id),
+                    Some(landed) if landed != id => {
+                        // The records (if any) are the new topic's: read again from 0.
+                        self.records = records;
+                        return self.replace(state, landed, id);
+                    }
+                    Some(_) => {}
+                }
+            }
             if let Some((from, to)) = outcome.skipped {
                 tracing::warn!(
                     topic = state.topic,
@@ -571,6 +609,59 @@ impl<'a, S: Source> Worker<'a, S> {
             let next_offset = state.read_next;
             self.commit(state, next_offset)?;
         }
+        Ok(())
+    }
+
+    /// The topic was deleted and created again (`landed` → `found`): lands what was read
+    /// of the old one, sets aside its files under [`REPLACED_DIR`], and starts the
+    /// partition over at offset 0 with a manifest naming the new topic.
+    fn replace(
+        &mut self,
+        state: &mut PartitionState,
+        landed: engine::partition_meta::TopicId,
+        found: engine::partition_meta::TopicId,
+    ) -> Result<(), LandError> {
+        if state.read_next > state.manifest.next_offset {
+            let next_offset = state.read_next;
+            self.commit(state, next_offset)?;
+        }
+        let (topic, partition) = (state.topic.clone(), state.partition);
+        let aside = format!("{REPLACED_DIR}/{topic}/{landed}");
+        let mut moved = 0usize;
+        for path in self.output.list(&topic)? {
+            let Some(rest) = path.strip_prefix(&format!("{topic}/")) else { continue };
+            let ours = match rest.split_once('/') {
+                Some(("_quarantine", inner)) => inner.split('/').next() == Some(&partition.to_string()),
+                Some(("_landed", _)) => false,
+                _ => {
+                    let name = rest.rsplit('/').next().unwrap_or_default();
+                    !rest.split('/').any(|c| c.starts_with('_'))
+                        && parse_part_name(name).is_some_and(|(p, _, _)| p == partition)
+                }
+            };
+            if ours {
+                let bytes = self.output.get(&path)?.unwrap_or_default();
+                self.output.put(&format!("{aside}/{rest}"), bytes)?;
+                self.output.delete(&path)?;
+                moved += 1;
+            }
+        }
+        let manifest_path = Manifest::path(&topic, partition);
+        self.output.put(&format!("{aside}/_landed/{partition}.json"), state.manifest.encode().into())?;
+        let fresh = Manifest::empty(&topic, partition, Some(found));
+        self.output.put(&manifest_path, fresh.encode().into())?;
+        tracing::warn!(
+            topic,
+            partition,
+            %landed,
+            %found,
+            moved,
+            "the topic was deleted and created again: what landed of the old one is in {aside}/; landing the new one from offset 0"
+        );
+        *state = PartitionState::new(fresh);
+        self.source.lock().expect("source lock").forget(&topic, partition);
+        self.progress.replaced_partitions += 1;
+        metrics::counter!("lander_replaced_partitions").increment(1);
         Ok(())
     }
 

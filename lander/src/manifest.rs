@@ -10,7 +10,15 @@
 //! before landing), and no part file of the partition holds an offset at or past it
 //! once recovery has run. The manifest is replaced atomically after the part files it
 //! covers are durable. Version 1; a reader refuses other versions.
+//!
+//! `topic_id` (present once the source told one) names the incarnation of the topic
+//! that landed: when the source's topic id differs, the topic was deleted and created
+//! again under its name, and what landed of the old one is set aside (see
+//! [`crate::REPLACED_DIR`]) before the new one lands from offset 0. A manifest without
+//! it (written before ids existed, or from a source that has none) adopts the first id
+//! the source reports.
 
+use engine::partition_meta::TopicId;
 use serde::{Deserialize, Serialize};
 
 /// Manifest format version.
@@ -26,6 +34,9 @@ pub struct Manifest {
     pub topic: String,
     /// The partition.
     pub partition: u32,
+    /// The incarnation of the topic that landed, when the source tells it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic_id: Option<TopicId>,
     /// First offset not landed.
     pub next_offset: i64,
     /// Records landed so far.
@@ -38,11 +49,12 @@ pub struct Manifest {
 
 impl Manifest {
     /// The state before anything landed.
-    pub fn empty(topic: &str, partition: u32) -> Self {
+    pub fn empty(topic: &str, partition: u32, topic_id: Option<TopicId>) -> Self {
         Self {
             version: MANIFEST_VERSION,
             topic: topic.to_string(),
             partition,
+            topic_id,
             next_offset: 0,
             landed_records: 0,
             landed_files: 0,
@@ -98,5 +110,23 @@ mod tests {
         assert!(Manifest::decode(v2.as_bytes(), "payments", 3).unwrap_err().contains("version 2"));
         assert!(Manifest::decode(VECTOR.as_bytes(), "payments", 4).is_err());
         assert!(Manifest::decode(b"{", "payments", 3).is_err());
+    }
+
+    #[test]
+    fn given_a_topic_id_when_encoded_then_it_is_kept_and_a_bad_one_is_refused() {
+        let id: TopicId = "6f1c2a9e-53b4-4d0e-9a57-2f8c3e1d0b44".parse().unwrap();
+        let mut manifest = Manifest::empty("payments", 3, Some(id));
+        manifest.next_offset = 7;
+        let bytes = manifest.encode();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(
+            text.contains(
+                r#""partition":3,"topic_id":"6f1c2a9e-53b4-4d0e-9a57-2f8c3e1d0b44","next_offset":7"#
+            ),
+            "{text}"
+        );
+        assert_eq!(Manifest::decode(&bytes, "payments", 3).unwrap(), manifest);
+        let bad = text.replace("6f1c2a9e", "zzzzzzzz");
+        assert!(Manifest::decode(bad.as_bytes(), "payments", 3).is_err());
     }
 }

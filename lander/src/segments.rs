@@ -15,10 +15,16 @@
 //!   and the stop persists for [`CORRUPTION_GRACE_MS`], which is corruption and an error;
 //! * the reader moves to the next segment only when it starts exactly at the offset
 //!   after the last batch read (a segment is sealed once its successor exists, but its
-//!   last write may still be in flight when the successor appears).
+//!   last write may still be in flight when the successor appears);
+//! * every segment file opened is tied to its topic's incarnation: the partition's
+//!   `partition.metadata` is read right after the file is opened (a topic delete
+//!   renames the directory away first), and when its topic id is not the one this
+//!   source handed out records of, the read hands out nothing and reports the new id
+//!   ([`ReadOutcome::topic_id`]): records of two topics of one name never mix.
 
 use crate::source::{decode_checked, LandRecord, Quarantined, ReadOutcome, Source, SourceError};
 use engine::batch::{frame_len, BatchView, BATCH_HEADER_BYTES};
+use engine::partition_meta::TopicId;
 use engine::segment::{parse_log_name, FollowedSegment};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -44,7 +50,16 @@ struct Cursor {
     stalled: bool,
     /// Since when a scan has stopped at `position` while a later segment exists.
     stuck_since: Option<(u64, Instant)>,
+    /// The topic id the partition directory carried once the file was open (`None`
+    /// for a directory from before ids existed).
+    topic_id: Option<TopicId>,
+    /// Position and CRC of the last batch read: if the file no longer holds that batch
+    /// there, the engine cut the log back and wrote it again under the reader.
+    last_batch: Option<(u64, u32)>,
 }
+
+/// Where a batch header keeps its CRC.
+const CRC_BYTES: std::ops::Range<u64> = 17..21;
 
 impl Cursor {
     /// A cursor at the start of the segment based at `base`.
@@ -52,6 +67,7 @@ impl Cursor {
         let path = partition_dir(data_dir, topic, partition)
             .join(format!("{}.log", engine::segment::file_stem(base)));
         let segment = FollowedSegment::open(&path)?;
+        let topic_id = read_topic_id(data_dir, topic, partition)?;
         Ok(Self {
             segment,
             position: 0,
@@ -59,8 +75,19 @@ impl Cursor {
             durable_len: 0,
             stalled: false,
             stuck_since: None,
+            topic_id,
+            last_batch: None,
         })
     }
+}
+
+/// The topic id in the partition directory now (`None` without one).
+fn read_topic_id(data_dir: &Path, topic: &str, partition: u32) -> Result<Option<TopicId>, SourceError> {
+    let dir = partition_dir(data_dir, topic, partition);
+    engine::partition_meta::read(&dir).map_err(|reason| SourceError::Io {
+        path: dir.display().to_string(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, reason),
+    })
 }
 
 /// Reads partitions from an engine data directory.
@@ -68,6 +95,8 @@ impl Cursor {
 pub struct SegmentSource {
     data_dir: PathBuf,
     cursors: HashMap<(String, u32), Cursor>,
+    /// The incarnation each partition's records were handed out from.
+    incarnations: HashMap<(String, u32), TopicId>,
     quarantined: Vec<Quarantined>,
 }
 
@@ -80,7 +109,12 @@ impl SegmentSource {
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "data directory does not exist"),
             });
         }
-        Ok(Self { data_dir: data_dir.to_path_buf(), cursors: HashMap::new(), quarantined: Vec::new() })
+        Ok(Self {
+            data_dir: data_dir.to_path_buf(),
+            cursors: HashMap::new(),
+            incarnations: HashMap::new(),
+            quarantined: Vec::new(),
+        })
     }
 
     fn open_cursor(&self, topic: &str, partition: u32, base: i64) -> Result<Cursor, SourceError> {
@@ -105,6 +139,50 @@ impl SegmentSource {
         let cursor = self.open_cursor(topic, partition, base)?;
         self.cursors.insert(key, cursor);
         Ok(skipped)
+    }
+
+    /// Whether `found` (the id a newly opened file's directory carries) is another
+    /// incarnation than the one this partition's records came from; records the first
+    /// id seen.
+    fn replaced(&mut self, topic: &str, partition: u32, found: Option<TopicId>) -> bool {
+        let Some(found) = found else { return false };
+        let key = (topic.to_string(), partition);
+        match self.incarnations.insert(key, found) {
+            Some(before) if before != found => {
+                tracing::info!(topic, partition, %before, %found, "the topic was deleted and created again");
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the partition directory now carries another id than `was` (the id of the
+    /// files being read): the topic was replaced under the reader.
+    fn replaced_since(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        was: Option<TopicId>,
+    ) -> Result<bool, SourceError> {
+        let now = read_topic_id(&self.data_dir, topic, partition)?;
+        Ok(now.is_some() && now != was && self.replaced(topic, partition, now))
+    }
+
+    /// The read outcome that reports a replaced topic: nothing handed out (records this
+    /// read added are taken back), the cursor dropped.
+    fn report_replaced(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        from: i64,
+        out: &mut Vec<LandRecord>,
+        out_len: usize,
+    ) -> ReadOutcome {
+        out.truncate(out_len);
+        self.cursors.remove(&(topic.to_string(), partition));
+        self.quarantined.retain(|q| q.topic != topic || q.partition != partition);
+        let topic_id = self.incarnations.get(&(topic.to_string(), partition)).copied();
+        ReadOutcome { next_offset: from, caught_up: false, skipped: None, topic_id }
     }
 }
 
@@ -153,26 +231,45 @@ impl Source for SegmentSource {
         bytes_max: usize,
         out: &mut Vec<LandRecord>,
     ) -> Result<ReadOutcome, SourceError> {
+        let asked = from;
+        let out_len = out.len();
         let skipped = self.seek(topic, partition, from)?;
-        let from = skipped.map_or(from, |(_, to)| to);
         let key = (topic.to_string(), partition);
+        let opened = self.cursors.get(&key).map(|c| c.topic_id);
+        if let Some(found) = opened {
+            if self.replaced(topic, partition, found) {
+                return Ok(self.report_replaced(topic, partition, asked, out, out_len));
+            }
+        }
+        let from = skipped.map_or(from, |(_, to)| to);
+        let topic_id = self.incarnations.get(&key).copied();
         let Some(cursor) = self.cursors.get_mut(&key) else {
-            return Ok(ReadOutcome { next_offset: from, caught_up: true, skipped });
+            return Ok(ReadOutcome { next_offset: from, caught_up: true, skipped, topic_id });
         };
         let mut bytes_read = 0usize;
         loop {
             if cursor.position >= cursor.durable_len || cursor.stalled {
                 cursor.durable_len = cursor.segment.durable_len()?;
                 cursor.stalled = false;
-                if cursor.durable_len < cursor.position {
-                    // The file shrank under us: the engine cut the log back (recovery
-                    // after a crash, or healing after a storage failure) past bytes
-                    // already read.
+                let rewritten = cursor.durable_len >= cursor.position
+                    && cursor.last_batch.is_some_and(|(at, crc)| {
+                        let stored = cursor.segment.slice(at + CRC_BYTES.start, at + CRC_BYTES.end);
+                        stored[..] != crc.to_be_bytes()
+                    });
+                if cursor.durable_len < cursor.position || rewritten {
+                    // The file shrank under us: the topic was replaced, or the engine
+                    // cut the log back (recovery after a crash, or healing after a
+                    // storage failure) past bytes already read.
+                    let (id, base, next) =
+                        (cursor.topic_id, cursor.segment.base_offset(), cursor.next_offset);
+                    if self.replaced_since(topic, partition, id)? {
+                        return Ok(self.report_replaced(topic, partition, asked, out, out_len));
+                    }
                     return Err(SourceError::LogEndsEarly {
                         topic: topic.to_string(),
                         partition,
-                        end: cursor.segment.base_offset(),
-                        expected: cursor.next_offset,
+                        end: base,
+                        expected: next,
                     });
                 }
             }
@@ -211,13 +308,14 @@ impl Source for SegmentSource {
                     }
                     bytes_read += len;
                 }
+                cursor.last_batch = Some((cursor.position, view.crc()));
                 cursor.position += len as u64;
                 cursor.next_offset = next;
             }
             cursor.stalled = stalled.is_some();
             let next_offset = cursor.next_offset.max(from);
             if bytes_read >= bytes_max {
-                return Ok(ReadOutcome { next_offset, caught_up: false, skipped });
+                return Ok(ReadOutcome { next_offset, caught_up: false, skipped, topic_id });
             }
             // End of the durable bytes of this segment: move on only to a successor that
             // starts exactly where this one ended.
@@ -231,7 +329,13 @@ impl Source for SegmentSource {
                     if stalled.is_none() && cursor.segment.current_len()? > end {
                         continue;
                     }
-                    *cursor = Cursor::open(&self.data_dir, topic, partition, base)?;
+                    let next = Cursor::open(&self.data_dir, topic, partition, base)?;
+                    if next.topic_id.is_some() && next.topic_id != cursor.topic_id {
+                        let found = next.topic_id;
+                        self.replaced(topic, partition, found);
+                        return Ok(self.report_replaced(topic, partition, asked, out, out_len));
+                    }
+                    *cursor = next;
                 }
                 Some(base) if base > cursor.next_offset && stalled.is_some() => {
                     // Either the segment's last write is still landing (it can be in
@@ -241,11 +345,11 @@ impl Source for SegmentSource {
                         Some((position, since)) if position == cursor.position => since,
                         _ => {
                             cursor.stuck_since = Some((cursor.position, Instant::now()));
-                            return Ok(ReadOutcome { next_offset, caught_up: true, skipped });
+                            return Ok(ReadOutcome { next_offset, caught_up: true, skipped, topic_id });
                         }
                     };
                     if since.elapsed() < Duration::from_millis(CORRUPTION_GRACE_MS) {
-                        return Ok(ReadOutcome { next_offset, caught_up: true, skipped });
+                        return Ok(ReadOutcome { next_offset, caught_up: true, skipped, topic_id });
                     }
                     return Err(SourceError::Corrupt {
                         topic: topic.to_string(),
@@ -261,17 +365,36 @@ impl Source for SegmentSource {
                 }
                 None if stalled.is_none() && cursor.position >= end && cursor.next_offset < from => {
                     // The whole log is read and it ends before `from`, which was read
-                    // or landed before: never wait there silently.
+                    // or landed before: the topic was replaced, or the log cut back.
+                    // Never wait there silently.
+                    let (id, end) = (cursor.topic_id, cursor.next_offset);
+                    if self.replaced_since(topic, partition, id)? {
+                        return Ok(self.report_replaced(topic, partition, asked, out, out_len));
+                    }
                     return Err(SourceError::LogEndsEarly {
                         topic: topic.to_string(),
                         partition,
-                        end: cursor.next_offset,
+                        end,
                         expected: from,
                     });
                 }
-                _ => return Ok(ReadOutcome { next_offset, caught_up: true, skipped }),
+                None if stalled.is_none() && cursor.position >= end => {
+                    // Caught up at the end of the last segment: unless the topic was
+                    // replaced under the reader (a new log that may already be longer
+                    // than this one), in which case nothing more comes from this file.
+                    let id = cursor.topic_id;
+                    if self.replaced_since(topic, partition, id)? {
+                        return Ok(self.report_replaced(topic, partition, asked, out, out_len));
+                    }
+                    return Ok(ReadOutcome { next_offset, caught_up: true, skipped, topic_id });
+                }
+                _ => return Ok(ReadOutcome { next_offset, caught_up: true, skipped, topic_id }),
             }
         }
+    }
+
+    fn forget(&mut self, topic: &str, partition: u32) {
+        self.cursors.remove(&(topic.to_string(), partition));
     }
 
     fn take_quarantined(&mut self) -> Vec<Quarantined> {

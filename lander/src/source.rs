@@ -3,6 +3,7 @@
 //! [`LandRecord`]s, in offset order per partition.
 
 use bytes::Bytes;
+use engine::partition_meta::TopicId;
 
 /// One record to land.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +30,11 @@ pub struct ReadOutcome {
     pub caught_up: bool,
     /// Offsets `from..to` that no longer exist (deleted by retention before landing).
     pub skipped: Option<(i64, i64)>,
+    /// The incarnation of the topic the records came from, when the source can tell.
+    /// When it differs from what the partition landed before, the topic was deleted and
+    /// created again: the read handed out nothing, and the partition starts over at 0
+    /// (after [`Source::forget`]).
+    pub topic_id: Option<TopicId>,
 }
 
 /// Errors from a source.
@@ -95,6 +101,10 @@ pub trait Source {
 
     /// The partition's end offset now (for lag reports; may be an estimate).
     fn end_offset(&mut self, topic: &str, partition: u32) -> Result<i64, SourceError>;
+
+    /// Drops whatever the source keeps about the partition (open files, positions), so
+    /// the next read starts afresh: after the topic was replaced.
+    fn forget(&mut self, _topic: &str, _partition: u32) {}
 
     /// Batches the reads since the last call passed over because they cannot be
     /// decoded: the lander puts each in quarantine before its manifest moves past it.

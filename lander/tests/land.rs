@@ -191,7 +191,9 @@ fn given_payments_over_three_hours_when_landed_then_every_offset_lands_once_in_i
     let manifests: Vec<_> =
         lander.manifests().map(|m| (m.partition, m.next_offset, m.landed_records)).collect();
     assert_eq!(manifests, vec![(0, 3000, 3000), (1, 3000, 3000)]);
-    let floors = engine::landed::read_floors(&data);
+    let id = lander.manifests().next().unwrap().topic_id;
+    assert!(id.is_some(), "the manifest names the topic landed");
+    let floors = engine::landed::read_floors(&data, |_| id);
     assert_eq!(floors.len(), 2, "the lander registered its landed offsets");
     assert!(floors.values().all(|next| *next == 3000));
     engine.shutdown().unwrap();
@@ -464,4 +466,119 @@ fn given_a_topic_re_created_shorter_than_what_landed_then_the_lander_says_so_ins
     let failed = lander.failed_partitions();
     assert_eq!(failed.len(), 1);
     assert!(failed[0].2.contains("ends at offset 4, before 15"), "{failed:?}");
+}
+
+/// Values of the landed rows under `dir`, by offset.
+fn landed_values(dir: &Path) -> BTreeMap<i64, Vec<u8>> {
+    let mut values = BTreeMap::new();
+    for row in read_rows(dir) {
+        assert!(
+            values.insert(row.offset, row.value.unwrap()).is_none(),
+            "offset {} landed twice",
+            row.offset
+        );
+    }
+    values
+}
+
+fn append_payments(engine: &Engine, topic: &str, first: i64, count: i64) {
+    let mut batch = BatchBuilder::default();
+    for i in first..first + count {
+        batch.push(1_764_000_000_000 + i, None, Some(&payment(1_764_000_000_000 + i, i)));
+    }
+    engine.append(topic, 0, batch.finish()).wait().unwrap();
+}
+
+/// A topic deleted and created again, longer than what had landed of the old one: the
+/// new topic lands whole from offset 0 and the old one's files are set aside, whether
+/// the lander was running through it (`restart = false`) or started after it.
+fn re_created_topic_lands_from_zero(restart: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = dir.path().join("out");
+    let engine = open_engine(&data);
+    engine.create_topic("pay", 1).unwrap();
+    append_payments(&engine, "pay", 0, 15);
+    let mut lander = land_all(&data, &out, None, 60_000);
+    assert_eq!(lander.progress().records, 15);
+    let old_id = lander.manifests().next().unwrap().topic_id.expect("the manifest names the topic it landed");
+
+    engine.delete_topic("pay").unwrap();
+    engine.create_topic("pay", 1).unwrap();
+    for chunk in 0..4 {
+        append_payments(&engine, "pay", 1_000 + chunk * 10, 10); // offsets 0..40, values from 1000
+    }
+    if restart {
+        drop(lander);
+        lander = land_all(&data, &out, None, 60_000);
+    } else {
+        while !lander.step(false).unwrap() {}
+        lander.flush().unwrap();
+    }
+    let progress = lander.progress().clone();
+    assert_eq!((progress.partition_errors, progress.replaced_partitions), (0, 1), "{progress:?}");
+
+    let new_rows = landed_values(&out.join("pay"));
+    assert_eq!(
+        new_rows.keys().copied().collect::<Vec<_>>(),
+        (0..40).collect::<Vec<_>>(),
+        "the new topic lands whole"
+    );
+    for (offset, value) in &new_rows {
+        assert_eq!(value, &payment(1_764_000_000_000 + 1_000 + offset, 1_000 + offset), "offset {offset}");
+    }
+    let aside = out.join("_replaced").join("pay").join(old_id.to_string());
+    let old_rows = landed_values(&aside);
+    assert_eq!(old_rows.len(), 15, "what landed of the old topic is kept aside");
+    assert_eq!(old_rows[&14], payment(1_764_000_000_000 + 14, 14));
+    let old_manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(aside.join("_landed").join("0.json")).unwrap()).unwrap();
+    assert_eq!(old_manifest["next_offset"].as_i64(), Some(15));
+
+    let manifest = lander.manifests().next().unwrap().clone();
+    assert_eq!(manifest.next_offset, 40);
+    let new_id = manifest.topic_id.expect("the new manifest names the new topic");
+    assert_ne!(new_id, old_id);
+    let stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("pay").join("_landed").join("0.json")).unwrap())
+            .unwrap();
+    assert_eq!(stored["topic_id"].as_str(), Some(new_id.to_string().as_str()));
+    let registration = std::fs::read_to_string(data.join("__landers").join("test.landed")).unwrap();
+    assert!(registration.contains(&format!("pay 0 40 {new_id}\n")), "{registration}");
+    engine.shutdown().unwrap();
+}
+
+#[test]
+fn given_a_topic_re_created_longer_while_the_lander_runs_then_the_new_topic_lands_from_zero() {
+    re_created_topic_lands_from_zero(false);
+}
+
+#[test]
+fn given_a_topic_re_created_longer_before_the_lander_restarts_then_the_new_topic_lands_from_zero() {
+    re_created_topic_lands_from_zero(true);
+}
+
+#[test]
+fn given_a_log_cut_back_and_written_again_under_the_reader_then_the_lander_says_so_instead_of_reading_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = dir.path().join("out");
+    let batch = |count: i64, tag: i64| {
+        let mut builder = BatchBuilder::default();
+        for i in 0..count {
+            builder.push(1_764_000_000_000 + i, None, Some(&payment(1_764_000_000_000 + i, tag * 1000 + i)));
+        }
+        builder.finish()
+    };
+    write_segment(&data.join("pay-0"), &[batch(10, 0), batch(5, 1)]);
+    let mut lander = land_all(&data, &out, None, 60_000);
+    assert_eq!(lander.progress().records, 15);
+    // The engine healed the partition (cut it back past what the lander read) and new
+    // appends made the file longer than before: same file, other bytes after offset 10.
+    write_segment(&data.join("pay-0"), &[batch(10, 0), batch(8, 2)]);
+    lander.step(false).unwrap();
+    let failed = lander.failed_partitions();
+    assert_eq!(failed.len(), 1, "{:?}", lander.progress());
+    assert!(failed[0].2.contains("before 15"), "{failed:?}");
+    assert_eq!(lander.progress().records, 15, "nothing of the rewritten log landed as if it followed");
 }

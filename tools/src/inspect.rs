@@ -67,6 +67,11 @@ fn inspect_dir(path: &Path, records: bool, out: &mut impl Write, findings: &mut 
         if files.is_empty() {
             bail!("{}: no segment files", path.display());
         }
+        match engine::partition_meta::read(path) {
+            Ok(Some(id)) => writeln!(out, "{}: topic id {id}", path.display())?,
+            Ok(None) => {}
+            Err(reason) => findings.problems.push(reason),
+        }
         for file in files {
             inspect_file(&file, records, out, findings)?;
         }

@@ -101,7 +101,7 @@ pub fn run(args: &LandArgs) -> Result<Progress> {
         _ => bail!("give exactly one of --data-dir and --brokers"),
     };
     eprintln!(
-        "corelog land: landed {} records in {} files ({:.1} MB) from {} partitions; {} bad records, {} offsets skipped, {} batches quarantined, {} partition errors",
+        "corelog land: landed {} records in {} files ({:.1} MB) from {} partitions; {} bad records, {} offsets skipped, {} batches quarantined, {} partition errors, {} partitions of re-created topics set aside",
         progress.records,
         progress.files,
         progress.bytes as f64 / 1e6,
@@ -109,7 +109,8 @@ pub fn run(args: &LandArgs) -> Result<Progress> {
         progress.bad_records,
         progress.skipped_offsets,
         progress.quarantined_batches,
-        progress.partition_errors
+        progress.partition_errors,
+        progress.replaced_partitions
     );
     Ok(progress)
 }

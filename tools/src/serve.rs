@@ -62,6 +62,10 @@ pub struct ServeArgs {
     /// allows); creating topics past it is refused.
     #[arg(long, default_value_t = engine::MAX_PARTITIONS_DEFAULT)]
     pub max_partitions: u32,
+    /// Keep a consumer group's committed offsets this long after it last had a member
+    /// or committed (Kafka's offsets.retention.minutes; e.g. 7d, 12h; 0 keeps forever).
+    #[arg(long, default_value = "7d")]
+    pub offsets_retention: String,
 }
 
 /// Histogram buckets for every latency metric, 50 µs to 5 s.
@@ -91,6 +95,10 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     config.memory_budget_bytes = args.memory_budget_bytes;
     config.max_connections = args.max_connections;
     config.max_partitions = args.max_partitions;
+    config.offsets_retention_ms = match parse_duration_ms(&args.offsets_retention)? {
+        0 => u64::MAX,
+        ms => ms as u64,
+    };
     if let Some(cores) = args.cores {
         if cores == 0 {
             bail!("--cores must be positive");

@@ -114,6 +114,20 @@ fn inspect_finds_corruption_and_exits_non_zero() {
 }
 
 #[test]
+fn inspect_reads_the_topic_id_and_reports_one_that_lies() {
+    let dir = tempfile::tempdir().unwrap();
+    write_partition(dir.path());
+    let id = engine::partition_meta::TopicId::random();
+    engine::partition_meta::write(dir.path(), id).unwrap();
+    let (ok, stdout, _) = corelog(&["inspect", dir.path().to_str().unwrap()]);
+    assert!(ok && stdout.contains(&format!("topic id {id}")), "{stdout}");
+    let file = dir.path().join(engine::partition_meta::PARTITION_META_FILE);
+    std::fs::write(&file, "version: 0\ntopic_id: 00000000-0000-0000-0000-000000000000\n").unwrap();
+    let (ok, stdout, _) = corelog(&["inspect", dir.path().to_str().unwrap()]);
+    assert!(!ok && stdout.contains("problem:") && stdout.contains("nil UUID"), "{stdout}");
+}
+
+#[test]
 fn inspect_of_a_missing_path_is_a_one_line_error() {
     let (ok, _, stderr) = corelog(&["inspect", "/nonexistent/00000000000000000000.log"]);
     assert!(!ok);

@@ -289,6 +289,37 @@ fn given_a_kafka_protocol_broker_when_landed_with_brokers_then_each_offset_lands
 }
 
 #[test]
+fn given_a_topic_re_created_shorter_when_landed_with_brokers_then_the_run_fails_loudly_instead_of_skipping() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::Server::start(&dir.path().join("data"), &["--default-partitions", "1"]);
+    let out = dir.path().join("out");
+    let land = || {
+        corelog()
+            .args(["land", "--brokers", &server.brokers(), "--out", out.to_str().unwrap(), "--once"])
+            .args(["--topics", "r"])
+            .output()
+            .unwrap()
+    };
+    let line = |n: usize| format!(r#"{{"user_id":"u{n}","n":{n}}}"#);
+    produce(&server.brokers(), "r", &(0..50).map(line).collect::<Vec<_>>());
+    assert!(land().status.success());
+    assert_eq!(landed_values(&out).len(), 50);
+    let deleted =
+        common::run_python(&[common::script("delete_topic.py").to_str().unwrap(), &server.brokers(), "r"]);
+    assert_eq!(deleted["deleted"], "r");
+    produce(&server.brokers(), "r", &(100..105).map(line).collect::<Vec<_>>());
+    let output = land();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "a log that ends before what landed is not waited on silently: {stderr}"
+    );
+    assert!(stderr.contains("ends at offset 5, before 50"), "{stderr}");
+    assert_eq!(landed_values(&out).len(), 50, "nothing of the new topic is mixed in");
+    server.stop();
+}
+
+#[test]
 fn given_an_s3_endpoint_when_landed_twice_then_objects_hold_each_offset_once() {
     let moto = common::Moto::start();
     let s3 = common::script("s3.py");
