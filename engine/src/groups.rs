@@ -117,7 +117,7 @@ impl Group {
             members: BTreeMap::new(),
             rebalance_deadline: Instant::now(),
             offsets: BTreeMap::new(),
-            active_ms: crate::engine::now_ms(),
+            active_ms: crate::types::now_ms(),
             changed: watch::Sender::new(0),
         }
     }
@@ -346,7 +346,7 @@ impl Coordinator {
             }
             let member_id = if request.member_id.is_empty() {
                 let n = self.next_member.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                format!("{}-{n}-{}", request.client_id, crate::engine::now_ms())
+                format!("{}-{n}-{}", request.client_id, crate::types::now_ms())
             } else if group.members.contains_key(&request.member_id) {
                 request.member_id.clone()
             } else {
@@ -532,7 +532,7 @@ impl Coordinator {
     /// Expires members whose sessions ran out, completes overdue rebalances and
     /// expires the offsets of groups idle for the retention period.
     pub fn tick(&self) {
-        self.tick_at(crate::engine::now_ms());
+        self.tick_at(crate::types::now_ms());
     }
 
     /// [`Coordinator::tick`] with the wall clock at `now_ms`.
@@ -586,7 +586,7 @@ impl Coordinator {
         for (topic, partition, offset, metadata) in offsets {
             group.offsets.insert((topic.clone(), *partition), (*offset, metadata.clone()));
         }
-        group.active_ms = group.active_ms.max(crate::engine::now_ms());
+        group.active_ms = group.active_ms.max(crate::types::now_ms());
         match self.persist(group_id, group) {
             Ok(()) => code::NONE,
             Err(error) => {
@@ -668,7 +668,7 @@ mod tests {
         let coordinator = Coordinator::open(dir.path(), 60_000).unwrap();
         assert_eq!(coordinator.commit("idle", -1, "", &offsets(42)), code::NONE);
         assert_eq!(coordinator.commit("busy", -1, "", &offsets(7)), code::NONE);
-        let now = crate::engine::now_ms();
+        let now = crate::types::now_ms();
         coordinator.tick_at(now + 59_000);
         assert_eq!(
             coordinator.committed("idle", "payments", 0),
@@ -710,7 +710,7 @@ mod tests {
         assert_eq!(reopened.committed("busy", "payments", 0), None);
         assert_eq!(reopened.committed("busy", "clicks", 3), Some((9, None)));
         // The reopened group's idle time starts at its file's mtime, not at the open.
-        reopened.tick_at(crate::engine::now_ms() + 61_000);
+        reopened.tick_at(crate::types::now_ms() + 61_000);
         assert_eq!(reopened.committed("busy", "clicks", 3), None);
     }
 }

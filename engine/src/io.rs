@@ -6,7 +6,7 @@
 //! is missing or disabled (seccomp, `kernel.io_uring_disabled`, old kernels), naming the
 //! opcode that is absent, rather than failing on the first write. File writes and
 //! fdatasyncs themselves go through each shard's `tokio-uring` runtime (see
-//! [`crate::shard`]).
+//! the `shard` module).
 //!
 //! Invariant: every `unsafe` block here is a plain libc call on a descriptor this
 //! module owns, with a `// SAFETY:` note.

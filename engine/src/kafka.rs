@@ -21,9 +21,10 @@
 //! (DeleteTopics, consumer groups, committed offsets) follows.
 
 use crate::batch::{self, BatchError};
-use crate::engine::{EngineError, TopicPartition};
+use crate::error::EngineError;
 use crate::log::{AppendError, ReadError};
 use crate::shard::{AckLevel, Reply, Request, Shard};
+use crate::types::TopicPartition;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::future::{join_all, select_all};
 use kafka_protocol::messages::{
@@ -165,7 +166,7 @@ impl Drop for ConnectionSlot {
 fn refuse_connection(shard: &Rc<Shard>, peer: SocketAddr) {
     metrics::counter!("corelog_kafka_connections_refused_total").increment(1);
     thread_local! { static LAST_LOG_MS: std::cell::Cell<i64> = const { std::cell::Cell::new(0) }; }
-    let now = crate::engine::now_ms();
+    let now = crate::types::now_ms();
     if LAST_LOG_MS.with(|last| now - last.replace(now) >= 1000) {
         tracing::warn!(%peer, limit = shard.config.max_connections, "connection refused: the broker is at --max-connections");
     }
@@ -1099,7 +1100,7 @@ async fn create_topics(shard: &Rc<Shard>, request: CreateTopicsRequest) -> Creat
             .with_name(topic.name.clone())
             .with_num_partitions(partitions)
             .with_replication_factor(1);
-        let outcome = if partitions <= 0 || partitions as u32 > crate::engine::PARTITIONS_MAX {
+        let outcome = if partitions <= 0 || partitions as u32 > crate::catalog::PARTITIONS_MAX {
             Err((code::INVALID_PARTITIONS, format!("{partitions} partitions")))
         } else if request.validate_only {
             match shard.catalog.partition_count(&name) {

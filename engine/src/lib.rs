@@ -46,7 +46,10 @@
 #![deny(clippy::await_holding_refcell_ref)]
 
 pub mod batch;
+mod catalog;
+mod config;
 mod engine;
+mod error;
 pub mod fault;
 pub mod groups;
 pub mod io;
@@ -57,16 +60,22 @@ pub mod log;
 pub mod partition_meta;
 pub mod producers;
 pub mod query;
+mod query_runner;
 pub mod ring;
 pub mod segment;
 pub mod shard;
+mod stats;
 pub mod sync;
+mod types;
 pub mod watermark;
 
-pub use engine::{
-    fsync_stats, heal_count, now_ms, parse_partition_dir, synced_write_count, Engine, EngineConfig,
-    EngineError, FlushMode, Pending, TopicPartition, Via, CLEAN_MARKER_FILE, LAYOUT_VERSION,
-    MAX_CONNECTIONS_DEFAULT, MAX_PARTITIONS_DEFAULT, MAX_REQUEST_BYTES_DEFAULT, MEMORY_BUDGET_BYTES_DEFAULT,
-    META_FILE, OFFSETS_RETENTION_MS_DEFAULT,
+pub use catalog::{parse_partition_dir, CLEAN_MARKER_FILE, LAYOUT_VERSION, META_FILE};
+pub use config::{
+    EngineConfig, MAX_CONNECTIONS_DEFAULT, MAX_PARTITIONS_DEFAULT, MAX_REQUEST_BYTES_DEFAULT,
+    MEMORY_BUDGET_BYTES_DEFAULT, OFFSETS_RETENTION_MS_DEFAULT,
 };
-pub use shard::{AppendResult, PartitionInfo};
+pub use engine::{Engine, Pending, Via};
+pub use error::EngineError;
+pub use shard::PartitionInfo;
+pub use stats::{fsync_stats, heal_count, synced_write_count};
+pub use types::{now_ms, AppendResult, FlushMode, TopicPartition};

@@ -24,9 +24,8 @@
 //! the same batches in offset order.
 
 use crate::batch::BatchHeader;
-use crate::engine::EngineError;
 use crate::log::PartitionLog;
-use crate::shard::AppendResult;
+use crate::types::AppendResult;
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 
@@ -59,6 +58,31 @@ pub enum Sequenced {
     Append,
     /// A retry of a batch already placed: answer with its result.
     Duplicate(AppendResult),
+}
+
+/// A batch an idempotent producer may not append (Kafka's rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SequenceError {
+    /// The batch does not follow the producer's previous one (a gap).
+    #[error("out-of-order sequence {found} from producer {producer_id} (expected {expected})")]
+    OutOfOrderSequence {
+        /// The producer.
+        producer_id: i64,
+        /// The next sequence the partition expects.
+        expected: i32,
+        /// The batch's base sequence.
+        found: i32,
+    },
+    /// The producer's epoch is older than one already seen.
+    #[error("producer {producer_id} epoch {found} is older than {current}")]
+    InvalidProducerEpoch {
+        /// The producer.
+        producer_id: i64,
+        /// The newest epoch seen.
+        current: i16,
+        /// The batch's epoch.
+        found: i16,
+    },
 }
 
 /// Why a snapshot file was not used.
@@ -106,10 +130,15 @@ impl ProducerStates {
     }
 
     /// Checks a batch's sequence against the producer's state.
-    pub fn check(&self, producer_id: i64, epoch: i16, base_sequence: i32) -> Result<Sequenced, EngineError> {
+    pub fn check(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        base_sequence: i32,
+    ) -> Result<Sequenced, SequenceError> {
         let Some(state) = self.producers.get(&producer_id) else { return Ok(Sequenced::Append) };
         if epoch < state.epoch {
-            return Err(EngineError::InvalidProducerEpoch {
+            return Err(SequenceError::InvalidProducerEpoch {
                 producer_id,
                 current: state.epoch,
                 found: epoch,
@@ -123,7 +152,7 @@ impl ProducerStates {
         }
         let expected = state.recent.back().map_or(0, |(_, last, _)| last.wrapping_add(1) & i32::MAX);
         if base_sequence != expected {
-            return Err(EngineError::OutOfOrderSequence { producer_id, expected, found: base_sequence });
+            return Err(SequenceError::OutOfOrderSequence { producer_id, expected, found: base_sequence });
         }
         Ok(Sequenced::Append)
     }
@@ -387,9 +416,9 @@ mod tests {
         let states = sample();
         assert_eq!(states.check(7, 0, 24).unwrap(), Sequenced::Append);
         assert_eq!(states.check(7, 0, 21).unwrap(), Sequenced::Duplicate(result(21, 3)));
-        assert!(matches!(states.check(7, 0, 0), Err(EngineError::OutOfOrderSequence { expected: 24, .. })));
+        assert!(matches!(states.check(7, 0, 0), Err(SequenceError::OutOfOrderSequence { expected: 24, .. })));
         assert_eq!(states.check(7, 1, 0).unwrap(), Sequenced::Append);
-        assert!(matches!(states.check(9, 1, 0), Err(EngineError::InvalidProducerEpoch { .. })));
+        assert!(matches!(states.check(9, 1, 0), Err(SequenceError::InvalidProducerEpoch { .. })));
         // Sequences wrap past i32::MAX to 0.
         assert_eq!(states.check(9, 2, 2).unwrap(), Sequenced::Append);
         assert_eq!(

@@ -28,12 +28,14 @@
 //! borrow is held across an `.await`; a failed write makes the partition read-only and
 //! fails every append not yet durable (recovery truncates the tail on restart).
 
-use crate::engine::{Catalog, EngineConfig, EngineError, FlushMode, TopicPartition};
+use crate::catalog::Catalog;
+use crate::config::EngineConfig;
+use crate::error::EngineError;
 use crate::io::SharedEventFd;
 use crate::log::{AppendError, Fetched, LogConfig, PartitionLog, ReadError, Recovery, RecoveryReport};
 use crate::producers::{ProducerStates, Sequenced};
-use crate::query::runner::RunningQuery;
 use crate::ring::{mpsc, spsc, Doorbell};
+use crate::types::{AppendResult, FlushMode, TopicPartition};
 use bytes::BytesMut;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -141,15 +143,6 @@ pub enum AckLevel {
     Durable,
 }
 
-/// Where an append landed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AppendResult {
-    /// Offset of the first record.
-    pub base_offset: i64,
-    /// Offset after the last record.
-    pub next_offset: i64,
-}
-
 /// Offsets of a partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartitionInfo {
@@ -228,7 +221,20 @@ pub(crate) struct ShardSetup {
     pub(crate) mesh_in: Vec<Option<spsc::Consumer<MeshMessage>>>,
     pub(crate) partitions: Vec<TopicPartition>,
     pub(crate) recovery: Recovery,
-    pub(crate) queries: Arc<[Arc<RunningQuery>]>,
+    pub(crate) services: Arc<dyn Services>,
+}
+
+/// What runs on a shard besides its partitions: the protocols and services above the
+/// runtime (the Kafka listener, the stream queries). The engine gives every shard one
+/// at start, so this module never imports them; they call down into the shard.
+pub(crate) trait Services: Send + Sync + std::fmt::Debug {
+    /// Starts listening on the shard (before it reports ready): an error fails the
+    /// engine's start.
+    fn listen(&self, shard: &Rc<Shard>) -> Result<(), EngineError>;
+    /// The shard's partitions are open and it reported ready.
+    fn started(&self, shard: &Rc<Shard>);
+    /// A partition was created on the shard.
+    fn partition_created(&self, shard: &Rc<Shard>, tp: &TopicPartition);
 }
 
 /// Durability state published to waiters.
@@ -303,7 +309,7 @@ impl Partition {
     ) -> Result<(Self, RecoveryReport), EngineError> {
         let dir = config.data_dir.join(tp.dir_name());
         let log_config: LogConfig = config.log.clone();
-        let (log, report) = PartitionLog::open_with(&dir, log_config, recovery, crate::engine::now_ms())
+        let (log, report) = PartitionLog::open_with(&dir, log_config, recovery, crate::types::now_ms())
             .map_err(|e| storage_error(&tp, e))?;
         let offset = log.high_watermark();
         let producers = match ProducerStates::recover(&log) {
@@ -389,7 +395,7 @@ impl Partition {
             }
         }
         let generation = self.generation();
-        let plan = self.log.borrow_mut().append(batch, crate::engine::now_ms()).map_err(|e| match e {
+        let plan = self.log.borrow_mut().append(batch, crate::types::now_ms()).map_err(|e| match e {
             AppendError::Storage(e) => storage_error(&self.tp, e),
             other => EngineError::Append(other),
         })?;
@@ -479,8 +485,8 @@ impl Partition {
         if whole {
             // The metric's sync latency here includes the write (a 64 KiB page-cache
             // copy is a few percent of it).
-            crate::engine::record_fsync(started.elapsed());
-            crate::engine::record_synced_write();
+            crate::stats::record_fsync(started.elapsed());
+            crate::stats::record_synced_write();
             let mut flush = self.flush.borrow_mut();
             // No later append is covered: only this one's bytes were synced.
             flush.sync_requested_through = flush.sync_requested_through.max(plan.next_offset);
@@ -594,7 +600,7 @@ impl Partition {
                 return;
             }
         }
-        crate::engine::record_fsync(started.elapsed());
+        crate::stats::record_fsync(started.elapsed());
         {
             let mut flush = self.flush.borrow_mut();
             flush.syncs_in_flight -= 1;
@@ -734,7 +740,7 @@ impl Partition {
             d.written = offset;
             d.generation += 1;
         });
-        crate::engine::record_heal();
+        crate::stats::record_heal();
         tracing::warn!(partition = %self.tp, offset, "healed after a storage failure ({reason}): appends resume");
     }
 
@@ -781,7 +787,7 @@ impl Partition {
 
 /// A shard's state, owned by its thread.
 pub(crate) struct Shard {
-    id: usize,
+    pub(crate) id: usize,
     pub(crate) config: Arc<EngineConfig>,
     pub(crate) catalog: Arc<Catalog>,
     handles: Arc<[ShardHandle]>,
@@ -795,7 +801,7 @@ pub(crate) struct Shard {
     next_token: Cell<u64>,
     stopping: Cell<bool>,
     stopped: Cell<bool>,
-    queries: Arc<[Arc<RunningQuery>]>,
+    services: Arc<dyn Services>,
 }
 
 /// Runs a shard on the calling thread until it is shut down. `ready` gets the
@@ -820,7 +826,7 @@ pub(crate) fn run(
             mesh_in,
             partitions,
             recovery,
-            queries,
+            services,
         } = setup;
         let shard = Rc::new(Shard {
             id,
@@ -837,7 +843,7 @@ pub(crate) fn run(
             next_token: Cell::new(0),
             stopping: Cell::new(false),
             stopped: Cell::new(false),
-            queries,
+            services,
         });
         let mut reports = Vec::new();
         for tp in partitions {
@@ -852,17 +858,13 @@ pub(crate) fn run(
                 }
             }
         }
-        if let Some(address) = shard.config.listen {
-            match crate::kafka::bind(address) {
-                Ok(listener) => drop(tokio_uring::spawn(crate::kafka::accept_loop(shard.clone(), listener))),
-                Err(error) => {
-                    let _ = ready.send(Err(EngineError::Listen(format!("{address}: {error}"))));
-                    return;
-                }
-            }
+        let services = shard.services.clone();
+        if let Err(error) = services.listen(&shard) {
+            let _ = ready.send(Err(error));
+            return;
         }
         let _ = ready.send(Ok(reports));
-        shard.start_queries();
+        services.started(&shard);
         let maintenance = tokio_uring::spawn(shard.clone().maintenance());
         shard.clone().main_loop().await;
         maintenance.abort();
@@ -1029,38 +1031,16 @@ impl Shard {
     /// The query whose sink `topic` is (`<query>.agg` or `<query>.decisions`), if any:
     /// such topics take appends only from their query's runners.
     pub(crate) fn query_writing(&self, topic: &str) -> Option<&str> {
-        self.queries
+        self.config
+            .queries
             .iter()
-            .find(|q| q.def.agg_topic() == topic || q.def.decisions_topic() == topic)
-            .map(|q| q.def.name.as_str())
+            .find(|def| def.agg_topic() == topic || def.decisions_topic() == topic)
+            .map(|def| def.name.as_str())
     }
 
-    /// Starts every query over every source partition this shard owns, and (on shard
-    /// 0) the deny-list topic followers.
-    fn start_queries(self: &Rc<Self>) {
-        let owned: Vec<TopicPartition> = self.partitions.borrow().keys().cloned().collect();
-        for tp in owned {
-            self.start_queries_over(&tp);
-        }
-        if self.id == 0 {
-            for query in self.queries.iter() {
-                if let Some(crate::query::DenySource::Topic(topic)) = &query.def.deny_list {
-                    let follower = crate::query::runner::follow_deny_topic(
-                        self.clone(),
-                        topic.clone(),
-                        query.deny.clone(),
-                    );
-                    drop(tokio_uring::spawn(follower));
-                }
-            }
-        }
-    }
-
-    /// Starts the queries whose source is `tp`'s topic over `tp`.
-    fn start_queries_over(self: &Rc<Self>, tp: &TopicPartition) {
-        for query in self.queries.iter().filter(|q| *q.def.source == *tp.topic) {
-            drop(tokio_uring::spawn(crate::query::runner::run(self.clone(), query.clone(), tp.clone())));
-        }
+    /// The partitions this shard has open now.
+    pub(crate) fn open_partitions(&self) -> Vec<TopicPartition> {
+        self.partitions.borrow().keys().cloned().collect()
     }
 
     async fn handle(self: Rc<Self>, request: Request) -> Response {
@@ -1072,15 +1052,15 @@ impl Shard {
                 if !self.partitions.borrow().contains_key(&tp) {
                     // The topic is new: whatever a deleted topic of the same name left
                     // (a delete cut short by a crash) is not this topic's data.
-                    crate::engine::remove_partition_files(&self.config.data_dir, &tp)
+                    crate::catalog::remove_partition_files(&self.config.data_dir, &tp)
                         .map_err(|e| storage_error(&tp, e))?;
                     let id =
                         self.catalog.topic_id(&tp.topic).ok_or(EngineError::UnknownPartition(tp.clone()))?;
-                    crate::engine::claim_partition_dir(&self.config.data_dir, &tp, id)
+                    crate::catalog::claim_partition_dir(&self.config.data_dir, &tp, id)
                         .map_err(|reason| storage_error(&tp, reason))?;
                     let (partition, _) = Partition::open(tp.clone(), &self.config, Recovery::Clean)?;
                     self.partitions.borrow_mut().insert(tp.clone(), Rc::new(partition));
-                    self.start_queries_over(&tp);
+                    self.services.clone().partition_created(&self, &tp);
                 }
                 Ok(Reply::Created)
             }
@@ -1089,7 +1069,7 @@ impl Shard {
                 if let Some(partition) = partition {
                     let _ = partition.close().await; // its files go next whatever their state
                 }
-                crate::engine::remove_partition_files(&self.config.data_dir, &tp)
+                crate::catalog::remove_partition_files(&self.config.data_dir, &tp)
                     .map_err(|e| storage_error(&tp, e))?;
                 Ok(Reply::Deleted)
             }
@@ -1149,7 +1129,7 @@ impl Shard {
             if self.id == 0 {
                 self.catalog.groups.tick();
             }
-            let now = crate::engine::now_ms();
+            let now = crate::types::now_ms();
             let partitions: Vec<_> = self.partitions.borrow().values().cloned().collect();
             let landed_floors = (self.config.retain_until_landed && !partitions.is_empty()).then(|| {
                 crate::landed::read_floors(&self.config.data_dir, |topic| self.catalog.topic_id(topic))

@@ -1,5 +1,5 @@
-//! Where landed records come from: the engine's segment files ([`crate::segments`])
-//! or any Kafka-protocol broker ([`crate::kafka`]). Both hand the lander the same
+//! Where landed records come from: the engine's segment files ([`SegmentSource`](crate::SegmentSource))
+//! or any Kafka-protocol broker ([`KafkaSource`](crate::KafkaSource)). Both hand the lander the same
 //! [`LandRecord`]s, in offset order per partition.
 
 use bytes::Bytes;

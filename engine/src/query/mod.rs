@@ -24,20 +24,22 @@
 //! operator (windows, watermark, rules) as a pure, deterministic function of the
 //! events it is given, which is what makes restarts exact and lets batch `reconcile`
 //! recompute the same windows; [`json`] extracts fields in one borrowing pass;
-//! [`deny`] is the deny-list shards read without locks; [`runner`] drives one query
+//! [`deny`] is the deny-list shards read without locks; the engine's `query_runner` drives one query
 //! over one partition on its owning shard (reads, outputs, checkpoints).
 //!
 //! Invariants: a definition that parses is valid (windows divide evenly, rules name
 //! aggregates the query computes, at most [`RULES_MAX`] rules, at most
 //! [`WINDOWS_PER_EVENT_MAX`] windows per event); nothing here does I/O except
-//! [`load_dir`] and [`runner`].
+//! [`load_dir`].
 
 pub mod deny;
 pub mod json;
-pub(crate) mod runner;
 pub mod window;
 
 use serde::Deserialize;
+
+/// Directory of the data dir that holds query checkpoints.
+pub const QUERIES_DIR: &str = "__queries";
 use std::path::{Path, PathBuf};
 
 /// Most rules a query may declare (each has a bit in a window's fired mask).

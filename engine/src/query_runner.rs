@@ -13,7 +13,7 @@
 //! **Checkpoints and restart** (format in `docs/FORMATS.md`). Every
 //! `checkpoint_interval` the runner writes, after its outputs are durable,
 //! `DATA/__queries/<query>/<topic>-<p>.json`: the next source offset `X`, the replay
-//! point (`replay_from`, `max_time_ms`, see [`super::window`]) and how many records it
+//! point (`replay_from`, `max_time_ms`, see [`crate::query::window`]) and how many records it
 //! has emitted to each sink through `X`. On start it resumes an operator at the replay
 //! point, drops what replay emits for triggers before `X` (already emitted), numbers
 //! later outputs from the checkpointed counts, and skips those whose number is not
@@ -27,21 +27,20 @@
 //! a checkpoint never claims outputs that are not durable; a failed output append
 //! restarts the runner from its checkpoint.
 
-use super::deny::{DenyList, DenyReader};
-use super::json::{extract, Scalar};
-use super::window::{Decision, DecisionValue, Operator, Output, WindowResult};
-use super::EventFields;
-use super::{Condition, QueryDef};
 use crate::batch::{for_each_record, frame_len, BatchBuilder, BatchView};
-use crate::engine::{now_ms, EngineError, TopicPartition};
+use crate::error::EngineError;
+use crate::query::deny::{DenyList, DenyReader};
+use crate::query::json::{extract, Scalar};
+use crate::query::window::{Decision, DecisionValue, Operator, Output, WindowResult};
+use crate::query::EventFields;
+use crate::query::{Condition, QueryDef, QUERIES_DIR};
 use crate::shard::{AckLevel, Reply, Request, Shard};
+use crate::types::{now_ms, TopicPartition};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 
-/// Directory of the data dir that holds query checkpoints.
-pub const QUERIES_DIR: &str = "__queries";
 /// Checkpoint format version.
 pub const CHECKPOINT_VERSION: u64 = 1;
 /// Bytes read from the source per round.
@@ -55,7 +54,7 @@ pub const RESTART_BACKOFF_MS: u64 = 1_000;
 /// earlier outputs are being made durable.
 pub const ROUNDS_IN_FLIGHT_MAX: usize = 4;
 /// Extracted fields per event at most: key, time, value, distinct, one per deny rule.
-pub const FIELDS_MAX: usize = 4 + super::RULES_MAX;
+pub const FIELDS_MAX: usize = 4 + crate::query::RULES_MAX;
 /// Records per output batch at most.
 pub const OUTPUT_BATCH_RECORDS_MAX: usize = 4096;
 
@@ -149,6 +148,29 @@ impl Checkpoint {
             }),
             Err(_) => Self::START,
         }
+    }
+}
+
+/// Starts every query over every source partition `shard` has open, and (on shard 0)
+/// the deny-list topic followers.
+pub(crate) fn start_all(shard: &Rc<Shard>, queries: &[Arc<RunningQuery>]) {
+    for tp in shard.open_partitions() {
+        start_over(shard, queries, &tp);
+    }
+    if shard.id == 0 {
+        for query in queries {
+            if let Some(crate::query::DenySource::Topic(topic)) = &query.def.deny_list {
+                let follower = follow_deny_topic(shard.clone(), topic.clone(), query.deny.clone());
+                drop(tokio_uring::spawn(follower));
+            }
+        }
+    }
+}
+
+/// Starts the queries whose source is `tp`'s topic over `tp`.
+pub(crate) fn start_over(shard: &Rc<Shard>, queries: &[Arc<RunningQuery>], tp: &TopicPartition) {
+    for query in queries.iter().filter(|q| *q.def.source == *tp.topic) {
+        drop(tokio_uring::spawn(run(shard.clone(), query.clone(), tp.clone())));
     }
 }
 
@@ -368,7 +390,7 @@ async fn run_once(
                     bad += 1;
                     return;
                 };
-                let mut denied = [None; super::RULES_MAX];
+                let mut denied = [None; crate::query::RULES_MAX];
                 let deny_count = fields.denied_ids(slots, &mut denied);
                 operator.process(&event, &denied[..deny_count], deny.set(), &mut outputs);
             });
@@ -561,7 +583,7 @@ pub(crate) async fn follow_deny_topic(shard: Rc<Shard>, topic: String, list: Arc
         }
         if changed && caught_up {
             tracing::info!(topic, ids = ids.len(), "deny-list loaded");
-            list.publish(super::deny::DenySet::from_ids(ids.iter().cloned()));
+            list.publish(crate::query::deny::DenySet::from_ids(ids.iter().cloned()));
             changed = false;
         }
         if caught_up {
