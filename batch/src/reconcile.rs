@@ -5,7 +5,7 @@
 //! The stream closes a window once its watermark passes the window's end and drops
 //! events that arrive later (late events, counted, left to batch). Batch sees every
 //! event, so a window differs exactly when late events belonged to it. Both sides use
-//! the engine's own event extraction ([`engine::query::EventFields`]) and window
+//! the engine's own event extraction ([`query::EventFields`]) and window
 //! aggregates ([`WindowAgg`]), so an unchanged window compares equal field by field,
 //! approximate distinct included.
 //!
@@ -30,9 +30,9 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type, TimestampMillisecondType};
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
-use engine::query::json::{extract, Scalar};
-use engine::query::window::WindowAgg;
-use engine::query::{EventFields, QueryDef};
+use query::json::{extract, Scalar};
+use query::window::WindowAgg;
+use query::{EventFields, QueryDef};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

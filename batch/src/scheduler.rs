@@ -498,15 +498,27 @@ mod tests {
     }
 
     #[test]
-    fn given_uneven_tasks_on_one_busy_worker_when_run_then_others_steal() {
-        // Worker-local batches from the injector end up on one worker; the rest steal.
+    fn given_one_worker_held_by_a_long_task_when_run_then_the_other_steals_its_queued_tasks() {
+        // The worker that takes the first batch from the injector (about half the
+        // tasks, queued on its own deque) is held in task 0 until 40 other tasks ran:
+        // more than the injector has left, so the other worker must steal, however
+        // the threads are scheduled.
         let progress = StageProgress::default();
+        let others_done = AtomicU64::new(0);
         let (_, report) = scheduler(2, false, Injection::default())
-            .run_stage("uneven", 64, &progress, |ctx| {
-                std::thread::sleep(Duration::from_millis(if ctx.task % 2 == 0 { 3 } else { 1 }));
+            .run_stage("held", 64, &progress, |ctx| {
+                if ctx.task == 0 {
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    while others_done.load(Ordering::Acquire) < 40 && Instant::now() < deadline {
+                        std::thread::yield_now();
+                    }
+                } else {
+                    others_done.fetch_add(1, Ordering::Release);
+                }
                 Ok(())
             })
             .unwrap();
+        assert_eq!(others_done.load(Ordering::Acquire), 63);
         assert!(report.stolen > 0, "{report:?}");
     }
 

@@ -59,7 +59,7 @@ pub mod lies;
 pub mod log;
 pub mod partition_meta;
 pub mod producers;
-pub mod query;
+pub use query;
 mod query_runner;
 pub mod ring;
 pub mod segment;

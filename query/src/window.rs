@@ -20,8 +20,8 @@
 //! and fed the same events reaches exactly the same open windows, which is how a
 //! restart rebuilds state from the log instead of from a snapshot.
 
-use super::deny::DenySet;
-use super::{Aggregate, Comparison, Condition, QueryDef};
+use crate::deny::DenySet;
+use crate::{Aggregate, Comparison, Condition, QueryDef};
 use cardinality_estimator::CardinalityEstimator;
 use std::collections::{BTreeMap, HashMap};
 
@@ -346,7 +346,7 @@ impl Operator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::query::WindowSpec;
+    use crate::WindowSpec;
     use rand::rngs::SmallRng;
     use rand::{Rng, SeedableRng};
     use std::collections::BTreeSet;

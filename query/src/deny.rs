@@ -9,8 +9,8 @@
 //!
 //! Invariant: a published set is immutable; generations only grow.
 
-use crate::sync::{AtomicU64, Ordering};
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// An immutable set of denied ids.

@@ -1,5 +1,9 @@
+//! # query — corelog's stream-query core
+//!
 //! Stream queries: windowed aggregates and decisions computed on the shard that owns
-//! each source partition, right behind the durable append.
+//! each source partition, right behind the durable append. This crate is the pure
+//! part, shared by the engine (which runs it on its shards) and by `batch` (whose
+//! `reconcile` recomputes the same windows from landed Parquet): it links no runtime.
 //!
 //! A query is declared in TOML (`queries/*.toml`, see `docs/QUERIES.md`):
 //!
@@ -31,6 +35,9 @@
 //! aggregates the query computes, at most [`RULES_MAX`] rules, at most
 //! [`WINDOWS_PER_EVENT_MAX`] windows per event); nothing here does I/O except
 //! [`load_dir`].
+
+#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
+#![forbid(unsafe_code)]
 
 pub mod deny;
 pub mod json;
