@@ -25,6 +25,13 @@ if [ ! -x target/py/bin/python ] || ! target/py/bin/python -c "import confluent_
 fi
 target/py/bin/python -c "import confluent_kafka, kafka, duckdb, moto; print('confluent-kafka', confluent_kafka.version()[0], 'librdkafka', confluent_kafka.libversion()[0], 'kafka-python', kafka.__version__, 'duckdb', duckdb.__version__, 'moto', moto.__version__)"
 
+step "module cycles (none in any crate; ARCHITECTURE.md names the layers)"
+if [ -f ../shared/tools/module_cycles.py ]; then
+  for crate in engine lander batch query tools; do python3 ../shared/tools/module_cycles.py "$crate/src"; done
+else
+  echo "../shared/tools/module_cycles.py not on this machine: skipped"
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
