@@ -1,6 +1,7 @@
 //! Crash safety through the Kafka protocol: confluent-kafka produces with acks=all while
 //! `corelog serve` (256 KiB segments of 1.5 KB messages, so kills land during rolls; every flush mode) is
-//! SIGKILLed at random (seeded) moments six times and restarted; the producer must get
+//! SIGKILLed six times, each a random (seeded) moment after the log rolled again, and
+//! restarted; the producer must get
 //! every message acknowledged across the restarts (a partition that cannot take
 //! appends after a restart fails it); afterwards
 //! every acknowledged message is readable at its acknowledged offset, in order per
@@ -13,7 +14,7 @@ mod common;
 
 use common::Server;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const ROUNDS: usize = 6;
 
@@ -45,7 +46,7 @@ fn kill_repeatedly(flush: &str) {
     let address = server.address;
     let script = common::script("acked_producer.py");
     let mut producer = Command::new(common::python())
-        .args([script.to_str().unwrap(), &address.to_string(), "crash", "8", "1500"])
+        .args([script.to_str().unwrap(), &address.to_string(), "crash", "120", "1500"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -61,20 +62,32 @@ fn kill_repeatedly(flush: &str) {
             })
             .collect::<Vec<_>>()
     });
-    for _ in 0..ROUNDS {
-        std::thread::sleep(Duration::from_millis(rng.gen_range(300..900)));
+    // Each kill lands a random time after the log rolled again since the last one, so
+    // every round kills a log that is rolling, however fast this machine appends.
+    let segments = |dir: &std::path::Path| {
+        std::fs::read_dir(dir.join("crash-0")).map_or(0, |entries| {
+            entries.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "log")).count()
+        })
+    };
+    let mut at_last_kill = segments(dir.path());
+    for round in 0..ROUNDS {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while segments(dir.path()) <= at_last_kill {
+            assert!(Instant::now() < deadline, "seed {seed}: no roll within 60 s before kill {round}");
+            std::thread::sleep(Duration::from_millis(10)); // polling the directory for the roll
+        }
+        std::thread::sleep(Duration::from_millis(rng.gen_range(0..400)));
         server.kill(); // SIGKILL
+        at_last_kill = segments(dir.path());
         server = Server::start_at(dir.path(), address, &flags);
     }
+    // Stop producing (SIGTERM: the producer flushes what it sent and exits).
+    let stopped = Command::new("kill").args(["-TERM", &producer.id().to_string()]).status().unwrap();
+    assert!(stopped.success());
     assert!(producer.wait().unwrap().success(), "seed {seed}: the producer flushed everything");
     let acked = reader.join().unwrap();
     assert!(acked.len() > 500, "seed {seed}: the producer made progress ({} acks)", acked.len());
     server.kill();
-    let segments = std::fs::read_dir(dir.path().join("crash-0"))
-        .unwrap()
-        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "log"))
-        .count();
-    assert!(segments > ROUNDS, "seed {seed}: the log rolled often ({segments} segments in crash-0)");
 
     // Reopen the data directory embedded and check every acknowledgement.
     let engine = engine::Engine::open(engine::EngineConfig {

@@ -1,12 +1,13 @@
 """Produce {"n": i} forever with confluent-kafka (acks=all, idempotent), printing one line
 "partition offset n" per acknowledged message. The broker may die and come back under
-it; librdkafka reconnects and retries. Stops producing after SECONDS, then flushes; exits
-non-zero when any message was not delivered (a partition that refuses appends after a
-restart fails the run).
+it; librdkafka reconnects and retries. Stops producing after SECONDS or at SIGTERM,
+whichever comes first, then flushes; exits non-zero when any message was not delivered
+(a partition that refuses appends after a restart fails the run).
 
 Usage: acked_producer.py BROKERS TOPIC SECONDS [PAD_BYTES]
 """
 import json
+import signal
 import sys
 import time
 
@@ -39,9 +40,18 @@ def on_delivery(error, message):
         sys.stdout.flush()
 
 
+stopping = False
+
+
+def on_term(_signum, _frame):
+    global stopping
+    stopping = True
+
+
+signal.signal(signal.SIGTERM, on_term)
 end = time.time() + seconds
 i = 0
-while time.time() < end:
+while time.time() < end and not stopping:
     try:
         producer.produce(topic, key=f"k{i % 13}", value=json.dumps({"n": i, "pad": pad}), on_delivery=on_delivery)
         i += 1
