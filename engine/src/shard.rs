@@ -274,6 +274,42 @@ struct FlushState {
 type SyncFile = (Rc<tokio_uring::fs::File>, bool);
 
 impl FlushState {
+    /// A sync (or a synced write) starts: at most [`SYNCS_IN_FLIGHT_MAX`] at once.
+    fn sync_started(&mut self) {
+        self.syncs_in_flight += 1;
+        assert!(self.syncs_in_flight <= SYNCS_IN_FLIGHT_MAX + 1, "{} syncs in flight", self.syncs_in_flight);
+    }
+
+    /// A sync (or a synced write) ended, whatever its outcome.
+    fn sync_ended(&mut self) {
+        self.syncs_in_flight = self.syncs_in_flight.checked_sub(1).expect("a sync ended that never started");
+    }
+
+    /// A write ended, whatever its outcome.
+    fn write_ended(&mut self) {
+        self.writes_in_flight =
+            self.writes_in_flight.checked_sub(1).expect("a write ended that never started");
+    }
+
+    /// What every step of the group commit keeps: the ends of written appends awaiting
+    /// a sync are increasing and written, and no sync was asked past what is written.
+    fn assert_invariants(&self) {
+        if let (Some(first), Some(last)) = (self.unsynced_ends.front(), self.unsynced_ends.back()) {
+            assert!(first <= last, "unsynced ends out of order: {first} before {last}");
+            assert!(
+                *last <= self.written_through,
+                "unsynced end {last} past the written {}",
+                self.written_through
+            );
+        }
+        assert!(
+            self.sync_requested_through <= self.written_through,
+            "a sync was asked through {} with only {} written",
+            self.sync_requested_through,
+            self.written_through
+        );
+    }
+
     /// Nothing placed is unwritten, nothing written is unsynced and no sync runs: every
     /// byte of the log is durable.
     fn is_durable_through_end(&self) -> bool {
@@ -424,7 +460,7 @@ impl Partition {
             let synced_write = mode != FlushMode::Os && flush.is_durable_through_end();
             if synced_write {
                 // Counts as a sync in flight, so none starts beside it.
-                flush.syncs_in_flight += 1;
+                flush.sync_started();
             }
             flush.writing.push_back((plan.next_offset, false));
             flush.writes_in_flight += 1;
@@ -432,11 +468,11 @@ impl Partition {
         };
         if synced_write {
             let written = self.write_synced(&file, plan, mode).await;
-            self.flush.borrow_mut().writes_in_flight -= 1;
+            self.flush.borrow_mut().write_ended();
             written?;
         } else {
             let (written, _bytes) = crate::fault::write_all_at(&file, plan.bytes, plan.position).await;
-            self.flush.borrow_mut().writes_in_flight -= 1;
+            self.flush.borrow_mut().write_ended();
             if let Err(error) = written {
                 return Err(self.fail(format!("write at {}: {error}", plan.position)));
             }
@@ -463,7 +499,7 @@ impl Partition {
         let started = std::time::Instant::now();
         let length = plan.bytes.len();
         let (written, bytes) = crate::fault::write_synced_at(file, plan.bytes, plan.position).await;
-        self.flush.borrow_mut().syncs_in_flight -= 1;
+        self.flush.borrow_mut().sync_ended();
         let whole = match written {
             Err(error) => return Err(self.fail(format!("write at {}: {error}", plan.position))),
             Ok(count) if count == length => true,
@@ -579,8 +615,9 @@ impl Partition {
             (FlushMode::Group, Some(_)) => flush.written_through,
         };
         assert!(target > requested && target <= flush.written_through, "a sync covers only written bytes");
-        flush.syncs_in_flight += 1;
+        flush.sync_started();
         flush.sync_requested_through = target;
+        flush.assert_invariants();
         let mut files: Vec<SyncFile> = flush.dirty_sealed.iter().map(|(_, file)| file.clone()).collect();
         drop(flush);
         if let Some((_, active)) = &*self.active_file.borrow() {
@@ -596,18 +633,19 @@ impl Partition {
             let synced = crate::fault::sync(&file, full).await;
             if let Err(error) = synced {
                 self.fail(format!("{}: {error}", if full { "fsync" } else { "fdatasync" }));
-                self.flush.borrow_mut().syncs_in_flight -= 1;
+                self.flush.borrow_mut().sync_ended();
                 return;
             }
         }
         crate::stats::record_fsync(started.elapsed());
         {
             let mut flush = self.flush.borrow_mut();
-            flush.syncs_in_flight -= 1;
+            flush.sync_ended();
             while flush.unsynced_ends.front().is_some_and(|end| *end <= target) {
                 flush.unsynced_ends.pop_front();
             }
             flush.dirty_sealed.retain(|(end, _)| *end > target);
+            flush.assert_invariants();
         }
         if self.durable.borrow().failed.is_some() {
             // A sync that succeeds after another failed proves nothing about the bytes
