@@ -40,26 +40,9 @@ pub enum EngineError {
         /// What is wrong.
         reason: String,
     },
-    /// An idempotent producer's batch does not follow its previous one (a gap).
-    #[error("out-of-order sequence {found} from producer {producer_id} (expected {expected})")]
-    OutOfOrderSequence {
-        /// The producer.
-        producer_id: i64,
-        /// The next sequence the partition expects.
-        expected: i32,
-        /// The batch's base sequence.
-        found: i32,
-    },
-    /// An idempotent producer's epoch is older than one already seen.
-    #[error("producer {producer_id} epoch {found} is older than {current}")]
-    InvalidProducerEpoch {
-        /// The producer.
-        producer_id: i64,
-        /// The newest epoch seen.
-        current: i16,
-        /// The batch's epoch.
-        found: i16,
-    },
+    /// An idempotent producer's batch breaks its sequence (a gap, or an old epoch).
+    #[error(transparent)]
+    Sequence(#[from] SequenceError),
     /// A stream query cannot run as declared.
     #[error("query {query}: {reason}")]
     Query {
@@ -87,17 +70,4 @@ pub enum EngineError {
         /// The limit.
         limit: u32,
     },
-}
-
-impl From<SequenceError> for EngineError {
-    fn from(error: SequenceError) -> Self {
-        match error {
-            SequenceError::OutOfOrderSequence { producer_id, expected, found } => {
-                Self::OutOfOrderSequence { producer_id, expected, found }
-            }
-            SequenceError::InvalidProducerEpoch { producer_id, current, found } => {
-                Self::InvalidProducerEpoch { producer_id, current, found }
-            }
-        }
-    }
 }

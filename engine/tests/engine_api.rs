@@ -2,6 +2,7 @@
 
 use bytes::BytesMut;
 use engine::batch::{BatchBuilder, BatchView};
+use engine::producers::SequenceError;
 use engine::{Engine, EngineConfig, EngineError, FlushMode, TopicPartition};
 use std::time::{Duration, Instant};
 
@@ -269,13 +270,13 @@ fn given_an_idempotent_producer_then_retries_are_deduplicated_and_gaps_refused()
     assert_eq!(engine.partition_info("idem", 0).wait().unwrap().next_offset, 5);
     // A gap is refused; so is an older epoch; a newer epoch starts over.
     match engine.append("idem", 0, idempotent(0, 9, 1)).wait() {
-        Err(EngineError::OutOfOrderSequence { expected: 5, found: 9, .. }) => {}
+        Err(EngineError::Sequence(SequenceError::OutOfOrderSequence { expected: 5, found: 9, .. })) => {}
         other => panic!("expected an out-of-order error, got {other:?}"),
     }
     assert_eq!(engine.append("idem", 0, idempotent(1, 0, 1)).wait().unwrap().base_offset, 5);
     assert!(matches!(
         engine.append("idem", 0, idempotent(0, 5, 1)).wait(),
-        Err(EngineError::InvalidProducerEpoch { .. })
+        Err(EngineError::Sequence(SequenceError::InvalidProducerEpoch { .. }))
     ));
     assert_eq!(engine.partition_info("idem", 0).wait().unwrap().next_offset, 6);
 }

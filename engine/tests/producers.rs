@@ -6,6 +6,7 @@ use bytes::BytesMut;
 use engine::batch::BatchBuilder;
 use engine::log::LogConfig;
 use engine::producers::snapshot_path;
+use engine::producers::SequenceError;
 use engine::{AppendResult, Engine, EngineConfig, EngineError, FlushMode};
 use std::path::{Path, PathBuf};
 
@@ -55,7 +56,9 @@ fn assert_state_survived(engine: &Engine, results: &[AppendResult]) {
     assert_eq!(engine.append("idem", 0, idempotent(0, last * 3, 3)).wait().unwrap(), results[last as usize]);
     assert_eq!(engine.partition_info("idem", 0).wait().unwrap().next_offset, end, "the retry appended");
     match engine.append("idem", 0, idempotent(0, last * 3 + 7, 1)).wait() {
-        Err(EngineError::OutOfOrderSequence { expected, .. }) => assert_eq!(expected, (last + 1) * 3),
+        Err(EngineError::Sequence(SequenceError::OutOfOrderSequence { expected, .. })) => {
+            assert_eq!(expected, (last + 1) * 3)
+        }
         other => panic!("a gap after the restart was not refused: {other:?}"),
     }
     assert_eq!(engine.append("idem", 0, idempotent(0, (last + 1) * 3, 1)).wait().unwrap().base_offset, end);
@@ -130,7 +133,7 @@ fn given_a_producer_that_bumped_its_epoch_when_restarted_then_the_old_epoch_is_f
     let engine = open(dir.path(), 1 << 20);
     assert!(matches!(
         engine.append("idem", 0, idempotent(0, 9, 1)).wait(),
-        Err(EngineError::InvalidProducerEpoch { current: 1, found: 0, .. })
+        Err(EngineError::Sequence(SequenceError::InvalidProducerEpoch { current: 1, found: 0, .. }))
     ));
     assert_eq!(engine.append("idem", 0, idempotent(1, 2, 1)).wait().unwrap().base_offset, 11);
     engine.shutdown().unwrap();

@@ -3,6 +3,7 @@
 use crate::batch::BatchError;
 use crate::error::EngineError;
 use crate::log::{AppendError, ReadError};
+use crate::producers::SequenceError;
 
 /// Kafka error codes corelog answers with.
 pub(super) mod code {
@@ -42,8 +43,8 @@ pub(super) fn error_code(error: &EngineError) -> i16 {
         }
         EngineError::Read(ReadError::OffsetOutOfRange { .. }) => code::OFFSET_OUT_OF_RANGE,
         EngineError::Read(ReadError::Corrupt { .. }) => code::KAFKA_STORAGE_ERROR,
-        EngineError::OutOfOrderSequence { .. } => code::OUT_OF_ORDER_SEQUENCE_NUMBER,
-        EngineError::InvalidProducerEpoch { .. } => code::INVALID_PRODUCER_EPOCH,
+        EngineError::Sequence(SequenceError::OutOfOrderSequence { .. }) => code::OUT_OF_ORDER_SEQUENCE_NUMBER,
+        EngineError::Sequence(SequenceError::InvalidProducerEpoch { .. }) => code::INVALID_PRODUCER_EPOCH,
         EngineError::TopicExists(_) => code::TOPIC_ALREADY_EXISTS,
         EngineError::PartitionLimit { .. } => code::POLICY_VIOLATION,
         _ => code::UNKNOWN_SERVER_ERROR,
