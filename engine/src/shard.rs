@@ -277,7 +277,7 @@ impl FlushState {
     /// A sync (or a synced write) starts: at most [`SYNCS_IN_FLIGHT_MAX`] at once.
     fn sync_started(&mut self) {
         self.syncs_in_flight += 1;
-        assert!(self.syncs_in_flight <= SYNCS_IN_FLIGHT_MAX + 1, "{} syncs in flight", self.syncs_in_flight);
+        assert!(self.syncs_in_flight <= SYNCS_IN_FLIGHT_MAX, "{} syncs in flight", self.syncs_in_flight);
     }
 
     /// A sync (or a synced write) ended, whatever its outcome.
