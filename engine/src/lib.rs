@@ -47,7 +47,9 @@
 
 pub mod batch;
 mod catalog;
+pub mod commit;
 mod config;
+pub mod disk;
 mod engine;
 mod error;
 pub mod fault;
@@ -58,6 +60,7 @@ pub mod landed;
 pub mod lies;
 pub mod log;
 pub mod partition_meta;
+pub mod plant;
 pub mod producers;
 pub use query;
 mod query_runner;

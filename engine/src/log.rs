@@ -19,12 +19,11 @@
 //!   at the last intact offset before the damage.
 
 use crate::batch::{BatchError, BatchHeader, BatchView};
+use crate::disk::{Disk, DiskFile, OsDisk};
 use crate::segment::{self, CacheAdvice, CacheHint, OpenMode, Segment, SegmentError};
 use crate::watermark::HighWatermark;
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use zerocopy::FromBytes;
@@ -144,7 +143,7 @@ pub struct AppendPlan {
     /// Offset after the last record.
     pub next_offset: i64,
     /// The active segment's log file.
-    pub file: Arc<File>,
+    pub file: Arc<DiskFile>,
     /// Write position in that file.
     pub position: u64,
     /// The batch with its base offset stamped.
@@ -152,7 +151,7 @@ pub struct AppendPlan {
     /// When the append rolled the log: the sealed segment's file, which needs one more
     /// sync before offsets in it are durable. The partition's directory then needs a
     /// sync too (it names the new segment) before this append is durable.
-    pub sealed_file: Option<Arc<File>>,
+    pub sealed_file: Option<Arc<DiskFile>>,
 }
 
 /// Bytes read from the log, zero-copy.
@@ -202,6 +201,7 @@ pub enum Recovery {
 /// One partition's log.
 #[derive(Debug)]
 pub struct PartitionLog {
+    disk: Arc<dyn Disk>,
     dir: PathBuf,
     config: LogConfig,
     segments: VecDeque<Segment>,
@@ -252,12 +252,26 @@ impl PartitionLog {
         recovery: Recovery,
         now_ms: i64,
     ) -> Result<(Self, RecoveryReport), SegmentError> {
+        Self::open_on(OsDisk::shared(), dir, config, recovery, now_ms)
+    }
+
+    /// [`PartitionLog::open_with`] on `disk`: every durable operation of this log goes
+    /// through it (the simulator's disk under simulation).
+    pub fn open_on(
+        disk: Arc<dyn Disk>,
+        dir: &Path,
+        config: LogConfig,
+        recovery: Recovery,
+        now_ms: i64,
+    ) -> Result<(Self, RecoveryReport), SegmentError> {
         assert!(config.segment_bytes > 0 && config.segment_bytes <= segment::SEGMENT_BYTES_MAX);
-        std::fs::create_dir_all(dir)
-            .map_err(|source| SegmentError::Io { path: dir.to_path_buf(), source })?;
-        let mut bases: Vec<i64> = std::fs::read_dir(dir)
-            .map_err(|source| SegmentError::Io { path: dir.to_path_buf(), source })?
-            .filter_map(|entry| entry.ok().and_then(|e| segment::parse_log_name(&e.path())))
+        let dir_error = |source| SegmentError::Io { path: dir.to_path_buf(), source };
+        disk.create_dir_all(dir).map_err(dir_error)?;
+        let mut bases: Vec<i64> = disk
+            .list(dir)
+            .map_err(dir_error)?
+            .iter()
+            .filter_map(|path| segment::parse_log_name(path))
             .collect();
         bases.sort_unstable();
         let mut report = RecoveryReport::default();
@@ -271,7 +285,7 @@ impl PartitionLog {
                 Recovery::Clean => false,
                 Recovery::Unclean { written_since_ms: None } => true,
                 Recovery::Unclean { written_since_ms: Some(since) } => {
-                    active || segment::log_mtime_ms(dir, base) >= since
+                    active || segment::log_mtime_ms(&*disk, dir, base) >= since
                 }
             };
             let mode = match (active, recover) {
@@ -292,10 +306,10 @@ impl PartitionLog {
                 }
                 break;
             }
-            let (segment, scan) = Segment::open(dir, base, config.map_len(), mode)?;
+            let (segment, scan) = Segment::open(&disk, dir, base, config.map_len(), mode)?;
             recovered_any |= recover;
             if let Some((position, error)) = &scan.error {
-                let file_len = segment.log_file().metadata().map(|m| m.len()).unwrap_or(scan.valid_end);
+                let file_len = segment.log_file().len().unwrap_or(scan.valid_end);
                 let reason = format!("{}: at byte {position}: {error}", segment.path("log").display());
                 if mode != OpenMode::Sealed {
                     report.truncated_bytes += file_len.saturating_sub(scan.valid_end);
@@ -319,7 +333,7 @@ impl PartitionLog {
         }
         if let Some(from) = cut_from {
             for &base in &bases[from..] {
-                segment::delete_files(dir, base)?;
+                segment::delete_files(&*disk, dir, base)?;
                 report.deleted_segments += 1;
             }
         }
@@ -332,13 +346,14 @@ impl PartitionLog {
                     .sync_data()
                     .map_err(|source| SegmentError::Io { path: segment.path("log"), source })?;
             }
-            segment::sync_dir(dir)?;
+            segment::sync_dir_on(&*disk, dir)?;
         }
         if segments.is_empty() {
-            segments.push_back(Segment::create(dir, 0, config.map_len(), now_ms)?);
-            segment::sync_dir(dir)?;
+            segments.push_back(Segment::create(&disk, dir, 0, config.map_len(), now_ms)?);
+            segment::sync_dir_on(&*disk, dir)?;
         }
         let mut log = Self {
+            disk,
             dir: dir.to_path_buf(),
             config,
             segments,
@@ -369,6 +384,10 @@ impl PartitionLog {
     /// The directory holding this partition's files.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+    /// The disk every durable operation of this log goes through.
+    pub fn disk(&self) -> &Arc<dyn Disk> {
+        &self.disk
     }
     /// The settings in force.
     pub fn config(&self) -> &LogConfig {
@@ -472,20 +491,20 @@ impl PartitionLog {
 
     /// Seals the active segment and starts a new one; returns the sealed file. The
     /// directory entry of the new segment is not yet durable (see [`Segment::create`]).
-    fn roll(&mut self, now_ms: i64) -> Result<Arc<File>, SegmentError> {
+    fn roll(&mut self, now_ms: i64) -> Result<Arc<DiskFile>, SegmentError> {
         let sealed = self.segments.back_mut().expect("non-empty");
         sealed.flush_indexes_sync()?;
         sealed.release_index_files();
         let sealed_file = sealed.log_file().clone();
         let base = sealed.next_offset();
-        self.segments.push_back(Segment::create(&self.dir, base, self.config.map_len(), now_ms)?);
+        self.segments.push_back(Segment::create(&self.disk, &self.dir, base, self.config.map_len(), now_ms)?);
         Ok(sealed_file)
     }
 
     /// Rolls the active segment if it is older than `segment_ms` (called on a timer).
     /// After a roll the directory needs a sync before appends to the new segment are
     /// durable, as with [`AppendPlan::sealed_file`].
-    pub fn roll_if_old(&mut self, now_ms: i64) -> Result<Option<Arc<File>>, SegmentError> {
+    pub fn roll_if_old(&mut self, now_ms: i64) -> Result<Option<Arc<DiskFile>>, SegmentError> {
         if self.read_only.is_none()
             && self.should_roll(0, now_ms)
             && self.high_watermark() == self.next_offset()
@@ -507,7 +526,7 @@ impl PartitionLog {
         let io = |source| AppendError::Storage(SegmentError::Io { path: self.dir.clone(), source });
         if let Some(sealed) = &plan.sealed_file {
             sealed.sync_data().map_err(io)?;
-            File::open(&self.dir).and_then(|dir| dir.sync_all()).map_err(io)?;
+            self.disk.sync_dir(&self.dir).map_err(io)?;
         }
         plan.file.write_all_at(&plan.bytes, plan.position).map_err(io)?;
         plan.file.sync_data().map_err(io)?;
@@ -773,7 +792,7 @@ impl PartitionLog {
             oldest.delete()?;
         }
         if !deleted.is_empty() {
-            segment::sync_dir(&self.dir)?;
+            segment::sync_dir_on(&*self.disk, &self.dir)?;
         }
         Ok(deleted)
     }
@@ -798,13 +817,14 @@ impl PartitionLog {
         log_file.set_len(position).map_err(dir_error)?;
         log_file.sync_all().map_err(dir_error)?;
         drop(log_file);
-        let (segment, scan) = Segment::open(&self.dir, base, self.config.map_len(), OpenMode::Rebuild)?;
+        let (segment, scan) =
+            Segment::open(&self.disk, &self.dir, base, self.config.map_len(), OpenMode::Rebuild)?;
         self.segments.push_back(segment);
         for segment in &mut self.segments {
             segment.flush_indexes_sync()?;
             segment.log_file().sync_data().map_err(dir_error)?;
         }
-        segment::sync_dir(&self.dir)?;
+        segment::sync_dir_on(&*self.disk, &self.dir)?;
         if let Some((position, error)) = scan.error {
             return Err(SegmentError::Io {
                 path: self.dir.clone(),

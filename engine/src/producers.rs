@@ -24,6 +24,7 @@
 //! the same batches in offset order.
 
 use crate::batch::BatchHeader;
+use crate::disk::Disk;
 use crate::log::PartitionLog;
 use crate::types::AppendResult;
 use std::collections::{HashMap, VecDeque};
@@ -283,14 +284,16 @@ impl ProducerStates {
 
     /// Writes the snapshot for `offset` into `dir` (temporary file, then rename) and
     /// deletes all but the [`SNAPSHOTS_KEPT`] newest. Not fsynced (see the module doc).
-    pub fn write_snapshot(&self, dir: &Path, offset: i64) -> std::io::Result<()> {
+    pub fn write_snapshot(&self, log: &PartitionLog, offset: i64) -> std::io::Result<()> {
+        let (disk, dir) = (&**log.disk(), log.dir());
         let path = snapshot_path(dir, offset);
         let temporary = path.with_extension("snapshot.tmp");
-        std::fs::write(&temporary, self.encode(offset))?;
-        std::fs::rename(&temporary, &path)?;
-        let offsets = snapshot_offsets(dir)?;
+        let file = disk.open(&temporary, true)?;
+        disk.write_at(&file, &temporary, &self.encode(offset), 0)?;
+        disk.rename(&temporary, &path)?;
+        let offsets = snapshot_offsets(disk, dir)?;
         for &old in offsets.iter().rev().skip(SNAPSHOTS_KEPT) {
-            std::fs::remove_file(snapshot_path(dir, old))?;
+            disk.remove(&snapshot_path(dir, old))?;
         }
         Ok(())
     }
@@ -298,19 +301,23 @@ impl ProducerStates {
     /// Rebuilds the state of `log`'s partition: the newest valid snapshot at or below
     /// the log's end, then every batch header after it. Deletes snapshots past the end.
     pub fn recover(log: &PartitionLog) -> Result<(Self, ProducerRecovery), String> {
-        let dir = log.dir();
+        let (disk, dir) = (&**log.disk(), log.dir());
         let end = log.next_offset();
         let mut report = ProducerRecovery::default();
-        let mut offsets = snapshot_offsets(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        if crate::plant::armed(crate::plant::Plant::ForgetProducerSequences) {
+            return Ok((Self::default(), report)); // planted bug: nothing rebuilt
+        }
+        let mut offsets = snapshot_offsets(disk, dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let mut loaded = None;
         while let Some(offset) = offsets.pop() {
             let path = snapshot_path(dir, offset);
             if offset > end {
-                std::fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                disk.remove(&path).map_err(|e| format!("{}: {e}", path.display()))?;
                 report.discarded_snapshots += 1;
                 continue;
             }
-            let parsed = std::fs::read(&path)
+            let parsed = disk
+                .read(&path)
                 .map_err(|source| SnapshotError::Io { path: path.clone(), source })
                 .and_then(|bytes| ProducerStates::decode(&bytes));
             match parsed {
@@ -345,12 +352,11 @@ pub fn snapshot_path(dir: &Path, offset: i64) -> PathBuf {
 }
 
 /// Offsets of the snapshot files in `dir`, ascending.
-fn snapshot_offsets(dir: &Path) -> std::io::Result<Vec<i64>> {
+fn snapshot_offsets(disk: &dyn Disk, dir: &Path) -> std::io::Result<Vec<i64>> {
     let mut offsets = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
+    for path in disk.list(dir)? {
         if path.to_str().is_some_and(|p| p.ends_with(".snapshot.tmp")) {
-            std::fs::remove_file(&path)?; // a write cut short
+            disk.remove(&path)?; // a write cut short
             continue;
         }
         if path.extension().is_some_and(|e| e == SNAPSHOT_EXTENSION) {

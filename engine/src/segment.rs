@@ -23,10 +23,10 @@
 //! they disagree.
 
 use crate::batch::{self, BatchError, BatchView};
+use crate::disk::{Disk, DiskFile};
 use bytes::{Bytes, BytesMut};
 use memmap2::{Mmap, MmapOptions};
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -204,7 +204,7 @@ pub enum CacheAdvice {
 /// [`CacheHint::apply`].
 #[derive(Debug)]
 pub struct CacheHint {
-    file: Arc<File>,
+    file: Arc<DiskFile>,
     /// The stretch in the segment's read mapping (keeps the mapping alive).
     mapped: Bytes,
     start: u64,
@@ -217,7 +217,7 @@ impl CacheHint {
     /// (dropping pages drains per-CPU page lists on every core), so shards hand hints
     /// to a helper thread rather than apply them.
     pub fn apply(&self) {
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&*self.file);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(self.file.std());
         let len = self.mapped.len();
         match self.advice {
             CacheAdvice::StartWriteback => {
@@ -247,7 +247,8 @@ impl CacheHint {
 pub struct Segment {
     base_offset: i64,
     dir: PathBuf,
-    log: Arc<File>,
+    disk: Arc<dyn Disk>,
+    log: Arc<DiskFile>,
     map: Bytes,
     size: u64,
     next_offset: i64,
@@ -260,7 +261,7 @@ pub struct Segment {
     bytes_since_index: u64,
     /// The `.index` and `.timeindex` files, opened on the first flush and kept while
     /// the segment is active (no open and close per sync on the shard thread).
-    index_files: Option<[File; 2]>,
+    index_files: Option<[DiskFile; 2]>,
 }
 
 impl Segment {
@@ -283,25 +284,26 @@ impl Segment {
     /// directory durable ([`sync_dir`], or an fsync of it through the shard's io_uring)
     /// before any offset in this segment is acknowledged, so a roll never blocks a shard
     /// thread on a journal commit.
-    pub fn create(dir: &Path, base_offset: i64, map_len: u64, now_ms: i64) -> Result<Self, SegmentError> {
+    pub fn create(
+        disk: &Arc<dyn Disk>,
+        dir: &Path,
+        base_offset: i64,
+        map_len: u64,
+        now_ms: i64,
+    ) -> Result<Self, SegmentError> {
         assert!(base_offset >= 0);
         let stem = file_stem(base_offset);
         let log_path = dir.join(format!("{stem}.log"));
-        let log = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&log_path)
-            .map_err(io_error(&log_path))?;
+        let log = DiskFile::open(disk, &log_path, true).map_err(io_error(&log_path))?;
         for extension in ["index", "timeindex"] {
             let path = dir.join(format!("{stem}.{extension}"));
-            File::create(&path).map_err(io_error(&path))?;
+            disk.open(&path, true).map_err(io_error(&path))?;
         }
-        let map = Self::map_file(&log, &log_path, map_len)?;
+        let map = Self::map_file(log.std(), &log_path, map_len)?;
         Ok(Self {
             base_offset,
             dir: dir.to_path_buf(),
+            disk: disk.clone(),
             log: Arc::new(log),
             map,
             size: 0,
@@ -322,6 +324,7 @@ impl Segment {
     /// Returns the segment and what the scan found; see [`OpenMode`] for what happens
     /// to a bad tail.
     pub fn open(
+        disk: &Arc<dyn Disk>,
         dir: &Path,
         base_offset: i64,
         map_len: u64,
@@ -329,19 +332,20 @@ impl Segment {
     ) -> Result<(Self, Scan), SegmentError> {
         let stem = file_stem(base_offset);
         let log_path = dir.join(format!("{stem}.log"));
-        let log = OpenOptions::new().read(true).write(true).open(&log_path).map_err(io_error(&log_path))?;
-        let file_len = log.metadata().map_err(io_error(&log_path))?.len();
-        let map = Self::map_file(&log, &log_path, map_len.max(file_len))?;
+        let log = DiskFile::open(disk, &log_path, false).map_err(io_error(&log_path))?;
+        let file_len = log.len().map_err(io_error(&log_path))?;
+        let map = Self::map_file(log.std(), &log_path, map_len.max(file_len))?;
         let file_bytes = &map[..file_len as usize];
         let index = match mode {
             OpenMode::Rebuild => Vec::new(),
             OpenMode::Sealed | OpenMode::Active => {
-                read_index(&dir.join(format!("{stem}.index")), file_bytes, base_offset)
+                read_index(&**disk, &dir.join(format!("{stem}.index")), file_bytes, base_offset)
             }
         };
-        let time_index = read_time_index(&dir.join(format!("{stem}.timeindex")), index.last());
-        truncate_file(&dir.join(format!("{stem}.index")), (index.len() * INDEX_ENTRY_BYTES) as u64)?;
+        let time_index = read_time_index(&**disk, &dir.join(format!("{stem}.timeindex")), index.last());
+        truncate_file(&**disk, &dir.join(format!("{stem}.index")), (index.len() * INDEX_ENTRY_BYTES) as u64)?;
         truncate_file(
+            &**disk,
             &dir.join(format!("{stem}.timeindex")),
             (time_index.len() * TIME_INDEX_ENTRY_BYTES) as u64,
         )?;
@@ -356,12 +360,13 @@ impl Segment {
         let mut segment = Self {
             base_offset,
             dir: dir.to_path_buf(),
+            disk: disk.clone(),
             log: Arc::new(log),
             map: map.clone(),
             size: start,
             next_offset: start_offset,
             max_timestamp: time_index.last().map_or(i64::MIN, |e| e.timestamp),
-            created_ms: file_mtime_ms(&log_path),
+            created_ms: file_mtime_ms(&**disk, &log_path),
             index_flushed: index.len(),
             time_index_flushed: time_index.len(),
             index,
@@ -386,8 +391,13 @@ impl Segment {
         segment.next_offset = scan.next_offset;
         assert_eq!(segment.size, scan.valid_end, "scan and index agree on the valid end");
         if scan.error.is_some() && mode != OpenMode::Sealed {
-            segment.log.set_len(scan.valid_end).map_err(io_error(&log_path))?;
-            segment.log.sync_all().map_err(io_error(&log_path))?;
+            if crate::plant::armed(crate::plant::Plant::SkipTornTailTruncation) {
+                // Planted bug: the torn tail stays and appends go after it.
+                segment.size = file_len;
+            } else {
+                segment.log.set_len(scan.valid_end).map_err(io_error(&log_path))?;
+                segment.log.sync_all().map_err(io_error(&log_path))?;
+            }
         }
         Ok((segment, scan))
     }
@@ -461,7 +471,7 @@ impl Segment {
             if self.index_files.is_none() {
                 let open = |extension| {
                     let path = self.path(extension);
-                    OpenOptions::new().write(true).open(&path).map_err(io_error(&path))
+                    DiskFile::open(&self.disk, &path, false).map_err(io_error(&path))
                 };
                 self.index_files = Some([open("index")?, open("timeindex")?]);
             }
@@ -553,7 +563,7 @@ impl Segment {
     }
 
     /// The log file (shared with the shard's io_uring writes).
-    pub fn log_file(&self) -> &Arc<File> {
+    pub fn log_file(&self) -> &Arc<DiskFile> {
         &self.log
     }
     /// First offset.
@@ -583,7 +593,7 @@ impl Segment {
 
     /// Deletes the segment's files.
     pub fn delete(self) -> Result<(), SegmentError> {
-        delete_files(&self.dir, self.base_offset)
+        delete_files(&*self.disk, &self.dir, self.base_offset)
     }
 }
 
@@ -679,8 +689,8 @@ pub fn decode_time_index(bytes: &[u8]) -> Vec<TimeIndexEntry> {
 
 /// Reads `.index`, keeping the longest prefix of entries that are strictly increasing,
 /// inside the file and pointing at a valid batch whose last offset matches.
-fn read_index(path: &Path, log: &[u8], base_offset: i64) -> Vec<IndexEntry> {
-    let bytes = std::fs::read(path).unwrap_or_default();
+fn read_index(disk: &dyn Disk, path: &Path, log: &[u8], base_offset: i64) -> Vec<IndexEntry> {
+    let bytes = disk.read(path).unwrap_or_default();
     let mut entries: Vec<IndexEntry> = Vec::with_capacity(bytes.len() / INDEX_ENTRY_BYTES);
     for entry in decode_index(&bytes) {
         let increasing = entries.last().is_none_or(|last| {
@@ -698,9 +708,9 @@ fn read_index(path: &Path, log: &[u8], base_offset: i64) -> Vec<IndexEntry> {
 
 /// Reads `.timeindex`, keeping the increasing prefix whose entries do not point past
 /// the last trusted offset-index entry.
-fn read_time_index(path: &Path, last_index: Option<&IndexEntry>) -> Vec<TimeIndexEntry> {
+fn read_time_index(disk: &dyn Disk, path: &Path, last_index: Option<&IndexEntry>) -> Vec<TimeIndexEntry> {
     let Some(last_index) = last_index else { return Vec::new() };
-    let bytes = std::fs::read(path).unwrap_or_default();
+    let bytes = disk.read(path).unwrap_or_default();
     let mut entries: Vec<TimeIndexEntry> = Vec::new();
     for entry in decode_time_index(&bytes) {
         let out_of_order = entries.last().is_some_and(|last| {
@@ -714,38 +724,34 @@ fn read_time_index(path: &Path, last_index: Option<&IndexEntry>) -> Vec<TimeInde
     entries
 }
 
-fn truncate_file(path: &Path, len: u64) -> Result<(), SegmentError> {
-    let file =
-        OpenOptions::new().write(true).create(true).truncate(false).open(path).map_err(io_error(path))?;
+/// Cuts the file at `path` to at most `len` bytes, creating it empty when missing.
+fn truncate_file(disk: &dyn Disk, path: &Path, len: u64) -> Result<(), SegmentError> {
+    let file = match disk.open(path, false) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => disk.open(path, true),
+        opened => opened,
+    }
+    .map_err(io_error(path))?;
     if file.metadata().map_err(io_error(path))?.len() > len {
-        file.set_len(len).map_err(io_error(path))?;
+        disk.set_len(&file, path, len).map_err(io_error(path))?;
     }
     Ok(())
 }
 
-fn file_mtime_ms(path: &Path) -> i64 {
-    std::fs::metadata(path)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_millis() as i64)
+fn file_mtime_ms(disk: &dyn Disk, path: &Path) -> i64 {
+    disk.mtime_ms(path).unwrap_or(0)
 }
 
 /// Last modification time (ms since the epoch) of segment `base_offset`'s log file in
 /// `dir`; `i64::MAX` when it cannot be read (so recovery treats it as recent).
-pub fn log_mtime_ms(dir: &Path, base_offset: i64) -> i64 {
-    std::fs::metadata(dir.join(format!("{}.log", file_stem(base_offset))))
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(i64::MAX, |d| d.as_millis() as i64)
+pub fn log_mtime_ms(disk: &dyn Disk, dir: &Path, base_offset: i64) -> i64 {
+    disk.mtime_ms(&dir.join(format!("{}.log", file_stem(base_offset)))).unwrap_or(i64::MAX)
 }
 
 /// Deletes segment `base_offset`'s files in `dir` (missing ones are fine).
-pub fn delete_files(dir: &Path, base_offset: i64) -> Result<(), SegmentError> {
+pub fn delete_files(disk: &dyn Disk, dir: &Path, base_offset: i64) -> Result<(), SegmentError> {
     for extension in ["log", "index", "timeindex"] {
         let path = dir.join(format!("{}.{extension}", file_stem(base_offset)));
-        match std::fs::remove_file(&path) {
+        match disk.remove(&path) {
             Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
                 return Err(SegmentError::Io { path, source: error })
             }
@@ -757,5 +763,10 @@ pub fn delete_files(dir: &Path, base_offset: i64) -> Result<(), SegmentError> {
 
 /// fsyncs a directory so that created, renamed or deleted entries are durable.
 pub fn sync_dir(dir: &Path) -> Result<(), SegmentError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))
+    sync_dir_on(&crate::disk::OsDisk, dir)
+}
+
+/// [`sync_dir`] through `disk`.
+pub fn sync_dir_on(disk: &dyn Disk, dir: &Path) -> Result<(), SegmentError> {
+    disk.sync_dir(dir).map_err(io_error(dir))
 }

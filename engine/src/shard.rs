@@ -29,6 +29,7 @@
 //! fails every append not yet durable (recovery truncates the tail on restart).
 
 use crate::catalog::Catalog;
+use crate::commit::{FlushStep, GroupCommit};
 use crate::config::EngineConfig;
 use crate::error::EngineError;
 use crate::io::SharedEventFd;
@@ -49,11 +50,7 @@ pub const SUBMISSION_RING_ENTRIES: usize = 4096;
 pub const MESH_RING_ENTRIES: usize = 1024;
 /// Most inbox entries handled before the main task yields to the rest of the shard.
 pub const DRAIN_BATCH_MAX: usize = 256;
-/// fdatasyncs one partition may have running at once. A second sync started while
-/// the first waits for its journal commit lets writeback of newer bytes overlap it;
-/// each sync covers every byte written before it started, so a finished sync may
-/// publish its target whatever the order of completion.
-pub const SYNCS_IN_FLIGHT_MAX: usize = 2;
+pub use crate::commit::SYNCS_IN_FLIGHT_MAX;
 /// At shutdown, how many 1 ms polls a failed partition waits for its last writes and
 /// syncs to complete before trying to heal.
 pub const CLOSE_DRAIN_POLLS_MAX: usize = 5_000;
@@ -250,81 +247,15 @@ struct Durable {
     generation: u64,
 }
 
-#[derive(Debug, Default)]
-struct FlushState {
-    /// Appends placed but not yet written, in offset order: (next_offset, written).
-    writing: VecDeque<(i64, bool)>,
-    /// Every append below this offset is written.
-    written_through: i64,
-    /// Ends of written appends not yet synced.
-    unsynced_ends: VecDeque<i64>,
-    /// Syncs started and not yet finished (at most [`SYNCS_IN_FLIGHT_MAX`]).
-    syncs_in_flight: usize,
-    /// Writes submitted and not yet completed (a failed partition heals only at 0).
-    writes_in_flight: usize,
-    /// Largest target of any sync started so far.
-    sync_requested_through: i64,
-    /// Sealed segment files that may hold unsynced data, and directories whose new
-    /// entries are not yet durable, with the offset a sync must cover to clean them.
-    dirty_sealed: Vec<(i64, SyncFile)>,
-}
-
 /// A file a sync covers, and whether it needs a full `fsync` rather than `fdatasync`:
 /// a directory does, since ext4 may leave a new entry (metadata) out of an fdatasync.
 type SyncFile = (Rc<tokio_uring::fs::File>, bool);
-
-impl FlushState {
-    /// A sync (or a synced write) starts: at most [`SYNCS_IN_FLIGHT_MAX`] at once.
-    fn sync_started(&mut self) {
-        self.syncs_in_flight += 1;
-        assert!(self.syncs_in_flight <= SYNCS_IN_FLIGHT_MAX, "{} syncs in flight", self.syncs_in_flight);
-    }
-
-    /// A sync (or a synced write) ended, whatever its outcome.
-    fn sync_ended(&mut self) {
-        self.syncs_in_flight = self.syncs_in_flight.checked_sub(1).expect("a sync ended that never started");
-    }
-
-    /// A write ended, whatever its outcome.
-    fn write_ended(&mut self) {
-        self.writes_in_flight =
-            self.writes_in_flight.checked_sub(1).expect("a write ended that never started");
-    }
-
-    /// What every step of the group commit keeps: the ends of written appends awaiting
-    /// a sync are increasing and written, and no sync was asked past what is written.
-    fn assert_invariants(&self) {
-        if let (Some(first), Some(last)) = (self.unsynced_ends.front(), self.unsynced_ends.back()) {
-            assert!(first <= last, "unsynced ends out of order: {first} before {last}");
-            assert!(
-                *last <= self.written_through,
-                "unsynced end {last} past the written {}",
-                self.written_through
-            );
-        }
-        assert!(
-            self.sync_requested_through <= self.written_through,
-            "a sync was asked through {} with only {} written",
-            self.sync_requested_through,
-            self.written_through
-        );
-    }
-
-    /// Nothing placed is unwritten, nothing written is unsynced and no sync runs: every
-    /// byte of the log is durable.
-    fn is_durable_through_end(&self) -> bool {
-        self.writing.is_empty()
-            && self.unsynced_ends.is_empty()
-            && self.syncs_in_flight == 0
-            && self.dirty_sealed.is_empty()
-    }
-}
 
 pub(crate) struct Partition {
     tp: TopicPartition,
     producers: RefCell<ProducerStates>,
     pub(crate) log: RefCell<PartitionLog>,
-    flush: RefCell<FlushState>,
+    flush: RefCell<GroupCommit<SyncFile>>,
     active_file: RefCell<Option<(usize, Rc<tokio_uring::fs::File>)>>,
     durable: watch::Sender<Durable>,
 }
@@ -362,24 +293,20 @@ impl Partition {
             tp,
             producers: RefCell::new(producers),
             log: RefCell::new(log),
-            flush: RefCell::new(FlushState {
-                written_through: offset,
-                sync_requested_through: offset,
-                ..FlushState::default()
-            }),
+            flush: RefCell::new(GroupCommit::new(offset)),
             active_file: RefCell::new(None),
             durable: watch::Sender::new(Durable { offset, written: offset, failed: None, generation: 0 }),
         };
         Ok((partition, report))
     }
 
-    fn file_for(&self, file: &Arc<std::fs::File>) -> std::io::Result<Rc<tokio_uring::fs::File>> {
+    fn file_for(&self, file: &Arc<crate::disk::DiskFile>) -> std::io::Result<Rc<tokio_uring::fs::File>> {
         let key = Arc::as_ptr(file) as usize;
         let mut active = self.active_file.borrow_mut();
         match &*active {
             Some((cached, uring)) if *cached == key => Ok(uring.clone()),
             _ => {
-                let uring = uring_file(file)?;
+                let uring = uring_file(file.std())?;
                 *active = Some((key, uring.clone()));
                 Ok(uring)
             }
@@ -455,17 +382,7 @@ impl Partition {
             Ok(file) => file,
             Err(error) => return Err(self.fail(format!("open for write: {error}"))),
         };
-        let synced_write = {
-            let mut flush = self.flush.borrow_mut();
-            let synced_write = mode != FlushMode::Os && flush.is_durable_through_end();
-            if synced_write {
-                // Counts as a sync in flight, so none starts beside it.
-                flush.sync_started();
-            }
-            flush.writing.push_back((plan.next_offset, false));
-            flush.writes_in_flight += 1;
-            synced_write
-        };
+        let synced_write = self.flush.borrow_mut().place(plan.next_offset, mode);
         if synced_write {
             let written = self.write_synced(&file, plan, mode).await;
             self.flush.borrow_mut().write_ended();
@@ -523,14 +440,11 @@ impl Partition {
             // copy is a few percent of it).
             crate::stats::record_fsync(started.elapsed());
             crate::stats::record_synced_write();
-            let mut flush = self.flush.borrow_mut();
-            // No later append is covered: only this one's bytes were synced.
-            flush.sync_requested_through = flush.sync_requested_through.max(plan.next_offset);
         }
-        self.on_written(plan.next_offset, mode);
-        if whole {
-            self.flush.borrow_mut().unsynced_ends.retain(|end| *end > plan.next_offset);
-            self.publish(plan.next_offset);
+        let durable = self.flush.borrow_mut().synced_write_done(plan.next_offset, whole);
+        self.after_written(mode);
+        if let Some(offset) = durable {
+            self.publish(offset);
             self.flush_indexes_later();
         }
         Ok(())
@@ -539,16 +453,11 @@ impl Partition {
     /// After a roll at `base_offset`: the sealed file and the directory (which names the
     /// new segment) join the next sync, through io_uring like every other sync, so the
     /// shard never blocks on the journal commit a directory fsync waits for.
-    fn on_rolled(&self, base_offset: i64, sealed: &std::fs::File) -> Result<(), EngineError> {
+    fn on_rolled(&self, base_offset: i64, sealed: &crate::disk::DiskFile) -> Result<(), EngineError> {
         let dir = std::fs::File::open(self.log.borrow().dir()).map_err(|e| storage_error(&self.tp, e))?;
-        let sealed = uring_file(sealed).map_err(|e| storage_error(&self.tp, e))?;
-        let mut flush = self.flush.borrow_mut();
-        // A sync already running when the roll happened may have `base_offset` as its
-        // target: it synced the sealed file (then the active one), so it may clean that
-        // entry, but not the directory's, whose new entry it never saw. Only a sync
-        // covering an offset of the new segment started after the roll.
-        flush.dirty_sealed.push((base_offset, (sealed, false)));
-        flush.dirty_sealed.push((base_offset + 1, (Rc::new(tokio_uring::fs::File::from_std(dir)), true)));
+        let sealed = uring_file(sealed.std()).map_err(|e| storage_error(&self.tp, e))?;
+        let dir = Rc::new(tokio_uring::fs::File::from_std(dir));
+        self.flush.borrow_mut().rolled(base_offset, (sealed, false), (dir, true));
         Ok(())
     }
 
@@ -563,23 +472,19 @@ impl Partition {
     }
 
     fn on_written(self: &Rc<Self>, next_offset: i64, mode: FlushMode) {
-        {
-            let mut flush = self.flush.borrow_mut();
-            let entry = flush.writing.iter_mut().find(|(end, _)| *end == next_offset);
-            entry.expect("every written append was placed").1 = true;
-            while let Some(&(end, true)) = flush.writing.front() {
-                flush.writing.pop_front();
-                assert!(end > flush.written_through, "writes complete in offset order once contiguous");
-                flush.written_through = end;
-                flush.unsynced_ends.push_back(end);
-            }
-            let written = flush.written_through;
-            self.durable.send_if_modified(|d| {
-                let advanced = written > d.written;
-                d.written = d.written.max(written);
-                advanced
-            });
-        }
+        self.flush.borrow_mut().written(next_offset);
+        self.after_written(mode);
+    }
+
+    /// After a write completed: waiters for written bytes learn the new end, a sync
+    /// starts if one is due, and the page-cache window moves.
+    fn after_written(self: &Rc<Self>, mode: FlushMode) {
+        let written = self.flush.borrow().written_through();
+        self.durable.send_if_modified(|d| {
+            let advanced = written > d.written;
+            d.written = d.written.max(written);
+            advanced
+        });
         self.kick_flush(mode);
         let hints = self.log.borrow_mut().trim_cache();
         if !hints.is_empty() {
@@ -598,28 +503,12 @@ impl Partition {
     /// Starts a sync when written bytes are not yet covered by one and fewer than
     /// [`SYNCS_IN_FLIGHT_MAX`] are running (group commit).
     fn kick_flush(self: &Rc<Self>, mode: FlushMode) {
-        let mut flush = self.flush.borrow_mut();
-        let requested = flush.sync_requested_through;
-        let uncovered = flush.unsynced_ends.iter().find(|end| **end > requested).copied();
-        let target = match (mode, uncovered) {
-            (FlushMode::Os, _) => {
-                let written = flush.written_through;
-                flush.unsynced_ends.clear();
-                drop(flush);
-                self.publish(written);
-                return;
-            }
-            (_, None) => return,
-            _ if flush.syncs_in_flight >= SYNCS_IN_FLIGHT_MAX => return,
-            (FlushMode::Always, Some(end)) => end,
-            (FlushMode::Group, Some(_)) => flush.written_through,
+        let step = self.flush.borrow_mut().next_sync(mode);
+        let (target, mut files) = match step {
+            FlushStep::Idle => return,
+            FlushStep::Publish(offset) => return self.publish(offset),
+            FlushStep::Sync { target, files } => (target, files),
         };
-        assert!(target > requested && target <= flush.written_through, "a sync covers only written bytes");
-        flush.sync_started();
-        flush.sync_requested_through = target;
-        flush.assert_invariants();
-        let mut files: Vec<SyncFile> = flush.dirty_sealed.iter().map(|(_, file)| file.clone()).collect();
-        drop(flush);
         if let Some((_, active)) = &*self.active_file.borrow() {
             files.push((active.clone(), false));
         }
@@ -630,7 +519,10 @@ impl Partition {
     async fn sync(self: Rc<Self>, files: Vec<SyncFile>, target: i64, mode: FlushMode) {
         let started = std::time::Instant::now();
         for (file, full) in files {
-            let synced = crate::fault::sync(&file, full).await;
+            let mut synced = crate::fault::sync(&file, full).await;
+            if synced.is_err() && crate::commit::retry_failed_sync() {
+                synced = crate::fault::sync(&file, full).await;
+            }
             if let Err(error) = synced {
                 self.fail(format!("{}: {error}", if full { "fsync" } else { "fdatasync" }));
                 self.flush.borrow_mut().sync_ended();
@@ -638,15 +530,11 @@ impl Partition {
             }
         }
         crate::stats::record_fsync(started.elapsed());
-        {
+        let target = {
             let mut flush = self.flush.borrow_mut();
             flush.sync_ended();
-            while flush.unsynced_ends.front().is_some_and(|end| *end <= target) {
-                flush.unsynced_ends.pop_front();
-            }
-            flush.dirty_sealed.retain(|(end, _)| *end > target);
-            flush.assert_invariants();
-        }
+            flush.sync_done(target)
+        };
         if self.durable.borrow().failed.is_some() {
             // A sync that succeeds after another failed proves nothing about the bytes
             // whose writeback failed (the kernel reports a writeback error once): the
@@ -704,10 +592,7 @@ impl Partition {
         drop(durable);
         if self.durable.borrow().failed.is_some() {
             for _ in 0..CLOSE_DRAIN_POLLS_MAX {
-                let idle = {
-                    let flush = self.flush.borrow();
-                    flush.syncs_in_flight == 0 && flush.writes_in_flight == 0
-                };
+                let idle = self.flush.borrow().is_quiet();
                 if idle {
                     break;
                 }
@@ -732,7 +617,7 @@ impl Partition {
     /// must hold exactly the batches below `offset` (a roll, before the batch that
     /// starts the new segment is remembered; a clean close, at the log's end).
     fn snapshot_producers(&self, log: &PartitionLog, offset: i64) {
-        if let Err(error) = self.producers.borrow().write_snapshot(log.dir(), offset) {
+        if let Err(error) = self.producers.borrow().write_snapshot(log, offset) {
             // Harmless: the next open scans further back in the log.
             tracing::warn!(partition = %self.tp, "producer snapshot at {offset}: {error}");
         }
@@ -747,11 +632,8 @@ impl Partition {
     fn try_heal(&self) {
         let failed = self.durable.borrow().failed.clone();
         let Some(reason) = failed else { return };
-        {
-            let flush = self.flush.borrow();
-            if flush.syncs_in_flight > 0 || flush.writes_in_flight > 0 {
-                return;
-            }
+        if !self.flush.borrow().is_quiet() {
+            return;
         }
         let mut log = self.log.borrow_mut();
         if log.read_only_reason().is_some_and(|r| r != reason) {
@@ -770,8 +652,7 @@ impl Partition {
             }
         }
         *self.active_file.borrow_mut() = None;
-        *self.flush.borrow_mut() =
-            FlushState { written_through: offset, sync_requested_through: offset, ..FlushState::default() };
+        *self.flush.borrow_mut() = GroupCommit::new(offset);
         self.durable.send_modify(|d| {
             d.failed = None;
             d.offset = offset;
@@ -784,13 +665,7 @@ impl Partition {
 
     fn maintain(&self, now_ms: i64, landed_floors: Option<&HashMap<TopicPartition, i64>>, mode: FlushMode) {
         self.try_heal();
-        let flush_idle = {
-            let flush = self.flush.borrow();
-            flush.syncs_in_flight == 0
-                && flush.writing.is_empty()
-                && flush.unsynced_ends.is_empty()
-                && self.durable.borrow().failed.is_none()
-        };
+        let flush_idle = self.flush.borrow().is_idle() && self.durable.borrow().failed.is_none();
         if !flush_idle {
             return;
         }

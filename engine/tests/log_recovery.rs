@@ -308,7 +308,6 @@ fn durable_log(dir: &Path, durable: usize) -> (PartitionLog, i64) {
 /// Places batches (offsets assigned, files created at rolls) and writes only those
 /// `write` picks, as a process killed with writes in flight leaves them.
 fn place(log: &mut PartitionLog, count: usize, write: impl Fn(usize) -> bool) -> Vec<(i64, i64)> {
-    use std::os::unix::fs::FileExt;
     let mut placed = Vec::new();
     for i in 0..count {
         let plan = log.append(batch(2, 100, NOW_MS + 100 + i as i64), NOW_MS).unwrap();
