@@ -65,6 +65,12 @@ pub struct GroupCommit<F> {
     writes_in_flight: usize,
     /// Largest target of any sync started so far.
     sync_requested_through: i64,
+    /// Targets of the syncs (and synced writes) started and not yet published, in the
+    /// order they started (so increasing), with whether each ended well. A sync that
+    /// ends well publishes only once every sync started before it did too: after a
+    /// failed writeback Linux reports the error to one sync, and a later sync on the
+    /// same file may succeed and even complete first (found by corelog-sim, seed 268).
+    sync_order: VecDeque<(i64, bool)>,
     /// Sealed segment files that may hold unsynced data, and directories whose new
     /// entries are not yet durable, with the offset a sync must cover to clean them.
     dirty_sealed: Vec<(i64, F)>,
@@ -80,6 +86,7 @@ impl<F: Clone> GroupCommit<F> {
             syncs_in_flight: 0,
             writes_in_flight: 0,
             sync_requested_through: offset,
+            sync_order: VecDeque::new(),
             dirty_sealed: Vec::new(),
         }
     }
@@ -93,7 +100,7 @@ impl<F: Clone> GroupCommit<F> {
         assert!(next_offset > last, "append placed at {next_offset} after {last}");
         let synced_write = mode != FlushMode::Os && self.is_durable_through_end();
         if synced_write {
-            self.sync_started();
+            self.sync_started(next_offset);
         }
         self.writing.push_back((next_offset, false));
         self.writes_in_flight += 1;
@@ -134,9 +141,10 @@ impl<F: Clone> GroupCommit<F> {
         self.written_through
     }
 
-    /// A synced write of the append ending at `next_offset` ended well; `whole` when
-    /// all of it went in the synced write (a short one finished with a plain write and
-    /// falls back to group commit). Returns the offset now durable, if any.
+    /// A synced write of the append ending at `next_offset` ended well
+    /// ([`GroupCommit::sync_ended`] was called); `whole` when all of it went in the
+    /// synced write (a short one finished with a plain write and falls back to group
+    /// commit). Returns the offset to publish, if any.
     pub fn synced_write_done(&mut self, next_offset: i64, whole: bool) -> Option<i64> {
         if whole {
             // No later append is covered: only this one's bytes were synced.
@@ -144,10 +152,12 @@ impl<F: Clone> GroupCommit<F> {
         }
         self.written(next_offset);
         if !whole {
-            return None;
+            let at = self.sync_order.iter().position(|(target, done)| *target == next_offset && !done);
+            self.sync_order.remove(at.expect("a synced write is in the sync order"));
+            return self.publishable();
         }
         self.unsynced_ends.retain(|end| *end > next_offset);
-        Some(next_offset)
+        self.mark_synced(next_offset)
     }
 
     /// The next step: a sync when written bytes are not yet covered by one and fewer
@@ -168,7 +178,7 @@ impl<F: Clone> GroupCommit<F> {
             (_, Some(_)) => self.written_through,
         };
         assert!(target > requested && target <= self.written_through, "a sync covers only written bytes");
-        self.sync_started();
+        self.sync_started(target);
         self.sync_requested_through = target;
         self.assert_invariants();
         FlushStep::Sync { target, files: self.dirty_sealed.iter().map(|(_, file)| file.clone()).collect() }
@@ -181,15 +191,33 @@ impl<F: Clone> GroupCommit<F> {
     }
 
     /// The sync with `target` ended well ([`GroupCommit::sync_ended`] was called):
-    /// everything through `target` is durable. Returns the offset to publish.
-    pub fn sync_done(&mut self, target: i64) -> i64 {
+    /// everything through `target` is durable. Returns the offset to publish, if any:
+    /// none while a sync started before this one has not ended well (a failed one
+    /// never does; the partition then fails and heals with a fresh state).
+    pub fn sync_done(&mut self, target: i64) -> Option<i64> {
         assert!(target <= self.sync_requested_through, "sync to {target} was never asked");
         while self.unsynced_ends.front().is_some_and(|end| *end <= target) {
             self.unsynced_ends.pop_front();
         }
         self.dirty_sealed.retain(|(end, _)| *end > target);
         self.assert_invariants();
-        target
+        self.mark_synced(target)
+    }
+
+    fn mark_synced(&mut self, target: i64) -> Option<i64> {
+        let entry = self.sync_order.iter_mut().find(|(t, done)| *t == target && !done);
+        entry.expect("a sync that ended was started").1 = true;
+        self.publishable()
+    }
+
+    /// Pops the syncs that ended well in start order; the last target popped.
+    fn publishable(&mut self) -> Option<i64> {
+        let mut publish = None;
+        while let Some(&(target, true)) = self.sync_order.front() {
+            self.sync_order.pop_front();
+            publish = Some(target);
+        }
+        publish
     }
 
     /// Every append below this offset is written.
@@ -223,8 +251,13 @@ impl<F: Clone> GroupCommit<F> {
         self.is_idle() && self.dirty_sealed.is_empty()
     }
 
-    /// A sync (or a synced write) starts: at most [`SYNCS_IN_FLIGHT_MAX`] at once.
-    fn sync_started(&mut self) {
+    /// A sync (or a synced write) to `target` starts: at most [`SYNCS_IN_FLIGHT_MAX`]
+    /// at once, targets increasing.
+    fn sync_started(&mut self, target: i64) {
+        if let Some(&(last, _)) = self.sync_order.back() {
+            assert!(target > last, "sync to {target} started after one to {last}");
+        }
+        self.sync_order.push_back((target, false));
         self.syncs_in_flight += 1;
         assert!(self.syncs_in_flight <= SYNCS_IN_FLIGHT_MAX, "{} syncs in flight", self.syncs_in_flight);
     }
@@ -276,7 +309,30 @@ mod tests {
         assert_eq!((target, files.len()), (9, 0));
         assert!(matches!(commit.next_sync(FlushMode::Group), FlushStep::Idle), "9 is already covered");
         commit.sync_ended();
-        assert_eq!(commit.sync_done(target), 9);
+        assert_eq!(commit.sync_done(target), Some(9));
+        assert!(commit.is_durable_through_end());
+    }
+
+    #[test]
+    fn a_sync_that_ends_well_waits_for_every_sync_started_before_it() {
+        let mut commit: GroupCommit<()> = GroupCommit::new(0);
+        assert!(commit.place(3, FlushMode::Group));
+        assert!(!commit.place(5, FlushMode::Group));
+        assert!(!commit.place(8, FlushMode::Group));
+        commit.write_ended();
+        commit.sync_ended();
+        assert_eq!(commit.synced_write_done(3, true), Some(3));
+        commit.write_ended();
+        commit.written(5);
+        let FlushStep::Sync { target: first, .. } = commit.next_sync(FlushMode::Group) else { panic!() };
+        commit.write_ended();
+        commit.written(8);
+        let FlushStep::Sync { target: second, .. } = commit.next_sync(FlushMode::Group) else { panic!() };
+        assert_eq!((first, second), (5, 8));
+        commit.sync_ended();
+        assert_eq!(commit.sync_done(second), None, "the sync to 5 may yet fail");
+        commit.sync_ended();
+        assert_eq!(commit.sync_done(first), Some(8), "both ended well: 8 is durable");
         assert!(commit.is_durable_through_end());
     }
 
@@ -302,8 +358,8 @@ mod tests {
     #[should_panic(expected = "syncs in flight")]
     fn more_syncs_than_the_limit_is_a_bug() {
         let mut commit: GroupCommit<()> = GroupCommit::new(0);
-        for _ in 0..=SYNCS_IN_FLIGHT_MAX {
-            commit.sync_started();
+        for target in 1..=SYNCS_IN_FLIGHT_MAX as i64 + 1 {
+            commit.sync_started(target);
         }
     }
 }

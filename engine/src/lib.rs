@@ -72,7 +72,7 @@ pub mod sync;
 mod types;
 pub mod watermark;
 
-pub use catalog::{parse_partition_dir, CLEAN_MARKER_FILE, LAYOUT_VERSION, META_FILE};
+pub use catalog::{parse_partition_dir, CLEAN_MARKER_FILE, LAYOUT_VERSION, META_FILE, OPENED_SLACK_MS};
 pub use config::{
     EngineConfig, MAX_CONNECTIONS_DEFAULT, MAX_PARTITIONS_DEFAULT, MAX_REQUEST_BYTES_DEFAULT,
     MEMORY_BUDGET_BYTES_DEFAULT, OFFSETS_RETENTION_MS_DEFAULT,

@@ -17,7 +17,9 @@
 //! close, so a restart scans at most the active segment. They are not fsynced: a torn
 //! snapshot fails its CRC and the next older one is used (two are kept), and with none
 //! the whole log is scanned. A snapshot past the recovered end of the log (its batches
-//! were lost in a crash) is deleted. The format is in `docs/FORMATS.md`.
+//! were lost in a crash, or cut by a heal) is deleted, and the deletion is synced before
+//! the log can grow past it again, so a stale snapshot never comes back to answer a new
+//! batch as a duplicate. The format is in `docs/FORMATS.md`.
 //!
 //! Invariant: after [`ProducerStates::recover`], the state equals what the running
 //! partition had for the same log prefix: both are built by the same `remember` from
@@ -309,11 +311,13 @@ impl ProducerStates {
         }
         let mut offsets = snapshot_offsets(disk, dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let mut loaded = None;
+        let mut removed_past_end = false;
         while let Some(offset) = offsets.pop() {
             let path = snapshot_path(dir, offset);
             if offset > end {
                 disk.remove(&path).map_err(|e| format!("{}: {e}", path.display()))?;
                 report.discarded_snapshots += 1;
+                removed_past_end = true;
                 continue;
             }
             let parsed = disk
@@ -330,6 +334,12 @@ impl ProducerStates {
             }
             report.discarded_snapshots += 1;
         }
+        if removed_past_end {
+            // The removal must be durable before the log grows past those offsets
+            // again: a snapshot of the lost history coming back after a later crash
+            // would answer its batches as duplicates (found by corelog-sim, seed 546).
+            disk.sync_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
         let (from, mut states) = match loaded {
             Some((offset, states)) => {
                 report.snapshot_offset = Some(offset);
@@ -337,6 +347,15 @@ impl ProducerStates {
             }
             None => (log.log_start_offset(), Self::default()),
         };
+        // A snapshot older than the log start may name producers whose last batch
+        // retention has deleted since: they are forgotten, as Kafka forgets producers
+        // below the log start, and accepted at any sequence when they return (KIP-360),
+        // instead of being refused against a stale sequence (found by corelog-sim,
+        // seed 2796).
+        let log_start = log.log_start_offset();
+        states
+            .producers
+            .retain(|_, state| state.recent.back().is_some_and(|(.., r)| r.next_offset > log_start));
         log.for_each_header(from, |header| {
             states.observe(header);
             report.scanned_batches += 1;

@@ -530,7 +530,7 @@ impl Partition {
             }
         }
         crate::stats::record_fsync(started.elapsed());
-        let target = {
+        let publishable = {
             let mut flush = self.flush.borrow_mut();
             flush.sync_ended();
             flush.sync_done(target)
@@ -541,10 +541,10 @@ impl Partition {
             // watermark stays where it is until the partition heals.
             return;
         }
-        // A later sync may have finished first and published a larger offset.
-        let published = self.log.borrow().high_watermark();
-        self.publish(target.max(published));
-        self.flush_indexes_later();
+        if let Some(offset) = publishable {
+            self.publish(offset);
+            self.flush_indexes_later();
+        }
         self.kick_flush(mode);
     }
 
@@ -647,8 +647,12 @@ impl Partition {
         match ProducerStates::recover(&log) {
             Ok((producers, _)) => *self.producers.borrow_mut() = producers,
             Err(error) => {
-                tracing::warn!(partition = %self.tp, "{error}; producers start without state");
-                *self.producers.borrow_mut() = ProducerStates::default();
+                // Healing without the producers' state would append their retries
+                // again as new batches: stay failed and try again at the next tick
+                // (found by corelog-sim, seed 256).
+                tracing::warn!(partition = %self.tp, "still failed ({reason}); producer state: {error}");
+                log.set_read_only(reason);
+                return;
             }
         }
         *self.active_file.borrow_mut() = None;
