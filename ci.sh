@@ -27,7 +27,7 @@ target/py/bin/python -c "import confluent_kafka, kafka, duckdb, moto; print('con
 
 step "module cycles (none in any crate; ARCHITECTURE.md names the layers)"
 if [ -f ../shared/tools/module_cycles.py ]; then
-  for crate in engine lander batch query tools; do python3 ../shared/tools/module_cycles.py "$crate/src"; done
+  for crate in engine lander batch query sim tools; do python3 ../shared/tools/module_cycles.py "$crate/src"; done
 else
   echo "../shared/tools/module_cycles.py not on this machine: skipped"
 fi
@@ -47,6 +47,13 @@ if command -v cargo-nextest >/dev/null 2>&1; then
 else
   cargo test --workspace --release --no-fail-fast
 fi
+
+# The simulator: the real partition log against a faulty simulated disk, seed after
+# seed for about a minute (SIM_SECONDS for longer runs), zero failures; then each
+# planted bug must be caught, or the simulator proves nothing. See docs/SIMULATION.md.
+step "simulator (corelog-sim: seeds for ${SIM_SECONDS:-60} s, then every plant caught)"
+cargo run -q --release -p sim --bin corelog-sim -- --seconds "${SIM_SECONDS:-60}"
+cargo run -q --release -p sim --bin corelog-sim -- --check-plants
 
 step "loom models (--cfg loom, own target dir)"
 LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-3}" RUSTFLAGS="--cfg loom" \

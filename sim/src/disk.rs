@@ -177,6 +177,11 @@ impl SimDisk {
         Some(fault)
     }
 
+    /// The names in `dir` that survive any crash.
+    pub fn durable_names(&self, dir: &Path) -> Vec<PathBuf> {
+        self.state().durable_names.keys().filter(|path| parent(path) == dir).cloned().collect()
+    }
+
     /// The durable contents of the `.log` files in `dir` (what survives any crash), by
     /// path, in name order.
     pub fn durable_logs(&self, dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {

@@ -22,6 +22,9 @@ struct Args {
     /// Run this many seeds (from --first-seed) and report.
     #[arg(long, conflicts_with = "seed")]
     seeds: Option<u64>,
+    /// Run seeds (from --first-seed) until this many seconds have passed, and report.
+    #[arg(long, conflicts_with_all = ["seed", "seeds"])]
+    seconds: Option<f64>,
     /// First seed of a --seeds run.
     #[arg(long, default_value_t = 1)]
     first_seed: u64,
@@ -93,7 +96,11 @@ fn run_seeds(
 ) -> std::io::Result<Option<(u64, String)>> {
     let scratch = scratch_dir(args)?;
     let mut first_failure = None;
-    for seed in first..first + count {
+    let deadline = args.seconds.map(|s| Instant::now() + std::time::Duration::from_secs_f64(s));
+    for seed in first..first.saturating_add(count) {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
         let outcome = scenario::run(seed, args.steps, &scratch.path().join("disk"), false);
         totals.add(&outcome);
         if let Some(failure) = outcome.failure {
@@ -192,7 +199,11 @@ fn main() -> ExitCode {
         println!("RESULT sim-plants plants={} caught={}", Plant::ALL.len(), Plant::ALL.len() - missed);
         return if missed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE };
     }
-    let count = args.seeds.unwrap_or(100);
+    let count = match (args.seeds, args.seconds) {
+        (Some(seeds), _) => seeds,
+        (None, Some(_)) => u64::MAX,
+        (None, None) => 100,
+    };
     let failure = match run_seeds(&args, args.first_seed, count, armed.is_some(), &mut totals) {
         Ok(failure) => failure,
         Err(error) => {
