@@ -26,7 +26,7 @@ use crate::log::{Fetched, RecoveryReport};
 use crate::partition_meta::TopicId;
 use crate::query_runner::RunningQuery;
 use crate::ring::{mpsc, spsc, Doorbell};
-use crate::shard::{self, PartitionInfo, Reply, Request, Response, ShardHandle, Submission};
+use crate::shard::{self, Answer, Answered, PartitionInfo, Request, ShardHandle};
 use crate::sync::AtomicI64;
 use crate::types::{now_ms, AppendResult, TopicPartition};
 use bytes::BytesMut;
@@ -42,8 +42,7 @@ use tokio::sync::oneshot;
 /// A reply on its way; `.await` it or call [`Pending::wait`] from a plain thread.
 #[must_use = "a pending reply does nothing unless awaited"]
 pub struct Pending<T> {
-    receiver: oneshot::Receiver<Response>,
-    map: fn(Reply) -> T,
+    receiver: Answered<T>,
 }
 
 impl<T> fmt::Debug for Pending<T> {
@@ -53,34 +52,21 @@ impl<T> fmt::Debug for Pending<T> {
 }
 
 impl<T> Pending<T> {
-    fn finish(
-        map: fn(Reply) -> T,
-        received: Result<Response, oneshot::error::RecvError>,
-    ) -> Result<T, EngineError> {
-        received.map_err(|_| EngineError::ShuttingDown)?.map(map)
+    fn finish(received: Result<Result<T, EngineError>, oneshot::error::RecvError>) -> Result<T, EngineError> {
+        received.map_err(|_| EngineError::ShuttingDown)?
     }
 
     /// Blocks the calling thread (not an async task) until the reply arrives.
     pub fn wait(self) -> Result<T, EngineError> {
-        Self::finish(self.map, self.receiver.blocking_recv())
+        Self::finish(self.receiver.blocking_recv())
     }
 }
 
 impl<T> Future for Pending<T> {
     type Output = Result<T, EngineError>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let map = self.map;
-        Pin::new(&mut self.receiver).poll(cx).map(|received| Self::finish(map, received))
+        Pin::new(&mut self.receiver).poll(cx).map(Self::finish)
     }
-}
-
-macro_rules! reply_as {
-    ($variant:ident) => {
-        |reply| match reply {
-            Reply::$variant(value) => value,
-            other => unreachable!("shard answered {other:?} to a {} request", stringify!($variant)),
-        }
-    };
 }
 
 /// An open engine. Dropping it shuts it down cleanly.
@@ -275,34 +261,36 @@ impl Engine {
         &self,
         topic: &str,
         partitions: u32,
-        request: fn(TopicPartition) -> Request,
+        request: fn(TopicPartition, Answer<()>) -> Request,
     ) -> Result<(), EngineError> {
         let pending: Vec<_> = (0..partitions)
             .map(|p| {
                 let tp = TopicPartition::new(topic, p);
-                self.submit(tp.owner(self.shard_count()), request(tp), |_| ())
+                self.submit(tp.owner(self.shard_count()), |answer| request(tp, answer))
             })
             .collect();
         pending.into_iter().try_for_each(Pending::wait)
     }
 
-    fn submit<T>(&self, shard: usize, request: Request, map: fn(Reply) -> T) -> Pending<T> {
-        let (reply, receiver) = oneshot::channel();
+    /// Puts the request `make` builds into `shard`'s submission ring (waiting while
+    /// the ring is full) and returns where its typed answer will arrive.
+    fn submit<T: Send + 'static>(&self, shard: usize, make: impl FnOnce(Answer<T>) -> Request) -> Pending<T> {
+        let (answer, receiver) = Answer::channel();
         let handle = &self.handles[shard];
-        let mut submission = Submission { request, reply };
+        let mut request = make(answer);
         let backoff = crossbeam_utils::Backoff::new();
         loop {
-            match handle.submit.push(submission) {
+            match handle.submit.push(request) {
                 Ok(()) => break,
                 Err(back) => {
-                    submission = back;
+                    request = back;
                     handle.wake();
                     backoff.snooze();
                 }
             }
         }
         handle.wake();
-        Pending { receiver, map }
+        Pending { receiver }
     }
 
     fn owner(&self, tp: &TopicPartition) -> usize {
@@ -331,7 +319,7 @@ impl Engine {
     /// Resolves with the high watermark once it is past `offset`, or after `timeout_ms`.
     pub fn wait_for(&self, topic: &str, partition: u32, offset: i64, timeout_ms: u64) -> Pending<i64> {
         let tp = TopicPartition::new(topic, partition);
-        self.submit(self.owner(&tp), Request::WaitFor { tp, offset, timeout_ms }, reply_as!(Waited))
+        self.submit(self.owner(&tp), |answer| Request::WaitFor { tp, offset, timeout_ms, answer })
     }
 
     /// First offset whose timestamp is at or after `timestamp`, with that timestamp.
@@ -342,13 +330,13 @@ impl Engine {
         timestamp: i64,
     ) -> Pending<Option<(i64, i64)>> {
         let tp = TopicPartition::new(topic, partition);
-        self.submit(self.owner(&tp), Request::OffsetForTimestamp { tp, timestamp }, reply_as!(Offset))
+        self.submit(self.owner(&tp), |answer| Request::OffsetForTimestamp { tp, timestamp, answer })
     }
 
     /// Log start, high watermark and log end of a partition.
     pub fn partition_info(&self, topic: &str, partition: u32) -> Pending<PartitionInfo> {
         let tp = TopicPartition::new(topic, partition);
-        self.submit(self.owner(&tp), Request::Info(tp), reply_as!(Info))
+        self.submit(self.owner(&tp), |answer| Request::Info(tp, answer))
     }
 
     /// Syncs and closes every partition, stops the shards and leaves the clean marker.
@@ -360,8 +348,7 @@ impl Engine {
         if self.threads.is_empty() {
             return Ok(());
         }
-        let pending: Vec<_> =
-            (0..self.shard_count()).map(|id| self.submit(id, Request::Shutdown, |_| ())).collect();
+        let pending: Vec<_> = (0..self.shard_count()).map(|id| self.submit(id, Request::Shutdown)).collect();
         let all_closed = pending.into_iter().map(Pending::wait).all(|r| r.is_ok());
         let all_joined = self.threads.drain(..).map(|t| t.join()).all(|r| r.is_ok());
         if !(all_closed && all_joined) {
@@ -394,17 +381,19 @@ impl Via<'_> {
     pub fn append(&self, topic: &str, partition: u32, batch: BytesMut) -> Pending<AppendResult> {
         let tp = TopicPartition::new(topic, partition);
         let ack = crate::shard::AckLevel::Durable;
-        self.engine.submit(self.shard, Request::Append { tp, batch, ack }, reply_as!(Appended))
+        self.engine.submit(self.shard, |answer| Request::Append { tp, batch, ack, answer })
     }
 
     /// As [`Engine::read`], entering through this shard.
     pub fn read(&self, topic: &str, partition: u32, offset: i64, max_bytes: usize) -> Pending<Fetched> {
         let tp = TopicPartition::new(topic, partition);
-        self.engine.submit(
-            self.shard,
-            Request::Read { tp, offset, max_bytes, strict: false },
-            reply_as!(Read),
-        )
+        self.engine.submit(self.shard, |answer| Request::Read {
+            tp,
+            offset,
+            max_bytes,
+            strict: false,
+            answer,
+        })
     }
 }
 

@@ -34,7 +34,8 @@ use crate::query::json::{extract, Scalar};
 use crate::query::window::{Decision, DecisionValue, Operator, Output, WindowResult};
 use crate::query::EventFields;
 use crate::query::{Condition, QueryDef, QUERIES_DIR};
-use crate::shard::{AckLevel, Reply, Request, Shard};
+use crate::shard::{AckLevel, Answered, Request, Shard};
+use crate::types::AppendResult;
 use crate::types::{now_ms, TopicPartition};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -259,34 +260,34 @@ impl Sink {
     }
 
     /// Appends what was pushed; resolves once durable.
-    fn flush(&mut self, shard: &Rc<Shard>) -> Option<tokio::sync::oneshot::Receiver<crate::shard::Response>> {
+    fn flush(&mut self, shard: &Rc<Shard>) -> Option<Answered<AppendResult>> {
         if self.batch.record_count() == 0 {
             return None;
         }
         let batch = self.batch.finish();
-        Some(shard.submit(Request::Append { tp: self.tp.clone(), batch, ack: AckLevel::Durable }))
+        Some(shard.start(|answer| Request::Append {
+            tp: self.tp.clone(),
+            batch,
+            ack: AckLevel::Durable,
+            answer,
+        }))
     }
 }
 
 /// The `seq` of the last record in a sink partition (0 when empty).
 async fn last_seq(shard: &Rc<Shard>, tp: &TopicPartition) -> Result<u64, EngineError> {
-    let info = match shard.route(Request::Info(tp.clone())).await? {
-        Reply::Info(info) => info,
-        other => unreachable!("Info answered {other:?}"),
-    };
+    let info = shard.call(|answer| Request::Info(tp.clone(), answer)).await?;
     if info.high_watermark <= info.log_start_offset {
         return Ok(0);
     }
-    let request = Request::Read {
+    let read = |answer| Request::Read {
         tp: tp.clone(),
         offset: info.high_watermark - 1,
         max_bytes: READ_CHUNK_BYTES,
         strict: false,
+        answer,
     };
-    let fetched = match shard.route(request).await? {
-        Reply::Read(fetched) => fetched,
-        other => unreachable!("Read answered {other:?}"),
-    };
+    let fetched = shard.call(read).await?;
     let mut last = None;
     for_each_batch(&fetched.bytes, |view| {
         if let Some(record) = view.records().ok().and_then(|records| records.into_iter().last()) {
@@ -451,7 +452,7 @@ async fn run_once(
 }
 
 /// Output appends of one read round, with the source offset they complete.
-type InFlightRound = (i64, Vec<tokio::sync::oneshot::Receiver<crate::shard::Response>>);
+type InFlightRound = (i64, Vec<Answered<AppendResult>>);
 
 /// Awaits the oldest rounds until at most `keep` are in flight, marking each one's
 /// source offset processed once its outputs are durable.
@@ -471,9 +472,7 @@ async fn settle(
     Ok(())
 }
 
-async fn await_append(
-    append: Option<tokio::sync::oneshot::Receiver<crate::shard::Response>>,
-) -> Result<(), EngineError> {
+async fn await_append(append: Option<Answered<AppendResult>>) -> Result<(), EngineError> {
     let Some(append) = append else { return Ok(()) };
     append.await.unwrap_or(Err(EngineError::ShuttingDown)).map(|_| ())
 }
@@ -552,10 +551,15 @@ pub(crate) async fn follow_deny_topic(shard: Rc<Shard>, topic: String, list: Arc
         let mut caught_up = true;
         for (partition, offset) in offsets.iter_mut().enumerate() {
             let tp = TopicPartition::new(&topic, partition as u32);
-            let request = Request::Read { tp, offset: *offset, max_bytes: READ_CHUNK_BYTES, strict: false };
-            let fetched = match shard.route(request).await {
-                Ok(Reply::Read(fetched)) => fetched,
-                Ok(other) => unreachable!("Read answered {other:?}"),
+            let read = |answer| Request::Read {
+                tp,
+                offset: *offset,
+                max_bytes: READ_CHUNK_BYTES,
+                strict: false,
+                answer,
+            };
+            let fetched = match shard.call(read).await {
+                Ok(fetched) => fetched,
                 Err(EngineError::Read(crate::log::ReadError::OffsetOutOfRange {
                     log_start_offset, ..
                 })) if *offset < log_start_offset => {

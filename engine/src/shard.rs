@@ -6,9 +6,11 @@
 //! kinds of inboxes, both bounded lock-free rings ([`crate::ring`]):
 //!
 //! * its MPSC **submission ring**, where threads outside the engine (the embedded API)
-//!   put [`Request`]s with a oneshot reply channel;
+//!   put [`Request`]s, each carrying its own typed [`Answer`] channel;
 //! * one SPSC **mesh ring** from every other shard, carrying requests a shard received
-//!   for a partition it does not own, and the replies to requests it forwarded.
+//!   for a partition it does not own, and the completions of requests it forwarded
+//!   (an answer is delivered on the shard the request entered through, so shards
+//!   reach each other only through these rings).
 //!
 //! When every inbox is empty the shard marks its [`Doorbell`] parked and waits on its
 //! eventfd; a producer signals the eventfd only when its push found the shard parked.
@@ -59,14 +61,52 @@ pub const WAIT_MS_MAX: u64 = 60_000;
 
 const _: () = assert!(DRAIN_BATCH_MAX <= SUBMISSION_RING_ENTRIES);
 
-/// A request to the shard that owns a partition.
+/// Where a request's answer goes: a typed reply channel, so a request can only be
+/// answered with what it asked for. The owner shard turns the answer into a
+/// [`Completion`], which runs on the shard the request entered through (it crosses
+/// back over the mesh ring) or, for an embedded-API caller, right away.
+#[derive(Debug)]
+pub struct Answer<T>(oneshot::Sender<Result<T, EngineError>>);
+
+/// The caller's half of an [`Answer`].
+pub type Answered<T> = oneshot::Receiver<Result<T, EngineError>>;
+
+impl<T: Send + 'static> Answer<T> {
+    /// A reply channel: the answer to put in a request, and the receiver to await.
+    pub fn channel() -> (Self, Answered<T>) {
+        let (sender, receiver) = oneshot::channel();
+        (Self(sender), receiver)
+    }
+
+    /// The answer, ready to be delivered where the caller waits.
+    fn complete(self, result: Result<T, EngineError>) -> Completion {
+        Completion(Box::new(move || drop(self.0.send(result))))
+    }
+}
+
+/// An answer on its way back to its caller: delivering it is running it.
+pub(crate) struct Completion(Box<dyn FnOnce() + Send>);
+
+impl Completion {
+    fn deliver(self) {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Completion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Completion")
+    }
+}
+
+/// A request to the shard that owns a partition, with its typed reply channel.
 #[derive(Debug)]
 pub enum Request {
     /// Open (creating if needed) a partition on its owner.
-    CreatePartition(TopicPartition),
+    CreatePartition(TopicPartition, Answer<()>),
     /// Close a partition and delete its files.
-    DeletePartition(TopicPartition),
-    /// Append one RecordBatch v2; the reply comes once it is durable per flush mode
+    DeletePartition(TopicPartition, Answer<()>),
+    /// Append one RecordBatch v2; the answer comes once it is durable per flush mode
     /// (or only written, with [`AckLevel::Written`]).
     Append {
         /// Target partition.
@@ -75,6 +115,8 @@ pub enum Request {
         batch: BytesMut,
         /// When to answer.
         ack: AckLevel,
+        /// Where the offsets go.
+        answer: Answer<AppendResult>,
     },
     /// Read whole batches from `offset`, at most `max_bytes` (at least one batch,
     /// unless `strict`).
@@ -88,8 +130,10 @@ pub enum Request {
         /// Never exceed `max_bytes`, even with the first batch (a Fetch lets only its
         /// first partition exceed its budget, as Kafka does).
         strict: bool,
+        /// Where the bytes go.
+        answer: Answer<Fetched>,
     },
-    /// Resolve once the high watermark is past `offset`, or after `timeout_ms`.
+    /// Resolve with the high watermark once it is past `offset`, or after `timeout_ms`.
     WaitFor {
         /// Partition.
         tp: TopicPartition,
@@ -97,34 +141,38 @@ pub enum Request {
         offset: i64,
         /// Upper bound on the wait.
         timeout_ms: u64,
+        /// Where the high watermark goes.
+        answer: Answer<i64>,
     },
-    /// First offset with a timestamp at or after `timestamp`.
+    /// First offset with a timestamp at or after `timestamp`, with that timestamp.
     OffsetForTimestamp {
         /// Partition.
         tp: TopicPartition,
         /// Timestamp (ms).
         timestamp: i64,
+        /// Where (offset, timestamp) goes, if any record qualifies.
+        answer: Answer<Option<(i64, i64)>>,
     },
     /// Offsets of a partition.
-    Info(TopicPartition),
-    /// The record with the largest timestamp (ListOffsets -3).
-    MaxTimestamp(TopicPartition),
+    Info(TopicPartition, Answer<PartitionInfo>),
+    /// The record with the largest timestamp (ListOffsets -3), as (offset, timestamp).
+    MaxTimestamp(TopicPartition, Answer<Option<(i64, i64)>>),
     /// Finish in-flight work, sync and close every partition, stop the shard.
-    Shutdown,
+    Shutdown(Answer<()>),
 }
 
 impl Request {
     fn partition(&self) -> Option<&TopicPartition> {
         match self {
-            Request::CreatePartition(tp)
-            | Request::DeletePartition(tp)
-            | Request::Info(tp)
-            | Request::MaxTimestamp(tp) => Some(tp),
+            Request::CreatePartition(tp, _)
+            | Request::DeletePartition(tp, _)
+            | Request::Info(tp, _)
+            | Request::MaxTimestamp(tp, _) => Some(tp),
             Request::Append { tp, .. }
             | Request::Read { tp, .. }
             | Request::WaitFor { tp, .. }
             | Request::OffsetForTimestamp { tp, .. } => Some(tp),
-            Request::Shutdown => None,
+            Request::Shutdown(_) => None,
         }
     }
 }
@@ -153,42 +201,12 @@ pub struct PartitionInfo {
     pub segments: usize,
 }
 
-/// A successful reply.
-#[derive(Debug)]
-pub enum Reply {
-    /// Partition open.
-    Created,
-    /// Partition gone.
-    Deleted,
-    /// Batch durable.
-    Appended(AppendResult),
-    /// Bytes read.
-    Read(Fetched),
-    /// The high watermark when the wait ended.
-    Waited(i64),
-    /// Offset and timestamp found, if any.
-    Offset(Option<(i64, i64)>),
-    /// Partition offsets.
-    Info(PartitionInfo),
-    /// The shard stopped.
-    ShutDown,
-}
-
-/// A reply or the error that replaced it.
-pub type Response = Result<Reply, EngineError>;
-
-/// An embedded-API request with its reply channel.
-#[derive(Debug)]
-pub(crate) struct Submission {
-    pub(crate) request: Request,
-    pub(crate) reply: oneshot::Sender<Response>,
-}
-
-/// What crosses the mesh between two shards.
+/// What crosses the mesh between two shards: a request for the receiver's partition,
+/// or the completion of one it forwarded.
 #[derive(Debug)]
 pub(crate) enum MeshMessage {
-    Request { token: u64, request: Request },
-    Reply { token: u64, response: Response },
+    Request(Request),
+    Done(Completion),
 }
 
 /// The parts of a shard other threads use to reach it.
@@ -196,7 +214,7 @@ pub(crate) enum MeshMessage {
 pub(crate) struct ShardHandle {
     pub(crate) doorbell: Doorbell,
     pub(crate) eventfd: SharedEventFd,
-    pub(crate) submit: mpsc::Producer<Submission>,
+    pub(crate) submit: mpsc::Producer<Request>,
 }
 
 impl ShardHandle {
@@ -213,7 +231,7 @@ pub(crate) struct ShardSetup {
     pub(crate) config: Arc<EngineConfig>,
     pub(crate) catalog: Arc<Catalog>,
     pub(crate) handles: Arc<[ShardHandle]>,
-    pub(crate) submissions: mpsc::Consumer<Submission>,
+    pub(crate) submissions: mpsc::Consumer<Request>,
     pub(crate) mesh_out: Vec<Option<spsc::Producer<MeshMessage>>>,
     pub(crate) mesh_in: Vec<Option<spsc::Consumer<MeshMessage>>>,
     pub(crate) partitions: Vec<TopicPartition>,
@@ -709,13 +727,11 @@ pub(crate) struct Shard {
     pub(crate) catalog: Arc<Catalog>,
     handles: Arc<[ShardHandle]>,
     partitions: RefCell<HashMap<TopicPartition, Rc<Partition>>>,
-    submissions: RefCell<mpsc::Consumer<Submission>>,
+    submissions: RefCell<mpsc::Consumer<Request>>,
     mesh_out: Vec<RefCell<Option<spsc::Producer<MeshMessage>>>>,
     outbox: Vec<RefCell<VecDeque<MeshMessage>>>,
     outbox_flushing: Vec<Cell<bool>>,
     mesh_in: RefCell<Vec<Option<spsc::Consumer<MeshMessage>>>>,
-    pending: RefCell<HashMap<u64, oneshot::Sender<Response>>>,
-    next_token: Cell<u64>,
     stopping: Cell<bool>,
     stopped: Cell<bool>,
     services: Arc<dyn Services>,
@@ -756,8 +772,6 @@ pub(crate) fn run(
             outbox_flushing: mesh_out.iter().map(|_| Cell::new(false)).collect(),
             mesh_out: mesh_out.into_iter().map(RefCell::new).collect(),
             mesh_in: RefCell::new(mesh_in),
-            pending: RefCell::new(HashMap::new()),
-            next_token: Cell::new(0),
             stopping: Cell::new(false),
             stopped: Cell::new(false),
             services,
@@ -821,9 +835,9 @@ impl Shard {
     fn drain(self: &Rc<Self>) -> usize {
         let mut handled = 0;
         while handled < DRAIN_BATCH_MAX {
-            let Some(submission) = self.submissions.borrow_mut().pop() else { break };
+            let Some(request) = self.submissions.borrow_mut().pop() else { break };
             handled += 1;
-            self.on_submission(submission);
+            self.dispatch(request, None);
         }
         for peer in 0..self.handles.len() {
             let mut from_peer = 0;
@@ -843,23 +857,26 @@ impl Shard {
         handled
     }
 
-    fn owner(&self, request: &Request) -> usize {
-        request.partition().map_or(self.id, |tp| tp.owner(self.handles.len()))
+    /// Runs the request `make` builds on its owner (here, or across the mesh) and
+    /// returns its typed answer: what a connection task on this shard uses, e.g.
+    /// `shard.call(|answer| Request::Info(tp, answer))`.
+    pub(crate) async fn call<T: Send + 'static>(
+        self: &Rc<Self>,
+        make: impl FnOnce(Answer<T>) -> Request,
+    ) -> Result<T, EngineError> {
+        self.start(make).await.unwrap_or(Err(EngineError::ShuttingDown))
     }
 
-    /// Runs `request` on its owner (here, or across the mesh) and returns the reply:
-    /// what a connection task on this shard uses.
-    pub(crate) async fn route(self: &Rc<Self>, request: Request) -> Response {
-        self.submit(request).await.unwrap_or(Err(EngineError::ShuttingDown))
-    }
-
-    /// Sends `request` toward its owner now (in call order) and returns the reply
-    /// channel: the first half of [`Shard::route`], for callers that must submit
-    /// several requests in order before waiting for any.
-    pub(crate) fn submit(self: &Rc<Self>, request: Request) -> oneshot::Receiver<Response> {
-        let (reply, receiver) = oneshot::channel();
-        self.on_submission(Submission { request, reply });
-        receiver
+    /// Sends the request `make` builds toward its owner now (in call order) and
+    /// returns where its answer will arrive: the first half of [`Shard::call`], for
+    /// callers that must submit several requests in order before waiting for any.
+    pub(crate) fn start<T: Send + 'static>(
+        self: &Rc<Self>,
+        make: impl FnOnce(Answer<T>) -> Request,
+    ) -> Answered<T> {
+        let (answer, answered) = Answer::channel();
+        self.dispatch(make(answer), Some(self.id));
+        answered
     }
 
     /// True once shutdown began.
@@ -867,37 +884,30 @@ impl Shard {
         self.stopping.get()
     }
 
-    fn on_submission(self: &Rc<Self>, Submission { request, reply }: Submission) {
-        let owner = self.owner(&request);
-        if owner == self.id {
-            let shard = self.clone();
-            tokio_uring::spawn(async move {
-                let _ = reply.send(shard.handle(request).await);
-            });
+    /// Runs `request` here when this shard owns it, else forwards it over the mesh.
+    /// `origin` is the shard whose task waits for the answer (`None`: a thread outside
+    /// the engine); an answer for another shard goes back over the mesh, so shards
+    /// reach each other only through rings.
+    fn dispatch(self: &Rc<Self>, request: Request, origin: Option<usize>) {
+        let owner = request.partition().map_or(self.id, |tp| tp.owner(self.handles.len()));
+        if owner != self.id {
+            self.send_mesh(owner, MeshMessage::Request(request));
             return;
         }
-        let token = self.next_token.get();
-        self.next_token.set(token + 1);
-        self.pending.borrow_mut().insert(token, reply);
-        self.send_mesh(owner, MeshMessage::Request { token, request });
+        let shard = self.clone();
+        tokio_uring::spawn(async move {
+            let done = shard.clone().handle(request).await;
+            match origin {
+                Some(origin) if origin != shard.id => shard.send_mesh(origin, MeshMessage::Done(done)),
+                _ => done.deliver(),
+            }
+        });
     }
 
     fn on_mesh(self: &Rc<Self>, from: usize, message: MeshMessage) {
         match message {
-            MeshMessage::Request { token, request } => {
-                let shard = self.clone();
-                tokio_uring::spawn(async move {
-                    let response = shard.clone().handle(request).await;
-                    shard.send_mesh(from, MeshMessage::Reply { token, response });
-                });
-            }
-            MeshMessage::Reply { token, response } => {
-                let reply = self.pending.borrow_mut().remove(&token);
-                match reply {
-                    Some(reply) => drop(reply.send(response)),
-                    None => tracing::error!(shard = self.id, token, "reply for an unknown token"),
-                }
-            }
+            MeshMessage::Request(request) => self.dispatch(request, Some(from)),
+            MeshMessage::Done(done) => done.deliver(),
         }
     }
 
@@ -960,68 +970,62 @@ impl Shard {
         self.partitions.borrow().keys().cloned().collect()
     }
 
-    async fn handle(self: Rc<Self>, request: Request) -> Response {
-        if self.stopping.get() && !matches!(request, Request::Shutdown) {
-            return Err(EngineError::ShuttingDown);
+    /// Runs one request on this (its owner) shard; returns its answer to deliver.
+    async fn handle(self: Rc<Self>, request: Request) -> Completion {
+        if self.stopping.get() {
+            fn refused<T>() -> Result<T, EngineError> {
+                Err(EngineError::ShuttingDown)
+            }
+            match request {
+                Request::Shutdown(_) => {}
+                Request::CreatePartition(_, answer) | Request::DeletePartition(_, answer) => {
+                    return answer.complete(refused())
+                }
+                Request::Append { answer, .. } => return answer.complete(refused()),
+                Request::Read { answer, .. } => return answer.complete(refused()),
+                Request::WaitFor { answer, .. } => return answer.complete(refused()),
+                Request::OffsetForTimestamp { answer, .. } | Request::MaxTimestamp(_, answer) => {
+                    return answer.complete(refused())
+                }
+                Request::Info(_, answer) => return answer.complete(refused()),
+            }
         }
         match request {
-            Request::CreatePartition(tp) => {
-                if !self.partitions.borrow().contains_key(&tp) {
-                    // The topic is new: whatever a deleted topic of the same name left
-                    // (a delete cut short by a crash) is not this topic's data.
-                    crate::catalog::remove_partition_files(&self.config.data_dir, &tp)
-                        .map_err(|e| storage_error(&tp, e))?;
-                    let id =
-                        self.catalog.topic_id(&tp.topic).ok_or(EngineError::UnknownPartition(tp.clone()))?;
-                    crate::catalog::claim_partition_dir(&self.config.data_dir, &tp, id)
-                        .map_err(|reason| storage_error(&tp, reason))?;
-                    let (partition, _) = Partition::open(tp.clone(), &self.config, Recovery::Clean)?;
-                    self.partitions.borrow_mut().insert(tp.clone(), Rc::new(partition));
-                    self.services.clone().partition_created(&self, &tp);
-                }
-                Ok(Reply::Created)
-            }
-            Request::DeletePartition(tp) => {
+            Request::CreatePartition(tp, answer) => answer.complete(self.create_partition(tp)),
+            Request::DeletePartition(tp, answer) => {
                 let partition = self.partitions.borrow_mut().remove(&tp);
                 if let Some(partition) = partition {
                     let _ = partition.close().await; // its files go next whatever their state
                 }
-                crate::catalog::remove_partition_files(&self.config.data_dir, &tp)
-                    .map_err(|e| storage_error(&tp, e))?;
-                Ok(Reply::Deleted)
+                let removed = crate::catalog::remove_partition_files(&self.config.data_dir, &tp)
+                    .map_err(|e| storage_error(&tp, e));
+                answer.complete(removed)
             }
-            Request::Append { tp, batch, ack } => {
-                let partition = self.partition(&tp)?;
-                partition.append(batch, self.config.flush, ack).await.map(Reply::Appended)
+            Request::Append { tp, batch, ack, answer } => {
+                let appended = match self.partition(&tp) {
+                    Ok(partition) => partition.append(batch, self.config.flush, ack).await,
+                    Err(error) => Err(error),
+                };
+                answer.complete(appended)
             }
-            Request::Read { tp, offset, max_bytes, strict } => {
-                let partition = self.partition(&tp)?;
-                let fetched = partition.log.borrow().read_bounded(offset, max_bytes, !strict);
-                match fetched {
-                    Ok(fetched) => Ok(Reply::Read(fetched)),
-                    Err(error @ ReadError::Corrupt { .. }) => {
-                        partition.log.borrow_mut().set_read_only(error.to_string());
-                        Err(EngineError::Read(error))
-                    }
-                    Err(error) => Err(EngineError::Read(error)),
-                }
+            Request::Read { tp, offset, max_bytes, strict, answer } => {
+                answer.complete(self.read(&tp, offset, max_bytes, strict))
             }
-            Request::WaitFor { tp, offset, timeout_ms } => {
-                let partition = self.partition(&tp)?;
-                Ok(Reply::Waited(partition.wait_for(offset, timeout_ms).await))
+            Request::WaitFor { tp, offset, timeout_ms, answer } => {
+                let waited = match self.partition(&tp) {
+                    Ok(partition) => Ok(partition.wait_for(offset, timeout_ms).await),
+                    Err(error) => Err(error),
+                };
+                answer.complete(waited)
             }
-            Request::OffsetForTimestamp { tp, timestamp } => {
-                let partition = self.partition(&tp)?;
-                let found = partition.log.borrow().offset_for_timestamp(timestamp);
-                Ok(Reply::Offset(found))
+            Request::OffsetForTimestamp { tp, timestamp, answer } => {
+                answer.complete(self.partition(&tp).map(|p| p.log.borrow().offset_for_timestamp(timestamp)))
             }
-            Request::Info(tp) => Ok(Reply::Info(self.partition(&tp)?.info())),
-            Request::MaxTimestamp(tp) => {
-                let partition = self.partition(&tp)?;
-                let found = partition.log.borrow().max_timestamp_offset();
-                Ok(Reply::Offset(found))
+            Request::Info(tp, answer) => answer.complete(self.partition(&tp).map(|p| p.info())),
+            Request::MaxTimestamp(tp, answer) => {
+                answer.complete(self.partition(&tp).map(|p| p.log.borrow().max_timestamp_offset()))
             }
-            Request::Shutdown => {
+            Request::Shutdown(answer) => {
                 self.stopping.set(true);
                 let partitions: Vec<_> = self.partitions.borrow().values().cloned().collect();
                 let mut clean = true;
@@ -1030,13 +1034,48 @@ impl Shard {
                 }
                 self.stopped.set(true);
                 self.me().eventfd.0.signal(); // the main task may be parked: let it see `stopped`
-                if clean {
-                    Ok(Reply::ShutDown)
+                let closed = if clean {
+                    Ok(())
                 } else {
                     Err(EngineError::Storage("a partition could not be closed cleanly".into()))
-                }
+                };
+                answer.complete(closed)
             }
         }
+    }
+
+    fn create_partition(self: &Rc<Self>, tp: TopicPartition) -> Result<(), EngineError> {
+        if self.partitions.borrow().contains_key(&tp) {
+            return Ok(());
+        }
+        // The topic is new: whatever a deleted topic of the same name left (a delete
+        // cut short by a crash) is not this topic's data.
+        crate::catalog::remove_partition_files(&self.config.data_dir, &tp)
+            .map_err(|e| storage_error(&tp, e))?;
+        let id = self.catalog.topic_id(&tp.topic).ok_or(EngineError::UnknownPartition(tp.clone()))?;
+        crate::catalog::claim_partition_dir(&self.config.data_dir, &tp, id)
+            .map_err(|reason| storage_error(&tp, reason))?;
+        let (partition, _) = Partition::open(tp.clone(), &self.config, Recovery::Clean)?;
+        self.partitions.borrow_mut().insert(tp.clone(), Rc::new(partition));
+        self.services.clone().partition_created(self, &tp);
+        Ok(())
+    }
+
+    fn read(
+        &self,
+        tp: &TopicPartition,
+        offset: i64,
+        max_bytes: usize,
+        strict: bool,
+    ) -> Result<Fetched, EngineError> {
+        let partition = self.partition(tp)?;
+        let fetched = partition.log.borrow().read_bounded(offset, max_bytes, !strict);
+        fetched.map_err(|error| {
+            if let ReadError::Corrupt { .. } = error {
+                partition.log.borrow_mut().set_read_only(error.to_string());
+            }
+            EngineError::Read(error)
+        })
     }
 
     async fn maintenance(self: Rc<Self>) {

@@ -4,7 +4,7 @@ use super::api::{encode, malformed, respond, Answer, Call};
 use super::codes::*;
 use super::FETCH_WAIT_MS_MAX;
 use crate::error::EngineError;
-use crate::shard::{Reply, Request, Shard};
+use crate::shard::{Request, Shard};
 use crate::types::TopicPartition;
 use bytes::Bytes;
 use futures_util::future::{join_all, select_all};
@@ -29,36 +29,32 @@ pub(super) async fn read_partition(shard: &Rc<Shard>, slot: &FetchSlot) -> fetch
     let partition = fetch_response::PartitionData::default().with_partition_index(slot.tp.partition as i32);
     if slot.max_bytes == 0 && slot.strict {
         // No budget left for it: only offsets, no read (and no work).
-        let partition = match shard.route(Request::Info(slot.tp.clone())).await {
-            Ok(Reply::Info(info)) => partition
+        let partition = match shard.call(|answer| Request::Info(slot.tp.clone(), answer)).await {
+            Ok(info) => partition
                 .with_high_watermark(info.high_watermark)
                 .with_last_stable_offset(info.high_watermark)
                 .with_log_start_offset(info.log_start_offset)
                 .with_records(Some(Bytes::new())),
-            Ok(other) => unreachable!("info answered {other:?}"),
             Err(error) => partition.with_error_code(error_code(&error)).with_high_watermark(-1),
         };
         return partition;
     }
-    let request = Request::Read {
+    let read = |answer| Request::Read {
         tp: slot.tp.clone(),
         offset: slot.offset,
         max_bytes: slot.max_bytes,
         strict: slot.strict,
+        answer,
     };
-    match shard.route(request).await {
-        Ok(Reply::Read(fetched)) => partition
+    match shard.call(read).await {
+        Ok(fetched) => partition
             .with_high_watermark(fetched.high_watermark)
             .with_last_stable_offset(fetched.high_watermark)
             .with_log_start_offset(fetched.log_start_offset)
             .with_records(Some(fetched.bytes)),
-        Ok(other) => unreachable!("read answered {other:?}"),
         Err(error) => {
             let code = error_code(&error);
-            let info = match shard.route(Request::Info(slot.tp.clone())).await {
-                Ok(Reply::Info(info)) => Some(info),
-                _ => None,
-            };
+            let info = shard.call(|answer| Request::Info(slot.tp.clone(), answer)).await.ok();
             partition
                 .with_error_code(code)
                 .with_high_watermark(info.map_or(-1, |i| i.high_watermark))
@@ -145,10 +141,11 @@ pub(super) async fn fetch(shard: &Rc<Shard>, request: FetchRequest) -> FetchResp
     let wait_ms = (request.max_wait_ms.max(0) as u64).min(FETCH_WAIT_MS_MAX);
     if bytes < request.min_bytes.max(1) as usize && wait_ms > 0 && !slots.is_empty() {
         let waits = slots.iter().map(|slot| {
-            Box::pin(shard.route(Request::WaitFor {
+            Box::pin(shard.call(|answer| Request::WaitFor {
                 tp: slot.tp.clone(),
                 offset: slot.offset,
                 timeout_ms: wait_ms,
+                answer,
             }))
         });
         let _ = select_all(waits).await;
@@ -193,20 +190,15 @@ pub(super) async fn list_offsets(shard: &Rc<Shard>, request: ListOffsetsRequest)
             let answer = match partition.timestamp {
                 // -3: the offset of the record with the largest timestamp (KIP-734).
                 -3 => max_timestamp_offset(shard, tp).await,
-                -1 | -2 => shard.route(Request::Info(tp)).await.map(|reply| match reply {
-                    Reply::Info(info) if partition.timestamp == -1 => (-1, info.high_watermark),
-                    Reply::Info(info) => (-1, info.log_start_offset),
-                    other => unreachable!("info answered {other:?}"),
+                -1 | -2 => shard.call(|answer| Request::Info(tp, answer)).await.map(|info| {
+                    let offset =
+                        if partition.timestamp == -1 { info.high_watermark } else { info.log_start_offset };
+                    (-1, offset)
                 }),
-                timestamp => {
-                    shard.route(Request::OffsetForTimestamp { tp, timestamp }).await.map(
-                        |reply| match reply {
-                            Reply::Offset(Some((offset, timestamp))) => (timestamp, offset),
-                            Reply::Offset(None) => (-1, -1),
-                            other => unreachable!("offset lookup answered {other:?}"),
-                        },
-                    )
-                }
+                timestamp => shard
+                    .call(|answer| Request::OffsetForTimestamp { tp, timestamp, answer })
+                    .await
+                    .map(|found| found.map_or((-1, -1), |(offset, timestamp)| (timestamp, offset))),
             };
             partitions.push(match answer {
                 Ok((timestamp, offset)) => response.with_timestamp(timestamp).with_offset(offset),
@@ -229,10 +221,8 @@ pub(super) async fn max_timestamp_offset(
     shard: &Rc<Shard>,
     tp: TopicPartition,
 ) -> Result<(i64, i64), EngineError> {
-    match shard.route(Request::MaxTimestamp(tp)).await? {
-        Reply::Offset(found) => Ok(found.map_or((-1, -1), |(offset, timestamp)| (timestamp, offset))),
-        other => unreachable!("max timestamp answered {other:?}"),
-    }
+    let found = shard.call(|answer| Request::MaxTimestamp(tp, answer)).await?;
+    Ok(found.map_or((-1, -1), |(offset, timestamp)| (timestamp, offset)))
 }
 
 /// Fetch. The records are still zero-copy slices of the log: they are counted against

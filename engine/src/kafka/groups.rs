@@ -4,7 +4,7 @@
 use super::api::{malformed, respond, Answer, Call};
 use super::NODE_ID;
 use super::{codes::*, topics::*};
-use crate::shard::{Reply, Request, Shard};
+use crate::shard::{Request, Shard};
 use crate::types::TopicPartition;
 use bytes::Bytes;
 use kafka_protocol::messages::ApiKey;
@@ -100,7 +100,7 @@ pub(super) async fn record_lag(shard: &Rc<Shard>, request: &OffsetCommitRequest)
     for topic in &request.topics {
         for partition in topic.partitions.iter().filter(|p| p.partition_index >= 0) {
             let tp = TopicPartition::new(&topic.name.0, partition.partition_index as u32);
-            if let Ok(Reply::Info(info)) = shard.route(Request::Info(tp)).await {
+            if let Ok(info) = shard.call(|answer| Request::Info(tp, answer)).await {
                 let lag = (info.high_watermark - partition.committed_offset).max(0);
                 metrics::gauge!(
                     "corelog_consumer_group_lag",

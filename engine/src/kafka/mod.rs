@@ -1,7 +1,7 @@
 //! The Kafka wire protocol: every shard accepts connections on the same address
 //! (SO_REUSEPORT, so the kernel spreads connections over shards) and serves them on its
 //! own thread. Requests for partitions another shard owns cross the mesh
-//! ([`crate::shard::Shard::route`]) and come back.
+//! ([`crate::shard::Shard::call`]) and come back.
 //!
 //! Message codecs are the `kafka-protocol` crate's; record bytes pass through untouched
 //! (a produced batch goes to the log as is, a fetch answers with mapped segment bytes).

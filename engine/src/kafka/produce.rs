@@ -4,7 +4,8 @@
 use super::{codes::*, topics::*};
 use crate::batch::{self};
 use crate::error::EngineError;
-use crate::shard::{AckLevel, Reply, Request, Shard};
+use crate::shard::{AckLevel, Answered, Request, Shard};
+use crate::types::AppendResult;
 use crate::types::TopicPartition;
 use bytes::{Bytes, BytesMut};
 use futures_util::future::join_all;
@@ -17,7 +18,7 @@ pub(super) enum PartitionSubmitted {
     /// Refused before submission (unknown partition, malformed records).
     Refused(i16),
     /// Every batch sent to the owner, in order; replies pending.
-    Sent(Vec<tokio::sync::oneshot::Receiver<crate::shard::Response>>),
+    Sent(Vec<Answered<AppendResult>>),
 }
 
 /// Phase one of a produce: topics ensured, then every batch of every partition sent
@@ -82,7 +83,7 @@ pub(super) fn submit_batches(
         .into_iter()
         .map(|frame| {
             let batch = frame.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]));
-            shard.submit(Request::Append { tp: tp.clone(), batch, ack })
+            shard.start(|answer| Request::Append { tp: tp.clone(), batch, ack, answer })
         })
         .collect();
     PartitionSubmitted::Sent(sent)
@@ -102,11 +103,8 @@ pub(super) async fn produce_finish(
                     let mut outcome = (code::NONE, -1);
                     for reply in replies {
                         match reply.await.unwrap_or(Err(EngineError::ShuttingDown)) {
-                            Ok(Reply::Appended(result)) if outcome == (code::NONE, -1) => {
-                                outcome.1 = result.base_offset
-                            }
-                            Ok(Reply::Appended(_)) => {}
-                            Ok(other) => unreachable!("append answered {other:?}"),
+                            Ok(result) if outcome == (code::NONE, -1) => outcome.1 = result.base_offset,
+                            Ok(_) => {}
                             Err(error) if outcome.0 == code::NONE => outcome = (error_code(&error), -1),
                             Err(_) => {}
                         }

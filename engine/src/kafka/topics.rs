@@ -40,9 +40,10 @@ pub(super) async fn ensure_topic(shard: &Rc<Shard>, topic: &str, allow_create: b
         Err(EngineError::InvalidTopic(_)) => return Err(code::INVALID_TOPIC_EXCEPTION),
         Err(error) => return Err(error_code(&error)),
     }
-    let opened = join_all(
-        (0..partitions).map(|p| shard.route(Request::CreatePartition(TopicPartition::new(topic, p)))),
-    )
+    let opened = join_all((0..partitions).map(|p| {
+        let tp = TopicPartition::new(topic, p);
+        shard.call(move |answer| Request::CreatePartition(tp, answer))
+    }))
     .await;
     if opened.iter().any(Result::is_err) {
         return Err(code::KAFKA_STORAGE_ERROR);
@@ -114,10 +115,10 @@ pub(super) async fn create_topics(shard: &Rc<Shard>, request: CreateTopicsReques
         } else {
             match shard.catalog.add(&name, partitions as u32) {
                 Ok(()) => {
-                    let opened = join_all(
-                        (0..partitions as u32)
-                            .map(|p| shard.route(Request::CreatePartition(TopicPartition::new(&name, p)))),
-                    )
+                    let opened = join_all((0..partitions as u32).map(|p| {
+                        let tp = TopicPartition::new(&name, p);
+                        shard.call(move |answer| Request::CreatePartition(tp, answer))
+                    }))
                     .await;
                     match opened.into_iter().find_map(Result::err) {
                         Some(error) => Err((error_code(&error), error.to_string())),
@@ -180,10 +181,10 @@ pub(super) async fn serve_delete_topics(call: &Call<'_>, body: &mut Bytes) -> An
     for name in names {
         let error_code = match shard.catalog.remove(&name) {
             Ok(partitions) => {
-                let deleted = join_all(
-                    (0..partitions)
-                        .map(|p| shard.route(Request::DeletePartition(TopicPartition::new(&name, p)))),
-                )
+                let deleted = join_all((0..partitions).map(|p| {
+                    let tp = TopicPartition::new(&name, p);
+                    shard.call(move |answer| Request::DeletePartition(tp, answer))
+                }))
                 .await;
                 deleted.iter().find_map(|r| r.as_ref().err()).map_or(code::NONE, error_code)
             }
