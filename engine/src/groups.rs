@@ -33,24 +33,27 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-/// Kafka error codes the coordinator answers with.
+/// Kafka error codes the coordinator answers with (values from `kafka-protocol`'s
+/// `ResponseError`).
 pub mod code {
+    use kafka_protocol::ResponseError as E;
+
     /// No error.
     pub const NONE: i16 = 0;
     /// The generation is not the group's current one.
-    pub const ILLEGAL_GENERATION: i16 = 22;
+    pub const ILLEGAL_GENERATION: i16 = E::IllegalGeneration.code();
     /// The protocol type or protocols do not match the group's.
-    pub const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
+    pub const INCONSISTENT_GROUP_PROTOCOL: i16 = E::InconsistentGroupProtocol.code();
     /// The group id is empty or invalid.
-    pub const INVALID_GROUP_ID: i16 = 24;
+    pub const INVALID_GROUP_ID: i16 = E::InvalidGroupId.code();
     /// The member is not in the group.
-    pub const UNKNOWN_MEMBER_ID: i16 = 25;
+    pub const UNKNOWN_MEMBER_ID: i16 = E::UnknownMemberId.code();
     /// The session timeout is out of range.
-    pub const INVALID_SESSION_TIMEOUT: i16 = 26;
+    pub const INVALID_SESSION_TIMEOUT: i16 = E::InvalidSessionTimeout.code();
     /// The group is rebalancing: rejoin.
-    pub const REBALANCE_IN_PROGRESS: i16 = 27;
+    pub const REBALANCE_IN_PROGRESS: i16 = E::RebalanceInProgress.code();
     /// Writing committed offsets failed.
-    pub const KAFKA_STORAGE_ERROR: i16 = 56;
+    pub const KAFKA_STORAGE_ERROR: i16 = E::KafkaStorageError.code();
 }
 
 /// Delay before the first rebalance of an empty group completes, so that members

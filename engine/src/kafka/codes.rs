@@ -4,49 +4,84 @@ use crate::batch::BatchError;
 use crate::error::EngineError;
 use crate::log::{AppendError, ReadError};
 use crate::producers::SequenceError;
+use kafka_protocol::ResponseError;
 
-/// Kafka error codes corelog answers with.
+/// Kafka error codes corelog answers with, taken from `kafka-protocol`'s
+/// [`ResponseError`] (one source for the numbers; the names stay Kafka's).
 pub(super) mod code {
+    use kafka_protocol::ResponseError as E;
+
     pub const NONE: i16 = 0;
-    pub const OFFSET_OUT_OF_RANGE: i16 = 1;
-    pub const CORRUPT_MESSAGE: i16 = 2;
-    pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
-    pub const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
-    pub const MESSAGE_TOO_LARGE: i16 = 10;
-    pub const UNSUPPORTED_VERSION: i16 = 35;
-    pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
-    pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
-    pub const INVALID_PARTITIONS: i16 = 37;
-    pub const TOPIC_ALREADY_EXISTS: i16 = 36;
-    pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
-    pub const POLICY_VIOLATION: i16 = 44;
-    pub const INVALID_PRODUCER_EPOCH: i16 = 47;
-    pub const KAFKA_STORAGE_ERROR: i16 = 56;
-    pub const UNSUPPORTED_COMPRESSION_TYPE: i16 = 76;
-    pub const INVALID_RECORD: i16 = 87;
-    pub const UNKNOWN_SERVER_ERROR: i16 = -1;
+    pub const CORRUPT_MESSAGE: i16 = E::CorruptMessage.code();
+    pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = E::UnknownTopicOrPartition.code();
+    pub const TOPIC_AUTHORIZATION_FAILED: i16 = E::TopicAuthorizationFailed.code();
+    pub const UNSUPPORTED_VERSION: i16 = E::UnsupportedVersion.code();
+    pub const INVALID_TOPIC_EXCEPTION: i16 = E::InvalidTopicException.code();
+    pub const COORDINATOR_NOT_AVAILABLE: i16 = E::CoordinatorNotAvailable.code();
+    pub const INVALID_PARTITIONS: i16 = E::InvalidPartitions.code();
+    pub const TOPIC_ALREADY_EXISTS: i16 = E::TopicAlreadyExists.code();
+    pub const KAFKA_STORAGE_ERROR: i16 = E::KafkaStorageError.code();
 }
 
-pub(super) fn error_code(error: &EngineError) -> i16 {
+/// The Kafka error an [`EngineError`] is answered with: the one mapping.
+pub(super) fn response_error(error: &EngineError) -> ResponseError {
     match error {
-        EngineError::UnknownPartition(_) => code::UNKNOWN_TOPIC_OR_PARTITION,
+        EngineError::UnknownPartition(_) => ResponseError::UnknownTopicOrPartition,
         EngineError::Append(AppendError::Corrupt(BatchError::UnsupportedCompression(_))) => {
-            code::UNSUPPORTED_COMPRESSION_TYPE
+            ResponseError::UnsupportedCompressionType
         }
-        EngineError::Append(AppendError::Corrupt(error)) if error.is_invalid_record() => code::INVALID_RECORD,
+        EngineError::Append(AppendError::Corrupt(error)) if error.is_invalid_record() => {
+            ResponseError::InvalidRecord
+        }
         EngineError::Append(AppendError::Corrupt(_) | AppendError::NotOneBatch { .. }) => {
-            code::CORRUPT_MESSAGE
+            ResponseError::CorruptMessage
         }
-        EngineError::Append(AppendError::TooLarge { .. }) => code::MESSAGE_TOO_LARGE,
-        EngineError::Append(AppendError::ReadOnly(_) | AppendError::Storage(_)) | EngineError::Storage(_) => {
-            code::KAFKA_STORAGE_ERROR
+        EngineError::Append(AppendError::TooLarge { .. }) => ResponseError::MessageTooLarge,
+        EngineError::Append(AppendError::ReadOnly(_) | AppendError::Storage(_))
+        | EngineError::Storage(_)
+        | EngineError::Read(ReadError::Corrupt { .. }) => ResponseError::KafkaStorageError,
+        EngineError::Read(ReadError::OffsetOutOfRange { .. }) => ResponseError::OffsetOutOfRange,
+        EngineError::Sequence(SequenceError::OutOfOrderSequence { .. }) => {
+            ResponseError::OutOfOrderSequenceNumber
         }
-        EngineError::Read(ReadError::OffsetOutOfRange { .. }) => code::OFFSET_OUT_OF_RANGE,
-        EngineError::Read(ReadError::Corrupt { .. }) => code::KAFKA_STORAGE_ERROR,
-        EngineError::Sequence(SequenceError::OutOfOrderSequence { .. }) => code::OUT_OF_ORDER_SEQUENCE_NUMBER,
-        EngineError::Sequence(SequenceError::InvalidProducerEpoch { .. }) => code::INVALID_PRODUCER_EPOCH,
-        EngineError::TopicExists(_) => code::TOPIC_ALREADY_EXISTS,
-        EngineError::PartitionLimit { .. } => code::POLICY_VIOLATION,
-        _ => code::UNKNOWN_SERVER_ERROR,
+        EngineError::Sequence(SequenceError::InvalidProducerEpoch { .. }) => {
+            ResponseError::InvalidProducerEpoch
+        }
+        EngineError::TopicExists(_) => ResponseError::TopicAlreadyExists,
+        EngineError::PartitionLimit { .. } => ResponseError::PolicyViolation,
+        _ => ResponseError::UnknownServerError,
+    }
+}
+
+/// [`response_error`] as the code on the wire.
+pub(super) fn error_code(error: &EngineError) -> i16 {
+    response_error(error).code()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_errors_map_to_kafkas_codes() {
+        let storage = EngineError::Storage("disk".into());
+        let sequence = EngineError::Sequence(SequenceError::OutOfOrderSequence {
+            producer_id: 1,
+            expected: 2,
+            found: 3,
+        });
+        let too_large = EngineError::Append(AppendError::TooLarge { size: 2, max: 1 });
+        let out_of_range = EngineError::Read(ReadError::OffsetOutOfRange {
+            offset: 9,
+            log_start_offset: 0,
+            high_watermark: 1,
+        });
+        // The numbers Kafka's protocol guide gives these errors.
+        assert_eq!(error_code(&storage), 56);
+        assert_eq!(error_code(&sequence), 45);
+        assert_eq!(error_code(&too_large), 10);
+        assert_eq!(error_code(&out_of_range), 1);
+        assert_eq!(error_code(&EngineError::ShuttingDown), -1);
+        assert_eq!((code::UNKNOWN_TOPIC_OR_PARTITION, code::KAFKA_STORAGE_ERROR), (3, 56));
     }
 }
