@@ -217,6 +217,13 @@ impl<F: Clone> GroupCommit<F> {
             self.sync_order.pop_front();
             publish = Some(target);
         }
+        if let Some(target) = publish {
+            assert!(
+                target <= self.written_through,
+                "publishing {target} past the written {}",
+                self.written_through
+            );
+        }
         publish
     }
 

@@ -164,7 +164,7 @@ impl Group {
             self.notify();
             return;
         }
-        self.generation += 1;
+        self.generation = self.generation.checked_add(1).expect("generations fit i32");
         self.protocol = self.select_protocol();
         if self.leader.as_ref().is_none_or(|l| !self.members.contains_key(l)) {
             self.leader = self.members.keys().next().cloned();
@@ -205,6 +205,37 @@ impl Group {
             self.prepare_rebalance(now);
         }
         self.maybe_complete(now);
+    }
+
+    /// What every step of the coordinator keeps (TigerBeetle-style: asserted, not
+    /// hoped): an empty group has no leader; once a rebalance completed, the leader is
+    /// a member and every member holds the group's generation; no member is ahead of
+    /// the group; generations are never negative; the group has at most
+    /// [`GROUP_MEMBERS_MAX`] members.
+    fn assert_invariants(&self) {
+        assert!(self.generation >= 0, "negative generation {}", self.generation);
+        assert!(self.members.len() <= GROUP_MEMBERS_MAX, "{} members", self.members.len());
+        for (id, member) in &self.members {
+            assert!(
+                member.generation <= self.generation,
+                "member {id} in generation {} ahead of the group's {}",
+                member.generation,
+                self.generation
+            );
+        }
+        match self.state {
+            State::Empty => assert!(self.leader.is_none(), "an empty group has a leader"),
+            State::CompletingRebalance | State::Stable => {
+                let leader = self.leader.as_ref().expect("a rebalanced group has a leader");
+                assert!(self.members.contains_key(leader), "leader {leader} is not a member");
+                assert!(
+                    self.members.values().all(|m| m.generation == self.generation),
+                    "a member of a rebalanced group missed generation {}",
+                    self.generation
+                );
+            }
+            State::PreparingRebalance => {}
+        }
     }
 
     fn check_member(&self, member_id: &str, generation: i32) -> i16 {
@@ -321,9 +352,20 @@ impl Coordinator {
         })
     }
 
+    /// Runs `f` on `group` under the lock, asserting that generations only grow and
+    /// that the group's invariants hold after it.
     fn with_group<R>(&self, group: &str, f: impl FnOnce(&mut Group) -> R) -> R {
         let mut groups = self.groups.lock().expect("group map lock");
-        f(groups.entry(group.to_string()).or_insert_with(Group::new))
+        let group = groups.entry(group.to_string()).or_insert_with(Group::new);
+        let generation = group.generation;
+        let result = f(group);
+        assert!(
+            group.generation >= generation,
+            "generation went back from {generation} to {}",
+            group.generation
+        );
+        group.assert_invariants();
+        result
     }
 
     /// Joins (or rejoins) a member and waits for the rebalance to complete.
@@ -543,7 +585,10 @@ impl Coordinator {
         let now = Instant::now();
         let mut groups = self.groups.lock().expect("group map lock");
         for (group_id, group) in groups.iter_mut() {
+            let generation = group.generation;
             group.expire(now);
+            assert!(group.generation >= generation, "generation went back");
+            group.assert_invariants();
             if !group.members.is_empty() {
                 group.active_ms = group.active_ms.max(now_ms);
                 continue;
@@ -693,6 +738,7 @@ mod tests {
                 },
             );
             group.state = State::Stable;
+            group.leader = Some("m".into());
         });
         coordinator.tick_at(now + 61_000);
         assert_eq!(coordinator.committed("idle", "payments", 0), None, "expired");

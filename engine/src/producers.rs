@@ -183,9 +183,22 @@ impl ProducerStates {
                 self.producers.remove(&oldest);
             }
         }
+        assert!(records > 0, "a batch holds at least one record");
+        assert!(
+            result.next_offset - result.base_offset >= i64::from(records),
+            "{records} records in {result:?}"
+        );
         let state = self.producers.entry(producer_id).or_default();
         if epoch != state.epoch {
             *state = ProducerState { epoch, recent: VecDeque::new() };
+        }
+        if let Some((.., last)) = state.recent.back() {
+            // Batches are remembered in log order: a producer's batch never lands
+            // below its previous one.
+            assert!(
+                result.base_offset >= last.next_offset,
+                "producer {producer_id}: batch at {result:?} below its previous one at {last:?}"
+            );
         }
         let last = base_sequence.wrapping_add(records - 1) & i32::MAX;
         state.recent.push_back((base_sequence, last, result));
@@ -203,13 +216,29 @@ impl ProducerStates {
         }
         let base_offset = header.base_offset.get();
         let next_offset = base_offset + i64::from(header.last_offset_delta.get()) + 1;
-        self.remember(
-            producer_id,
-            header.producer_epoch.get(),
-            header.base_sequence.get(),
-            header.record_count.get(),
-            AppendResult { base_offset, next_offset },
-        );
+        let records = header.record_count.get();
+        let result = AppendResult { base_offset, next_offset };
+        // Bytes from disk (and a snapshot) may lie while passing their checksums:
+        // what `remember` asserts for the live path is checked here instead.
+        if records <= 0 || next_offset - base_offset < i64::from(records) {
+            tracing::warn!(
+                producer_id,
+                ?result,
+                records,
+                "batch header with inconsistent counts: not remembered"
+            );
+            return;
+        }
+        let stale = self
+            .producers
+            .get(&producer_id)
+            .and_then(|state| state.recent.back())
+            .is_some_and(|(.., last)| base_offset < last.next_offset);
+        if stale {
+            tracing::warn!(producer_id, ?result, "producer state ahead of the log: rebuilt from the log");
+            self.producers.remove(&producer_id);
+        }
+        self.remember(producer_id, header.producer_epoch.get(), header.base_sequence.get(), records, result);
     }
 
     /// The snapshot bytes for the state after every batch below `offset`:
