@@ -14,7 +14,7 @@ use crate::hourly::{
 };
 use crate::morsel::Morsel;
 use crate::output::write_parquet_atomic;
-use crate::scheduler::{Scheduler, StageProgress, TaskContext, TaskError};
+use crate::scheduler::{Scheduler, TaskContext, TaskError};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int64Type, TimestampMillisecondType};
 use arrow_array::RecordBatch;
@@ -109,11 +109,26 @@ pub fn day_path(output: &Path, day: i64) -> PathBuf {
     output.join(format!("daily/{}/part-00000.parquet", time.format("dt=%Y-%m-%d")))
 }
 
+impl crate::job::Job for DailyJob {
+    type Output = ();
+    fn name(&self) -> &'static str {
+        "daily"
+    }
+    fn run(
+        &self,
+        scheduler: &Scheduler,
+        progress: &crate::job::Progress,
+        on_stage: &mut dyn FnMut(&str, usize),
+    ) -> Result<(JobReport, ()), JobError> {
+        run(self, scheduler, progress, on_stage).map(|report| (report, ()))
+    }
+}
+
 /// Runs the job on `scheduler`.
-pub fn run(
+fn run(
     job: &DailyJob,
     scheduler: &Scheduler,
-    progress: &[StageProgress; crate::hourly::STAGES_MAX],
+    progress: &crate::job::Progress,
     on_stage: &mut dyn FnMut(&str, usize),
 ) -> Result<JobReport, JobError> {
     let files = crate::morsel::parquet_files(&job.input.join("hourly"))?;

@@ -16,9 +16,9 @@
 //! max are exact. The sketch is also written (`amount_sketch`, DDSketch's Java binary
 //! encoding) so `daily` can roll hours up without the raw rows.
 
-use crate::morsel::{Morsel, Plan};
+use crate::morsel::Morsel;
 use crate::output::write_parquet_atomic;
-use crate::scheduler::{Scheduler, StageProgress, StageReport, TaskContext, TaskError};
+use crate::scheduler::{Scheduler, StageProgress, TaskContext, TaskError};
 use arrow_array::builder::{
     BinaryBuilder, Float64Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
 };
@@ -42,8 +42,7 @@ pub const EXCHANGE_BUCKETS: usize = 16;
 pub use crate::morsel::READ_BATCH_ROWS;
 /// Milliseconds per hour.
 pub const HOUR_MS: i64 = 3_600_000;
-/// Stages a job may have (progress counters are allocated for this many).
-pub const STAGES_MAX: usize = 4;
+pub use crate::job::STAGES_MAX;
 /// Default sub-keys a hot key is salted over.
 pub const SKEW_SALTS_DEFAULT: usize = 8;
 /// A key is hot above this multiple of the median key's rows.
@@ -182,39 +181,11 @@ pub struct HourlyJob {
     pub from_ms: Option<i64>,
     /// Only event times before this.
     pub to_ms: Option<i64>,
-}
-
-/// Errors of a job.
-#[derive(Debug, thiserror::Error)]
-pub enum JobError {
-    /// Planning failed.
-    #[error("{0}")]
-    Morsel(#[from] crate::morsel::MorselError),
-    /// A stage failed.
-    #[error("{0}")]
-    Stage(#[from] crate::scheduler::StageError),
-}
-
-/// What a run did.
-#[derive(Debug, Clone, Default)]
-pub struct JobReport {
-    /// The morsel plan.
-    pub plan: Plan,
-    /// One report per stage.
-    pub stages: Vec<StageReport>,
-    /// Rows aggregated.
-    pub rows: u64,
-    /// Rows skipped for lacking a merchant, country or amount.
-    pub bad_rows: u64,
-    /// Output groups (rows written).
-    pub groups: usize,
-    /// Files written.
-    pub files: Vec<PathBuf>,
-    /// Hot keys found by the skew sample, with their sampled rows (largest first).
-    pub hot_keys: Vec<(HourKey, u64)>,
-    /// Sub-keys each hot key was salted over (0 when none was hot).
+    /// Sub-keys a hot key is salted over; 0 or 1 turns skew handling off.
     pub salts: usize,
 }
+
+pub use crate::job::{JobError, JobReport};
 
 /// A partial aggregate by exchange bucket (what `daily`'s scan produces).
 pub type Partial = Vec<HashMap<HourKey, Aggregate>>;
@@ -466,9 +437,25 @@ fn salted_bucket(key: &HourKey, salt: usize) -> usize {
     (key_hash(key, salt as u64 + 1) % EXCHANGE_BUCKETS as u64) as usize
 }
 
+impl crate::job::Job for HourlyJob {
+    type Output = ();
+    fn name(&self) -> &'static str {
+        "hourly"
+    }
+    /// Stages: scan, aggregate, unsalt, write.
+    fn run(
+        &self,
+        scheduler: &Scheduler,
+        progress: &crate::job::Progress,
+        on_stage: &mut dyn FnMut(&str, usize),
+    ) -> Result<(JobReport, ()), JobError> {
+        run(self, scheduler, progress, self.salts, on_stage).map(|report| (report, ()))
+    }
+}
+
 /// Runs the job on `scheduler`. `progress[i]` receives stage `i`'s live counters:
 /// scan, aggregate, unsalt, write. `salts` > 1 enables skew handling.
-pub fn run(
+fn run(
     job: &HourlyJob,
     scheduler: &Scheduler,
     progress: &[StageProgress; STAGES_MAX],
@@ -496,7 +483,13 @@ pub fn run(
         Vec::new()
     };
     let hot_set: HashMap<&HourKey, usize> = hot.iter().enumerate().map(|(i, (k, _))| (k, i)).collect();
-    report.hot_keys = hot.clone();
+    report.hot_keys = hot
+        .iter()
+        .map(|(key, rows)| crate::job::HotKey {
+            key: format!("{}/{} hour {}", key.merchant_id, key.country, key.hour),
+            rows: *rows,
+        })
+        .collect();
     report.salts = if hot.is_empty() { 0 } else { salts };
 
     on_stage("aggregate", EXCHANGE_BUCKETS);

@@ -17,7 +17,9 @@
 //! * [`reconcile`]: the `reconcile` job, a stream query's windows recomputed from the
 //!   landed source with the engine's own window code and compared with the landed
 //!   `<query>.agg` topic (what late events changed);
-//! * [`output`]: atomic, idempotent output files.
+//! * [`output`]: atomic, idempotent output files;
+//! * [`job`]: the one shape of a job ([`Job`]: run on a scheduler, answer a
+//!   [`JobReport`] and the job's own output, or a [`JobError`]).
 //!
 //! Invariants: `batch` never reads segment files and does no network I/O; a task's
 //! output commits once (first finisher wins, compare-and-set); every queue is bounded
@@ -29,10 +31,12 @@
 
 pub mod daily;
 pub mod hourly;
+pub mod job;
 pub mod morsel;
 pub mod output;
 pub mod reconcile;
 pub mod rings;
 pub mod scheduler;
 
+pub use job::{Job, JobError, JobReport, Progress, STAGES_MAX};
 pub use scheduler::{Injection, Scheduler, SchedulerConfig, Speculation, StageProgress, StageReport};

@@ -21,10 +21,10 @@
 //! A correction's `reason` is `late` when batch counted more events than the stream
 //! (the difference is `late_events`), `mismatch` otherwise (which would be a bug).
 
-use crate::hourly::{JobError, JobReport};
+use crate::job::{JobError, JobReport};
 use crate::morsel::Morsel;
 use crate::output::write_parquet_atomic;
-use crate::scheduler::{Scheduler, StageProgress, TaskContext, TaskError};
+use crate::scheduler::{Scheduler, TaskContext, TaskError};
 use arrow_array::builder::{Int32Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type, TimestampMillisecondType};
@@ -351,11 +351,27 @@ pub fn corrections_path(output: &Path, query: &str, hour: i64) -> PathBuf {
         .join("part-00000.parquet")
 }
 
+impl crate::job::Job for ReconcileJob {
+    /// The windows recomputed and what late events changed.
+    type Output = Reconciliation;
+    fn name(&self) -> &'static str {
+        "reconcile"
+    }
+    fn run(
+        &self,
+        scheduler: &Scheduler,
+        progress: &crate::job::Progress,
+        on_stage: &mut dyn FnMut(&str, usize),
+    ) -> Result<(JobReport, Reconciliation), JobError> {
+        run(self, scheduler, progress, on_stage)
+    }
+}
+
 /// Runs the job; returns the report and the reconciliation.
-pub fn run(
+fn run(
     job: &ReconcileJob,
     scheduler: &Scheduler,
-    progress: &[StageProgress; crate::hourly::STAGES_MAX],
+    progress: &crate::job::Progress,
     on_stage: &mut dyn FnMut(&str, usize),
 ) -> Result<(JobReport, Reconciliation), JobError> {
     let def = &job.query;

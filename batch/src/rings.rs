@@ -17,10 +17,10 @@
 //! `n² / 2^65` (3·10⁻⁸ for a million nodes), accepted and documented. Ring ids are the
 //! smallest user id of the ring, so they are stable across runs.
 
-use crate::hourly::{JobError, JobReport};
+use crate::job::{JobError, JobReport};
 use crate::morsel::Morsel;
 use crate::output::write_parquet_atomic;
-use crate::scheduler::{Scheduler, StageProgress, TaskContext, TaskError};
+use crate::scheduler::{Scheduler, TaskContext, TaskError};
 use arrow_array::builder::{Int64Builder, StringBuilder};
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, ArrayRef, RecordBatch};
@@ -230,11 +230,27 @@ pub fn rings_path(output: &Path) -> PathBuf {
     output.join("rings/part-00000.parquet")
 }
 
+impl crate::job::Job for RingsJob {
+    /// The rings found.
+    type Output = Vec<Ring>;
+    fn name(&self) -> &'static str {
+        "rings"
+    }
+    fn run(
+        &self,
+        scheduler: &Scheduler,
+        progress: &crate::job::Progress,
+        on_stage: &mut dyn FnMut(&str, usize),
+    ) -> Result<(JobReport, Vec<Ring>), JobError> {
+        run(self, scheduler, progress, on_stage)
+    }
+}
+
 /// Runs the job; returns the report and the rings found.
-pub fn run(
+fn run(
     job: &RingsJob,
     scheduler: &Scheduler,
-    progress: &[StageProgress; crate::hourly::STAGES_MAX],
+    progress: &crate::job::Progress,
     on_stage: &mut dyn FnMut(&str, usize),
 ) -> Result<(JobReport, Vec<Ring>), JobError> {
     let files = crate::morsel::parquet_files(&job.input.join(&job.topic))?;

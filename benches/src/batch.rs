@@ -93,10 +93,11 @@ fn hourly(input: &Path, output: &Path, speculation: bool, slow: bool, salts: usi
         output: output.to_path_buf(),
         from_ms: None,
         to_ms: None,
+        salts,
     };
     let progress: [StageProgress; STAGES_MAX] = Default::default();
     let start = Instant::now();
-    let report = batch::hourly::run(&job, &scheduler, &progress, salts, &mut |_, _| {})?;
+    let (report, ()) = batch::Job::run(&job, &scheduler, &progress, &mut |_, _| {})?;
     let seconds = start.elapsed().as_secs_f64();
     let speculated: u64 = report.stages.iter().map(|s| s.speculation_won).sum();
     eprintln!(

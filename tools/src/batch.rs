@@ -2,8 +2,9 @@
 //! stage and a summary table.
 
 use anyhow::{bail, Context, Result};
-use batch::hourly::{HourlyJob, JobReport};
+use batch::hourly::HourlyJob;
 use batch::{Injection, Scheduler, SchedulerConfig, Speculation, StageProgress};
+use batch::{Job as _, JobReport};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -234,6 +235,7 @@ fn run_local(args: &BatchArgs) -> Result<JobReport> {
         output: args.output.clone(),
         from_ms: args.from,
         to_ms: args.to,
+        salts: if args.skew == Switch::On { args.skew_salts } else { 0 },
     };
     let report = std::thread::scope(|scope| {
         scope.spawn(|| {
@@ -266,13 +268,10 @@ fn run_local(args: &BatchArgs) -> Result<JobReport> {
             stages.lock().expect("stages lock").push((name.to_string(), tasks));
         };
         let result = match args.job {
-            Job::Hourly => {
-                let salts = if args.skew == Switch::On { args.skew_salts } else { 0 };
-                batch::hourly::run(&job, &scheduler, &progress, salts, &mut on_stage).map(|r| (r, Vec::new()))
-            }
+            Job::Hourly => job.run(&scheduler, &progress, &mut on_stage).map(|(r, ())| (r, Vec::new())),
             Job::Daily => {
                 let daily = batch::daily::DailyJob { input: args.input.clone(), output: args.output.clone() };
-                batch::daily::run(&daily, &scheduler, &progress, &mut on_stage).map(|r| (r, Vec::new()))
+                daily.run(&scheduler, &progress, &mut on_stage).map(|(r, ())| (r, Vec::new()))
             }
             Job::Rings => {
                 let rings = batch::rings::RingsJob {
@@ -283,7 +282,7 @@ fn run_local(args: &BatchArgs) -> Result<JobReport> {
                     from_ms: args.from,
                     to_ms: args.to,
                 };
-                batch::rings::run(&rings, &scheduler, &progress, &mut on_stage).map(|(report, found)| {
+                rings.run(&scheduler, &progress, &mut on_stage).map(|(report, found)| {
                     let users: usize = found.iter().map(|r| r.users.len()).sum();
                     eprintln!(
                         "corelog batch rings: {} rings ({users} users) of at least {} users",
@@ -299,7 +298,7 @@ fn run_local(args: &BatchArgs) -> Result<JobReport> {
                     output: args.output.clone(),
                     query: query.clone().expect("checked above"),
                 };
-                batch::reconcile::run(&job, &scheduler, &progress, &mut on_stage).map(|(report, found)| {
+                job.run(&scheduler, &progress, &mut on_stage).map(|(report, found)| {
                     print_reconciliation(&job.query.name, &found);
                     (report, Vec::new())
                 })
@@ -394,16 +393,14 @@ pub fn print_summary(report: &JobReport, out: &mut dyn Write) -> std::io::Result
             stage.elapsed.as_secs_f64() * 1e3
         )?;
     }
-    if let Some((key, rows)) = report.hot_keys.first() {
+    if let Some(hottest) = report.hot_keys.first() {
         writeln!(
             out,
-            "skew: {} hot keys salted over {} sub-keys; hottest {}/{} hour {} with {} sampled rows",
+            "skew: {} hot keys salted over {} sub-keys; hottest {} with {} sampled rows",
             report.hot_keys.len(),
             report.salts,
-            key.merchant_id,
-            key.country,
-            key.hour,
-            rows
+            hottest.key,
+            hottest.rows
         )?;
     }
     writeln!(

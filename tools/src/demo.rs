@@ -614,7 +614,8 @@ pub fn run(args: &DemoArgs) -> Result<DemoReport> {
     let scheduler = batch::Scheduler::new(batch::SchedulerConfig::default());
     let spinner = ProgressBar::new_spinner();
     spinner.enable_steady_tick(Duration::from_millis(100));
-    let stages = || -> [batch::StageProgress; batch::hourly::STAGES_MAX] { Default::default() };
+    let stages = batch::Progress::default;
+    use batch::Job as _;
     spinner.set_message("batch: hourly");
     let started = Instant::now();
     let hourly_job = batch::hourly::HourlyJob {
@@ -623,14 +624,9 @@ pub fn run(args: &DemoArgs) -> Result<DemoReport> {
         output: work.join("batch"),
         from_ms: None,
         to_ms: None,
+        salts: batch::hourly::SKEW_SALTS_DEFAULT,
     };
-    let hourly = batch::hourly::run(
-        &hourly_job,
-        &scheduler,
-        &stages(),
-        batch::hourly::SKEW_SALTS_DEFAULT,
-        &mut |_, _| {},
-    )?;
+    let (hourly, ()) = hourly_job.run(&scheduler, &stages(), &mut |_, _| {})?;
     let hourly_time = started.elapsed();
     spinner.set_message("batch: rings");
     let started = Instant::now();
@@ -642,7 +638,7 @@ pub fn run(args: &DemoArgs) -> Result<DemoReport> {
         from_ms: None,
         to_ms: None,
     };
-    let (_, rings) = batch::rings::run(&rings_job, &scheduler, &stages(), &mut |_, _| {})?;
+    let (_, rings) = rings_job.run(&scheduler, &stages(), &mut |_, _| {})?;
     let rings_time = started.elapsed();
     spinner.set_message("batch: reconcile");
     let started = Instant::now();
@@ -651,7 +647,7 @@ pub fn run(args: &DemoArgs) -> Result<DemoReport> {
         output: work.join("batch"),
         query: def.clone(),
     };
-    let (_, reconciled) = batch::reconcile::run(&reconcile_job, &scheduler, &stages(), &mut |_, _| {})?;
+    let (_, reconciled) = reconcile_job.run(&scheduler, &stages(), &mut |_, _| {})?;
     let reconcile_time = started.elapsed();
     spinner.finish_and_clear();
 
