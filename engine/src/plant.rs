@@ -21,16 +21,20 @@ pub enum Plant {
     TrustFailedFsync,
     /// Producer state is not rebuilt at open: duplicates are appended again.
     ForgetProducerSequences,
+    /// A consumer group's committed offsets are renamed into place without syncing
+    /// their directory, so a crash can bring back older ones.
+    UnsyncedOffsetCommit,
 }
 
 impl Plant {
     /// Every plant, in a fixed order.
-    pub const ALL: [Plant; 5] = [
+    pub const ALL: [Plant; 6] = [
         Plant::PublishBeforeSync,
         Plant::SkipTornTailTruncation,
         Plant::RollWithoutSync,
         Plant::TrustFailedFsync,
         Plant::ForgetProducerSequences,
+        Plant::UnsyncedOffsetCommit,
     ];
 
     /// The name `--plant` takes.
@@ -41,6 +45,7 @@ impl Plant {
             Plant::RollWithoutSync => "roll-without-sync",
             Plant::TrustFailedFsync => "trust-failed-fsync",
             Plant::ForgetProducerSequences => "forget-producer-sequences",
+            Plant::UnsyncedOffsetCommit => "unsynced-offset-commit",
         }
     }
 
@@ -57,6 +62,9 @@ impl Plant {
             Plant::RollWithoutSync => "a roll leaves the sealed segment out of the next sync",
             Plant::TrustFailedFsync => "a failed fsync is retried and the retry trusted",
             Plant::ForgetProducerSequences => "producer sequences are forgotten at restart",
+            Plant::UnsyncedOffsetCommit => {
+                "committed offsets are renamed into place without a directory sync"
+            }
         }
     }
 

@@ -36,6 +36,7 @@ use bytes::BytesMut;
 use engine::batch::{BatchBuilder, BatchView};
 use engine::commit::{retry_failed_sync, FlushStep, GroupCommit};
 use engine::disk::{Disk, DiskFile};
+use engine::groups::{code as group_code, Coordinator};
 use engine::log::{AppendError, LogConfig, PartitionLog, Recovery};
 use engine::producers::{ProducerStates, Sequenced};
 use engine::segment::{parse_log_name, scan_batches};
@@ -50,6 +51,9 @@ use std::sync::Arc;
 pub const CLIENTS: usize = 4;
 /// Of which this many are idempotent producers.
 pub const IDEMPOTENT_CLIENTS: usize = 3;
+/// The consumer group whose offsets the scenario commits, and the topic they name.
+const GROUP: &str = "g";
+const TOPIC: &str = "topic";
 /// Steps between full walks of the log (offsets contiguous, acknowledged bytes).
 pub const FULL_CHECK_EVERY_STEPS: u64 = 16;
 
@@ -105,6 +109,8 @@ struct Waiter {
 #[derive(Debug)]
 struct Node {
     log: PartitionLog,
+    /// The consumer-group coordinator, its committed offsets on the same disk.
+    groups: Coordinator,
     producers: ProducerStates,
     commit: GroupCommit<SyncTarget>,
     active: Option<Arc<DiskFile>>,
@@ -158,6 +164,10 @@ pub struct Scenario {
     acked: BTreeMap<i64, Acked>,
     /// First acknowledgement of each idempotent batch: (producer id, sequence).
     first_answers: BTreeMap<(i64, i32), AppendResult>,
+    /// The last offset commit answered without error, and the values of commits
+    /// since that failed (a failed commit may still have reached the disk).
+    committed: Option<i64>,
+    commits_in_doubt: Vec<i64>,
     storm: bool,
     outcome: Outcome,
     verbose: bool,
@@ -205,6 +215,8 @@ impl Scenario {
             clients,
             acked: BTreeMap::new(),
             first_answers: BTreeMap::new(),
+            committed: None,
+            commits_in_doubt: Vec::new(),
             storm: false,
             outcome: Outcome::default(),
             verbose,
@@ -229,7 +241,7 @@ impl Scenario {
 
     /// Runs `steps` steps (stopping at the first failure) and returns what happened.
     pub fn run(mut self, steps: u64) -> Outcome {
-        let result = self.open(Recovery::Unclean { written_since_ms: None });
+        let result = self.open(Recovery::Unclean { written_since_ms: None }, true);
         if let Err(failure) = result {
             self.outcome.failure = Some(format!("step 0: {failure}"));
             return self.outcome;
@@ -266,7 +278,7 @@ impl Scenario {
     }
 
     fn one_step(&mut self) -> Check {
-        let weights: [(u32, Action); 10] = [
+        let weights: [(u32, Action); 11] = [
             (30, Self::append),
             (4, Self::resend),
             (20, Self::complete_write),
@@ -277,6 +289,7 @@ impl Scenario {
             (1, Self::restart),
             (2, Self::toggle_storm),
             (2, Self::check_log),
+            (3, Self::commit_offset),
         ];
         let total: u32 = weights.iter().map(|(w, _)| w).sum();
         let mut pick = self.rng.gen_range(0..total);
@@ -296,7 +309,7 @@ impl Scenario {
 
     // ---- the process: open, close ------------------------------------------------
 
-    fn open(&mut self, recovery: Recovery) -> Check {
+    fn open(&mut self, recovery: Recovery, after_power_loss: bool) -> Check {
         let faults = self.storm;
         self.disk.set_faults(0);
         let disk: Arc<dyn Disk> = self.disk.clone();
@@ -306,6 +319,10 @@ impl Scenario {
             return Err(format!("the partition reopens read-only: {reason}"));
         }
         let producers = ProducerStates::recover(&log).map(|(p, _)| p).unwrap_or_default();
+        let disk: Arc<dyn Disk> = self.disk.clone();
+        let groups = Coordinator::open_on(disk, self.disk.root(), u64::MAX)
+            .map_err(|e| format!("the group coordinator does not reopen: {e}"))?;
+        self.check_committed(&groups, after_power_loss)?;
         let offset = log.high_watermark();
         self.say(format!(
             "open ({recovery:?}): log {}..{offset}, {} segments, cut {} B{}",
@@ -316,6 +333,7 @@ impl Scenario {
         ));
         self.node = Some(Node {
             log,
+            groups,
             producers,
             commit: GroupCommit::new(offset),
             active: None,
@@ -358,7 +376,7 @@ impl Scenario {
         self.outcome.crashes += 1;
         self.say(format!("CRASH: {lost} unsynced operations lost or torn"));
         let since = self.opened_ms - OPENED_SLACK_MS;
-        self.open(Recovery::Unclean { written_since_ms: Some(since) })
+        self.open(Recovery::Unclean { written_since_ms: Some(since) }, true)
     }
 
     /// A clean shutdown as the shard does it (in-flight work drains, a failed
@@ -394,7 +412,7 @@ impl Scenario {
         } else {
             Recovery::Unclean { written_since_ms: Some(self.opened_ms - OPENED_SLACK_MS) }
         };
-        self.open(recovery)
+        self.open(recovery, false)
     }
 
     // ---- clients -----------------------------------------------------------------
@@ -692,6 +710,48 @@ impl Scenario {
             return Err(format!("acknowledged {result:?} but the log holds another batch there"));
         }
         self.acked.insert(result.base_offset, Acked { next_offset: result.next_offset, crc: batch.crc });
+        Ok(())
+    }
+
+    // ---- consumer-group offsets ----------------------------------------------------
+
+    /// A consumer commits its position (the watermark) for group `g`: Kafka's simple
+    /// commit, written durably by the coordinator before it answers.
+    fn commit_offset(&mut self) -> Check {
+        let node = self.node();
+        let offset = node.log.high_watermark();
+        let code = node.groups.commit(GROUP, -1, "", &[(TOPIC.into(), 0, offset, None)]);
+        let read = node.groups.committed(GROUP, TOPIC, 0).map(|(o, _)| o);
+        self.say(format!("offset commit {offset}: code {code}"));
+        if code == group_code::NONE {
+            if read != Some(offset) {
+                return Err(format!("committed {offset} but the coordinator answers {read:?}"));
+            }
+            self.committed = Some(offset);
+            self.commits_in_doubt.clear();
+        } else {
+            self.commits_in_doubt.push(offset);
+        }
+        Ok(())
+    }
+
+    /// After an open: the committed offset is the last one acknowledged, or one whose
+    /// commit failed after it (it may have reached the disk). After a power loss what
+    /// is read is what the disk holds, so it becomes the one to keep; after a restart
+    /// it may still be a failed commit's page-cache copy, so nothing is settled.
+    fn check_committed(&mut self, groups: &Coordinator, after_power_loss: bool) -> Check {
+        let read = groups.committed(GROUP, TOPIC, 0).map(|(o, _)| o);
+        let possible = read == self.committed || read.is_some_and(|o| self.commits_in_doubt.contains(&o));
+        if !possible {
+            return Err(format!(
+                "committed offset {read:?} after reopening; the last acknowledged was {:?}",
+                self.committed
+            ));
+        }
+        if after_power_loss {
+            self.committed = read;
+            self.commits_in_doubt.clear();
+        }
         Ok(())
     }
 

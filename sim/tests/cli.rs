@@ -64,7 +64,7 @@ fn given_each_plant_then_a_run_of_seeds_catches_it_and_replays_it() {
     let (ok, list) = sim(&["--list-plants"]);
     assert!(ok);
     let plants: Vec<&str> = list.lines().filter_map(|line| line.split_whitespace().next()).collect();
-    assert!(plants.len() >= 5, "{list}");
+    assert!(plants.len() >= 6, "{list}");
     for plant in plants {
         let (ok, text) = sim(&["--seeds", "300", "--plant", plant]);
         assert!(ok, "plant {plant} not caught:\n{text}");
