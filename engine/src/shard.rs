@@ -162,6 +162,22 @@ pub enum Request {
 }
 
 impl Request {
+    /// Answers the request with `error` instead of running it.
+    fn refuse(self, error: EngineError) -> Completion {
+        match self {
+            Request::CreatePartition(_, answer)
+            | Request::DeletePartition(_, answer)
+            | Request::Shutdown(answer) => answer.complete(Err(error)),
+            Request::Append { answer, .. } => answer.complete(Err(error)),
+            Request::Read { answer, .. } => answer.complete(Err(error)),
+            Request::WaitFor { answer, .. } => answer.complete(Err(error)),
+            Request::OffsetForTimestamp { answer, .. } | Request::MaxTimestamp(_, answer) => {
+                answer.complete(Err(error))
+            }
+            Request::Info(_, answer) => answer.complete(Err(error)),
+        }
+    }
+
     fn partition(&self) -> Option<&TopicPartition> {
         match self {
             Request::CreatePartition(tp, _)
@@ -972,23 +988,8 @@ impl Shard {
 
     /// Runs one request on this (its owner) shard; returns its answer to deliver.
     async fn handle(self: Rc<Self>, request: Request) -> Completion {
-        if self.stopping.get() {
-            fn refused<T>() -> Result<T, EngineError> {
-                Err(EngineError::ShuttingDown)
-            }
-            match request {
-                Request::Shutdown(_) => {}
-                Request::CreatePartition(_, answer) | Request::DeletePartition(_, answer) => {
-                    return answer.complete(refused())
-                }
-                Request::Append { answer, .. } => return answer.complete(refused()),
-                Request::Read { answer, .. } => return answer.complete(refused()),
-                Request::WaitFor { answer, .. } => return answer.complete(refused()),
-                Request::OffsetForTimestamp { answer, .. } | Request::MaxTimestamp(_, answer) => {
-                    return answer.complete(refused())
-                }
-                Request::Info(_, answer) => return answer.complete(refused()),
-            }
+        if self.stopping.get() && !matches!(request, Request::Shutdown(_)) {
+            return request.refuse(EngineError::ShuttingDown);
         }
         match request {
             Request::CreatePartition(tp, answer) => answer.complete(self.create_partition(tp)),

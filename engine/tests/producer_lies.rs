@@ -31,7 +31,8 @@ fn config() -> LogConfig {
 }
 
 #[test]
-fn given_a_stored_batch_whose_record_count_lies_under_a_valid_crc_then_recovery_cuts_it_and_producer_state_never_sees_it() {
+fn given_a_stored_batch_whose_record_count_lies_under_a_valid_crc_then_recovery_cuts_it_and_producer_state_never_sees_it(
+) {
     let dir = tempfile::tempdir().unwrap();
     let (mut log, _) = PartitionLog::open(dir.path(), config(), true, NOW_MS).unwrap();
     log.append_sync(batch(7, 0, 3), NOW_MS).unwrap();

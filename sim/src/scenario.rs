@@ -540,11 +540,7 @@ impl Scenario {
     /// write, and `write_synced`.
     fn complete_write(&mut self) -> Check {
         let node = self.node.as_mut().expect("running");
-        if node.writes.is_empty() {
-            return Ok(());
-        }
-        let at = self.rng.gen_range(0..node.writes.len());
-        let write = node.writes.swap_remove(at);
+        let Some(write) = take_any(&mut self.rng, &mut node.writes) else { return Ok(()) };
         node.commit.write_ended();
         if write.synced {
             node.commit.sync_ended();
@@ -608,11 +604,7 @@ impl Scenario {
     /// A sync completes (any in flight): `Partition::sync` after its syncs.
     fn complete_sync(&mut self) -> Check {
         let node = self.node.as_mut().expect("running");
-        if node.syncs.is_empty() {
-            return Ok(());
-        }
-        let at = self.rng.gen_range(0..node.syncs.len());
-        let sync = node.syncs.swap_remove(at);
+        let Some(sync) = take_any(&mut self.rng, &mut node.syncs) else { return Ok(()) };
         node.commit.sync_ended();
         self.say(format!("sync to {} completes", sync.target));
         if let Err(error) = sync.outcome {
@@ -927,6 +919,11 @@ impl Scenario {
     pub fn steps(&self) -> u64 {
         self.step
     }
+}
+
+/// Removes and returns an element `rng` picks: completions arrive in any order.
+fn take_any<T>(rng: &mut SmallRng, items: &mut Vec<T>) -> Option<T> {
+    (!items.is_empty()).then(|| items.swap_remove(rng.gen_range(0..items.len())))
 }
 
 /// Runs the scenario of `seed` for `steps` steps in `scratch`.
