@@ -10,13 +10,14 @@ step() { printf '\n==> %s\n' "$*"; }
 step "toolchain components"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
-step "interop clients (kcat, librdkafka's CLI)"
-if ! command -v kcat >/dev/null 2>&1; then
+step "interop clients (kcat, librdkafka's CLI) and the openssl CLI (test certificates)"
+if ! command -v kcat >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq kcat >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq kcat openssl >/dev/null
 fi
 kcat -V | head -1
+openssl version
 
 step "interop clients (Python: confluent-kafka, kafka-python, duckdb, moto S3 server into target/py)"
 if [ ! -x target/py/bin/python ] || ! target/py/bin/python -c "import confluent_kafka, kafka, duckdb, moto, boto3" 2>/dev/null; then

@@ -62,6 +62,9 @@ pub(crate) struct Catalog {
     next_producer_id: AtomicI64,
     /// Consumer groups and their committed offsets.
     pub(crate) groups: crate::groups::Coordinator,
+    /// Who clients are and what they may do (users, ACLs, TLS; see the `security`
+    /// crate).
+    pub(crate) security: Arc<security::Security>,
 }
 
 impl Catalog {
@@ -71,6 +74,7 @@ impl Catalog {
         partition_limit: u32,
         memory_budget: usize,
         offsets_retention_ms: u64,
+        security: Arc<security::Security>,
     ) -> std::io::Result<Self> {
         // Producer ids only need to be unique across restarts: start from the clock
         // (ms × 256), which leaves 256 ids per millisecond of uptime before overlap.
@@ -88,6 +92,7 @@ impl Catalog {
             connections: std::sync::atomic::AtomicUsize::new(0),
             next_producer_id,
             groups,
+            security,
         })
     }
 

@@ -25,9 +25,12 @@ pub struct EngineConfig {
     pub uring_entries: u32,
     /// How often shards run time-based roll and retention.
     pub maintenance_interval_ms: u64,
-    /// Where every shard accepts Kafka-protocol connections (SO_REUSEPORT); `None`
-    /// for a purely embedded engine.
-    pub listen: Option<std::net::SocketAddr>,
+    /// Where every shard accepts Kafka-protocol connections (SO_REUSEPORT), each with
+    /// its security protocol; none for a purely embedded engine.
+    pub listeners: Vec<security::Listener>,
+    /// TLS material, super users and the insecure-listener switches (see the
+    /// `security` crate).
+    pub security: security::SecurityConfig,
     /// Largest Kafka request frame accepted.
     pub max_request_bytes: usize,
     /// Partitions of topics created on first use (Metadata with auto-creation,
@@ -82,7 +85,8 @@ impl EngineConfig {
             pin_threads: true,
             uring_entries: 256,
             maintenance_interval_ms: 1000,
-            listen: None,
+            listeners: Vec::new(),
+            security: security::SecurityConfig::default(),
             max_request_bytes: MAX_REQUEST_BYTES_DEFAULT,
             auto_create_partitions: Some(1),
             retain_until_landed: false,

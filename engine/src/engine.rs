@@ -127,6 +127,10 @@ impl Engine {
         let partition_limit = partition_limit(&config);
         // A frame being joined from its chunks is counted twice for a moment.
         let memory_budget = config.memory_budget_bytes.max(2 * config.max_request_bytes);
+        let sinks = config.queries.iter().flat_map(|q| [q.agg_topic(), q.decisions_topic()]).collect();
+        let security = security::Security::open(&data_dir, &config.listeners, &config.security, sinks)
+            .map_err(|e| EngineError::Security(e.to_string()))?;
+        let security = Arc::new(security);
         let catalog = Arc::new(
             Catalog::new(
                 data_dir.clone(),
@@ -134,6 +138,7 @@ impl Engine {
                 partition_limit,
                 memory_budget,
                 config.offsets_retention_ms,
+                security,
             )
             .map_err(|e| dir_error(format!("consumer groups: {e}")))?,
         );
@@ -402,7 +407,7 @@ impl Via<'_> {
 /// [`FDS_RESERVED`] (the soft limit is first raised to the hard one).
 fn partition_limit(config: &EngineConfig) -> u32 {
     let descriptors = crate::io::raise_descriptor_limit();
-    let connections = if config.listen.is_some() { config.max_connections as u64 } else { 0 };
+    let connections = if !config.listeners.is_empty() { config.max_connections as u64 } else { 0 };
     let by_descriptors = descriptors.saturating_sub(FDS_RESERVED + connections) / FDS_PER_PARTITION;
     let limit = u64::from(config.max_partitions).min(by_descriptors);
     if limit < u64::from(config.max_partitions) {
@@ -468,10 +473,11 @@ struct ShardServices {
 
 impl shard::Services for ShardServices {
     fn listen(&self, shard: &std::rc::Rc<shard::Shard>) -> Result<(), EngineError> {
-        let Some(address) = shard.config.listen else { return Ok(()) };
-        let listener = crate::kafka::bind(address)
-            .map_err(|error| EngineError::Listen(format!("{address}: {error}")))?;
-        drop(tokio_uring::spawn(crate::kafka::accept_loop(shard.clone(), listener)));
+        for listener in &shard.config.listeners {
+            let socket = crate::kafka::bind(listener.address)
+                .map_err(|error| EngineError::Listen(format!("{listener}: {error}")))?;
+            drop(tokio_uring::spawn(crate::kafka::accept_loop(shard.clone(), socket, *listener)));
+        }
         Ok(())
     }
 

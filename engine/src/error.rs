@@ -54,6 +54,15 @@ pub enum EngineError {
     /// A shard could not listen for Kafka connections.
     #[error("cannot listen on {0}")]
     Listen(String),
+
+    /// The listeners' security setup was refused (TLS material, insecure listeners,
+    /// an unreadable users or ACL file).
+    #[error("security: {0}")]
+    Security(String),
+
+    /// The principal may not do this (an ACL denies it or none allows it).
+    #[error("not authorized")]
+    Unauthorized,
     /// The engine is shutting down or a shard stopped.
     #[error("engine is shutting down")]
     ShuttingDown,

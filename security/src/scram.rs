@@ -5,7 +5,9 @@
 //! two-round SCRAM exchange ([`ScramExchange`]) and the check of a PLAIN password
 //! against a stored SCRAM credential.
 //!
-//! Invariants: proofs and keys are compared in constant time; an unknown user runs the
+//! Invariants: proofs and keys are compared in constant time; the client's final
+//! nonce must end with the combined nonce the server sent (Kafka's check, which older
+//! librdkafka releases need: they prefix their own nonce once more); an unknown user runs the
 //! same exchange against a fake credential derived from a per-process secret and fails
 //! at the proof, so answers do not tell which users exist; every message is bounded
 //! ([`SCRAM_MESSAGE_BYTES_MAX`]) before it is parsed. Channel binding is refused
@@ -298,7 +300,9 @@ impl ScramExchange {
                 if B64.decode(binding).ok().as_deref() != Some(gs2_header.as_bytes()) {
                     return Err(ScramError::Malformed("channel binding data differs from the GS2 header"));
                 }
-                if echoed != nonce {
+                // Kafka's rule: the echoed nonce must end with the combined one
+                // (librdkafka before 2.x, still Debian's, echoes the client nonce twice).
+                if !echoed.ends_with(&nonce) {
                     return Err(ScramError::Malformed("nonce differs"));
                 }
                 let proof = B64.decode(proof).map_err(|_| ScramError::Malformed("proof is not base64"))?;

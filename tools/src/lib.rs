@@ -10,6 +10,7 @@
 
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 
+pub mod access;
 pub mod batch;
 pub mod client;
 pub mod demo;

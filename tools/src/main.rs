@@ -33,6 +33,10 @@ enum Command {
     Produce(corelog_tools::client::ProduceArgs),
     /// Print records, one value per line, optionally as a consumer-group member.
     Consume(corelog_tools::client::ConsumeArgs),
+    /// Manage SCRAM users of a data directory (password on stdin).
+    Users(corelog_tools::access::UsersArgs),
+    /// Manage Kafka ACLs of a data directory.
+    Acl(corelog_tools::access::AclArgs),
     /// Dump and check a segment, index or time-index file, or a partition directory.
     Inspect {
         /// A .log, .index or .timeindex file, or a partition directory.
@@ -49,6 +53,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -67,6 +72,14 @@ fn main() -> ExitCode {
         Command::Consume(args) => {
             corelog_tools::client::consume(&args, &mut std::io::stdout().lock()).map(|_| ExitCode::SUCCESS)
         }
+        Command::Users(args) => corelog_tools::access::users(&args, std::io::stdin().lock()).map(|out| {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }),
+        Command::Acl(args) => corelog_tools::access::acl(&args).map(|out| {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }),
         Command::Inspect { path, records } => {
             corelog_tools::inspect::run(&path, records, &mut std::io::stdout().lock()).map(|findings| {
                 if let Some(first) = findings.problems.first() {

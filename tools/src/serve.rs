@@ -1,7 +1,8 @@
 //! `corelog serve`: the engine as a Kafka-protocol broker.
 //!
 //! Opens the data directory, starts one shard per core, each accepting connections on
-//! `--listen` (SO_REUSEPORT), and runs until SIGTERM or SIGINT, then shuts down
+//! `--listen` or every `--listeners` entry (SO_REUSEPORT; TLS, SASL and ACLs per the
+//! `security` crate), and runs until SIGTERM or SIGINT, then shuts down
 //! cleanly: in-flight appends finish, every partition is synced and closed, and the
 //! clean-shutdown marker is written.
 
@@ -17,9 +18,34 @@ pub struct ServeArgs {
     /// Data directory (created if missing).
     #[arg(long)]
     pub data_dir: PathBuf,
-    /// Address every shard accepts Kafka connections on.
-    #[arg(long, default_value = "127.0.0.1:9092")]
+    /// Address every shard accepts plaintext Kafka connections on (shorthand for
+    /// `--listeners PLAINTEXT://ADDR`).
+    #[arg(long, default_value = "127.0.0.1:9092", conflicts_with = "listeners")]
     pub listen: SocketAddr,
+    /// Kafka-style listeners, e.g. `PLAINTEXT://127.0.0.1:9092,SASL_SSL://0.0.0.0:9093`
+    /// (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL). With any listener but PLAINTEXT,
+    /// every request is authorized by ACLs and none matching means deny.
+    #[arg(long)]
+    pub listeners: Option<String>,
+    /// The server certificate chain (PEM) of SSL and SASL_SSL listeners.
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// The server's private key (PEM).
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) that sign client certificates: SSL listeners then require
+    /// one (mutual TLS), and its subject becomes the principal (`User:CN=…`).
+    #[arg(long)]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Principals allowed everything, e.g. `User:admin,User:ops`.
+    #[arg(long, value_delimiter = ',')]
+    pub super_users: Vec<String>,
+    /// Allow PLAINTEXT or SASL_PLAINTEXT listeners on non-loopback addresses.
+    #[arg(long)]
+    pub allow_insecure_listener: bool,
+    /// Offer SASL PLAIN on SASL_PLAINTEXT listeners too (passwords in the clear).
+    #[arg(long)]
+    pub sasl_plain_without_tls: bool,
     /// Shard threads (default: all cores).
     #[arg(long)]
     pub cores: Option<usize>,
@@ -85,7 +111,21 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     let retention_ms = parse_duration_ms(&args.retention)?;
     let mut config = EngineConfig::new(&args.data_dir);
     config.flush = args.flush;
-    config.listen = Some(args.listen);
+    config.listeners = match &args.listeners {
+        Some(text) => security::parse_listeners(text).map_err(anyhow::Error::msg)?,
+        None => {
+            vec![security::Listener { protocol: security::SecurityProtocol::Plaintext, address: args.listen }]
+        }
+    };
+    config.security = security::SecurityConfig {
+        tls_cert: args.tls_cert.clone(),
+        tls_key: args.tls_key.clone(),
+        tls_client_ca: args.tls_client_ca.clone(),
+        super_users: args.super_users.clone(),
+        plain_without_tls: args.sasl_plain_without_tls,
+        allow_insecure_listener: args.allow_insecure_listener,
+    };
+    let listeners: Vec<String> = config.listeners.iter().map(|l| l.to_string()).collect();
     config.max_request_bytes = args.max_request_bytes;
     config.auto_create_partitions = (args.default_partitions > 0).then_some(args.default_partitions);
     config.log.retention_ms = (retention_ms > 0).then_some(retention_ms);
@@ -126,7 +166,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     eprintln!(
         "corelog serve: {} shards listening on {}, data in {}, flush={}",
         engine.shard_count(),
-        args.listen,
+        listeners.join(","),
         args.data_dir.display(),
         args.flush
     );

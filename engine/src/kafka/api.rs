@@ -3,7 +3,7 @@
 
 use super::codes::*;
 use super::net::{Budget, Held};
-use super::{fetch, groups, topics};
+use super::{admin, fetch, groups, sasl, topics};
 use crate::shard::Shard;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
@@ -23,6 +23,8 @@ pub(super) struct Call<'a> {
     pub(super) client_id: &'a str,
     /// Where the response's bytes are counted until written.
     pub(super) budget: &'a Budget,
+    /// Who sent the request.
+    pub(super) session: &'a super::sasl::Session,
 }
 
 /// A handler's answer: the response (the version it is encoded in, its body, and the
@@ -81,6 +83,13 @@ api_table! {
         LeaveGroup 0..=4 => groups::serve_leave_group,
         OffsetCommit 2..=8 => groups::serve_offset_commit,
         OffsetFetch 1..=7 => groups::serve_offset_fetch,
+        SaslHandshake 0..=1 => sasl::serve_sasl_handshake,
+        SaslAuthenticate 0..=2 => sasl::serve_sasl_authenticate,
+        DescribeAcls 1..=3 => admin::serve_describe_acls,
+        CreateAcls 1..=3 => admin::serve_create_acls,
+        DeleteAcls 1..=3 => admin::serve_delete_acls,
+        DescribeUserScramCredentials 0..=0 => admin::serve_describe_user_scram_credentials,
+        AlterUserScramCredentials 0..=0 => admin::serve_alter_user_scram_credentials,
     }
 }
 
@@ -97,16 +106,22 @@ pub(super) fn malformed(api_key: ApiKey, version: i16) -> impl Fn(anyhow::Error)
 /// ApiVersions: every API and version range of [`SUPPORTED`]. An unknown version is
 /// answered in v0 with the error, as Kafka does.
 async fn serve_api_versions(call: &Call<'_>, body: &mut Bytes) -> Answer {
-    let version = call.version;
+    let (version, body) = api_versions_answer(call.version, body)?;
+    Ok(Some((version, body, None)))
+}
+
+/// The ApiVersions answer to a v`version` request: the version it is encoded in and
+/// its body (also served before authentication).
+pub(super) fn api_versions_answer(version: i16, body: &mut Bytes) -> Result<(i16, BytesMut), String> {
     if !supported(ApiKey::ApiVersions, version) {
         let response = ApiVersionsResponse::default()
             .with_error_code(code::UNSUPPORTED_VERSION)
             .with_api_keys(api_versions());
-        return Ok(Some((0, encode(&response, 0)?, None)));
+        return Ok((0, encode(&response, 0)?));
     }
     let _request =
         ApiVersionsRequest::decode(body, version).map_err(malformed(ApiKey::ApiVersions, version))?;
-    Ok(Some((version, encode(&ApiVersionsResponse::default().with_api_keys(api_versions()), version)?, None)))
+    Ok((version, encode(&ApiVersionsResponse::default().with_api_keys(api_versions()), version)?))
 }
 
 pub(super) fn record_latency(api: &'static str, started: std::time::Instant) {

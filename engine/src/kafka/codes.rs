@@ -21,6 +21,13 @@ pub(super) mod code {
     pub const INVALID_PARTITIONS: i16 = E::InvalidPartitions.code();
     pub const TOPIC_ALREADY_EXISTS: i16 = E::TopicAlreadyExists.code();
     pub const KAFKA_STORAGE_ERROR: i16 = E::KafkaStorageError.code();
+    pub const GROUP_AUTHORIZATION_FAILED: i16 = E::GroupAuthorizationFailed.code();
+    pub const CLUSTER_AUTHORIZATION_FAILED: i16 = E::ClusterAuthorizationFailed.code();
+    pub const INVALID_REQUEST: i16 = E::InvalidRequest.code();
+    pub const UNKNOWN_SERVER_ERROR: i16 = E::UnknownServerError.code();
+    pub const UNACCEPTABLE_CREDENTIAL: i16 = E::UnacceptableCredential.code();
+    pub const UNSUPPORTED_SASL_MECHANISM: i16 = E::UnsupportedSaslMechanism.code();
+    pub const RESOURCE_NOT_FOUND: i16 = E::ResourceNotFound.code();
 }
 
 /// The Kafka error an [`EngineError`] is answered with: the one mapping.
@@ -49,6 +56,7 @@ pub(super) fn response_error(error: &EngineError) -> ResponseError {
         }
         EngineError::TopicExists(_) => ResponseError::TopicAlreadyExists,
         EngineError::PartitionLimit { .. } => ResponseError::PolicyViolation,
+        EngineError::Unauthorized => ResponseError::TopicAuthorizationFailed,
         _ => ResponseError::UnknownServerError,
     }
 }

@@ -1,6 +1,7 @@
 //! Fetch (bounded like Kafka's broker, long poll) and ListOffsets.
 
 use super::api::{encode, malformed, respond, Answer, Call};
+use super::authz;
 use super::codes::*;
 use super::FETCH_WAIT_MS_MAX;
 use crate::error::EngineError;
@@ -14,6 +15,7 @@ use kafka_protocol::messages::{
     ListOffsetsResponse,
 };
 use kafka_protocol::protocol::Decodable;
+use security::acl::{Operation, ResourceType};
 use std::rc::Rc;
 
 pub(super) struct FetchSlot {
@@ -229,8 +231,25 @@ pub(super) async fn max_timestamp_offset(
 /// the budgets before encoding copies them, and until the frame is written.
 pub(super) async fn serve_fetch(call: &Call<'_>, body: &mut Bytes) -> Answer {
     let version = call.version;
-    let request = FetchRequest::decode(body, version).map_err(malformed(ApiKey::Fetch, version))?;
+    let mut request = FetchRequest::decode(body, version).map_err(malformed(ApiKey::Fetch, version))?;
+    let (topics, denied): (Vec<_>, Vec<_>) = std::mem::take(&mut request.topics).into_iter().partition(|t| {
+        authz::allowed(call.shard, call.session, Operation::Read, ResourceType::Topic, &t.topic.0)
+    });
+    request.topics = topics;
     let mut response = fetch(call.shard, request).await;
+    for topic in denied {
+        let partitions = topic.partitions.iter().map(|p| {
+            fetch_response::PartitionData::default()
+                .with_partition_index(p.partition)
+                .with_error_code(code::TOPIC_AUTHORIZATION_FAILED)
+                .with_high_watermark(-1)
+        });
+        response.responses.push(
+            fetch_response::FetchableTopicResponse::default()
+                .with_topic(topic.topic)
+                .with_partitions(partitions.collect()),
+        );
+    }
     if version < 5 {
         for partition in response.responses.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
             partition.log_start_offset = -1;
@@ -245,7 +264,26 @@ pub(super) async fn serve_fetch(call: &Call<'_>, body: &mut Bytes) -> Answer {
 /// ListOffsets.
 pub(super) async fn serve_list_offsets(call: &Call<'_>, body: &mut Bytes) -> Answer {
     let version = call.version;
-    let request =
+    let mut request =
         ListOffsetsRequest::decode(body, version).map_err(malformed(ApiKey::ListOffsets, version))?;
-    respond(&list_offsets(call.shard, request).await, version)
+    let (topics, denied): (Vec<_>, Vec<_>) = std::mem::take(&mut request.topics).into_iter().partition(|t| {
+        authz::allowed(call.shard, call.session, Operation::Describe, ResourceType::Topic, &t.name.0)
+    });
+    request.topics = topics;
+    let mut response = list_offsets(call.shard, request).await;
+    for topic in denied {
+        let partitions = topic.partitions.iter().map(|p| {
+            list_offsets_response::ListOffsetsPartitionResponse::default()
+                .with_partition_index(p.partition_index)
+                .with_error_code(code::TOPIC_AUTHORIZATION_FAILED)
+                .with_timestamp(-1)
+                .with_offset(-1)
+        });
+        response.topics.push(
+            list_offsets_response::ListOffsetsTopicResponse::default()
+                .with_name(topic.name)
+                .with_partitions(partitions.collect()),
+        );
+    }
+    respond(&response, version)
 }

@@ -2,6 +2,7 @@
 //! SyncGroup, Heartbeat, LeaveGroup, OffsetCommit, OffsetFetch.
 
 use super::api::{malformed, respond, Answer, Call};
+use super::authz;
 use super::NODE_ID;
 use super::{codes::*, topics::*};
 use crate::shard::{Request, Shard};
@@ -19,6 +20,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::Decodable;
 use kafka_protocol::protocol::StrBytes;
+use security::acl::{Operation, ResourceType};
 use std::net::SocketAddr;
 use std::rc::Rc;
 
@@ -28,7 +30,7 @@ pub(super) fn find_coordinator(
     version: i16,
     advertised: Option<SocketAddr>,
 ) -> FindCoordinatorResponse {
-    let address = advertised.or(shard.config.listen);
+    let address = advertised.or(shard.config.listeners.first().map(|l| l.address));
     let host = StrBytes::from_string(address.map_or("127.0.0.1".into(), |a| a.ip().to_string()));
     let port = address.map_or(9092, |a| i32::from(a.port()));
     let coordinators = request
@@ -205,13 +207,42 @@ pub(super) async fn serve_find_coordinator(call: &Call<'_>, body: &mut Bytes) ->
     let version = call.version;
     let request =
         FindCoordinatorRequest::decode(body, version).map_err(malformed(ApiKey::FindCoordinator, version))?;
-    respond(&find_coordinator(call.shard, request, version, call.advertised), version)
+    // Groups need Describe on the group (key type 0); transactions (1) are not served.
+    let denied = |key: &str| {
+        request.key_type == 0
+            && !authz::allowed(call.shard, call.session, Operation::Describe, ResourceType::Group, key)
+    };
+    let denied_keys: Vec<bool> = if version >= 4 {
+        request.coordinator_keys.iter().map(|k| denied(k)).collect()
+    } else {
+        vec![denied(&request.key)]
+    };
+    let mut response = find_coordinator(call.shard, request, version, call.advertised);
+    if version >= 4 {
+        for (coordinator, denied) in response.coordinators.iter_mut().zip(denied_keys) {
+            if denied {
+                coordinator.error_code = code::GROUP_AUTHORIZATION_FAILED;
+                coordinator.node_id = BrokerId(-1);
+            }
+        }
+    } else if denied_keys[0] {
+        response = FindCoordinatorResponse::default()
+            .with_error_code(code::GROUP_AUTHORIZATION_FAILED)
+            .with_node_id(BrokerId(-1));
+    }
+    respond(&response, version)
 }
 
 /// JoinGroup: waits for the rebalance to complete.
 pub(super) async fn serve_join_group(call: &Call<'_>, body: &mut Bytes) -> Answer {
     let version = call.version;
     let request = JoinGroupRequest::decode(body, version).map_err(malformed(ApiKey::JoinGroup, version))?;
+    if !may_read_group(call, &request.group_id.0) {
+        return respond(
+            &JoinGroupResponse::default().with_error_code(code::GROUP_AUTHORIZATION_FAILED),
+            version,
+        );
+    }
     respond(&join_group(call.shard, request, version, call.client_id).await, version)
 }
 
@@ -219,6 +250,12 @@ pub(super) async fn serve_join_group(call: &Call<'_>, body: &mut Bytes) -> Answe
 pub(super) async fn serve_sync_group(call: &Call<'_>, body: &mut Bytes) -> Answer {
     let version = call.version;
     let request = SyncGroupRequest::decode(body, version).map_err(malformed(ApiKey::SyncGroup, version))?;
+    if !may_read_group(call, &request.group_id.0) {
+        return respond(
+            &SyncGroupResponse::default().with_error_code(code::GROUP_AUTHORIZATION_FAILED),
+            version,
+        );
+    }
     let assignments =
         request.assignments.into_iter().map(|a| (a.member_id.to_string(), a.assignment)).collect();
     let (error_code, assignment) = call
@@ -239,6 +276,12 @@ pub(super) async fn serve_sync_group(call: &Call<'_>, body: &mut Bytes) -> Answe
 pub(super) async fn serve_heartbeat(call: &Call<'_>, body: &mut Bytes) -> Answer {
     let version = call.version;
     let request = HeartbeatRequest::decode(body, version).map_err(malformed(ApiKey::Heartbeat, version))?;
+    if !may_read_group(call, &request.group_id.0) {
+        return respond(
+            &HeartbeatResponse::default().with_error_code(code::GROUP_AUTHORIZATION_FAILED),
+            version,
+        );
+    }
     let error_code =
         call.shard.catalog.groups.heartbeat(&request.group_id.0, request.generation_id, &request.member_id);
     respond(&HeartbeatResponse::default().with_error_code(error_code), version)
@@ -248,6 +291,12 @@ pub(super) async fn serve_heartbeat(call: &Call<'_>, body: &mut Bytes) -> Answer
 pub(super) async fn serve_leave_group(call: &Call<'_>, body: &mut Bytes) -> Answer {
     let version = call.version;
     let request = LeaveGroupRequest::decode(body, version).map_err(malformed(ApiKey::LeaveGroup, version))?;
+    if !may_read_group(call, &request.group_id.0) {
+        return respond(
+            &LeaveGroupResponse::default().with_error_code(code::GROUP_AUTHORIZATION_FAILED),
+            version,
+        );
+    }
     let ids: Vec<String> = if version >= 3 {
         request.members.iter().map(|m| m.member_id.to_string()).collect()
     } else {
@@ -274,9 +323,29 @@ pub(super) async fn serve_leave_group(call: &Call<'_>, body: &mut Bytes) -> Answ
 /// OffsetCommit, then the group's lag gauges.
 pub(super) async fn serve_offset_commit(call: &Call<'_>, body: &mut Bytes) -> Answer {
     let version = call.version;
-    let request =
+    let mut request =
         OffsetCommitRequest::decode(body, version).map_err(malformed(ApiKey::OffsetCommit, version))?;
-    let response = offset_commit(call.shard, &request);
+    // Group Read for the whole request, then topic Read for each topic.
+    let group_ok = may_read_group(call, &request.group_id.0);
+    let (topics, denied): (Vec<_>, Vec<_>) = std::mem::take(&mut request.topics).into_iter().partition(|t| {
+        group_ok && authz::allowed(call.shard, call.session, Operation::Read, ResourceType::Topic, &t.name.0)
+    });
+    request.topics = topics;
+    let mut response =
+        if group_ok { offset_commit(call.shard, &request) } else { OffsetCommitResponse::default() };
+    let refusal = if group_ok { code::TOPIC_AUTHORIZATION_FAILED } else { code::GROUP_AUTHORIZATION_FAILED };
+    for topic in denied {
+        let partitions = topic.partitions.iter().map(|p| {
+            offset_commit_response::OffsetCommitResponsePartition::default()
+                .with_partition_index(p.partition_index)
+                .with_error_code(refusal)
+        });
+        response.topics.push(
+            offset_commit_response::OffsetCommitResponseTopic::default()
+                .with_name(topic.name)
+                .with_partitions(partitions.collect()),
+        );
+    }
     record_lag(call.shard, &request).await;
     respond(&response, version)
 }
@@ -286,5 +355,40 @@ pub(super) async fn serve_offset_fetch(call: &Call<'_>, body: &mut Bytes) -> Ans
     let version = call.version;
     let request =
         OffsetFetchRequest::decode(body, version).map_err(malformed(ApiKey::OffsetFetch, version))?;
-    respond(&offset_fetch(call.shard, request), version)
+    if !authz::allowed(
+        call.shard,
+        call.session,
+        Operation::Describe,
+        ResourceType::Group,
+        &request.group_id.0,
+    ) {
+        return respond(
+            &OffsetFetchResponse::default().with_error_code(code::GROUP_AUTHORIZATION_FAILED),
+            version,
+        );
+    }
+    let explicit = request.topics.is_some();
+    let mut response = offset_fetch(call.shard, request);
+    // Topics the principal may not describe: refused when named, left out when the
+    // request asked for all of the group's.
+    let describe =
+        |t: &str| authz::allowed(call.shard, call.session, Operation::Describe, ResourceType::Topic, t);
+    if explicit {
+        for topic in response.topics.iter_mut().filter(|t| !describe(&t.name.0)) {
+            for partition in &mut topic.partitions {
+                partition.committed_offset = -1;
+                partition.metadata = None;
+                partition.error_code = code::TOPIC_AUTHORIZATION_FAILED;
+            }
+        }
+    } else {
+        response.topics.retain(|t| describe(&t.name.0));
+    }
+    respond(&response, version)
+}
+
+/// Whether the caller may Read `group` (joining, syncing, heartbeats, leaving,
+/// committing).
+fn may_read_group(call: &Call<'_>, group: &str) -> bool {
+    authz::allowed(call.shard, call.session, Operation::Read, ResourceType::Group, group)
 }

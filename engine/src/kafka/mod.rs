@@ -22,12 +22,15 @@
 //! `codes` (Kafka error codes), and one module per API family: `topics`, `produce`,
 //! `fetch`, `groups`.
 
+mod admin;
 mod api;
+mod authz;
 mod codes;
 mod fetch;
 mod groups;
 mod net;
 mod produce;
+mod sasl;
 mod topics;
 
 pub use api::decode_request;

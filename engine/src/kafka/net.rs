@@ -1,17 +1,20 @@
-//! Connections: the SO_REUSEPORT listener of each shard, the connection limit,
-//! framing bounded by the memory budgets and timeouts, pipelining with responses in
-//! request order.
+//! Connections: the SO_REUSEPORT listeners of each shard (one per configured
+//! listener, each with its security protocol), the connection limit, TLS and SASL
+//! before anything else (`sasl`), framing bounded by the memory budgets and timeouts,
+//! pipelining with responses in request order.
 
 use super::api::*;
 use super::produce::*;
+use super::sasl::{self, Authenticating, Outcome, Session};
 use super::LISTEN_BACKLOG;
 use crate::shard::Shard;
 use bytes::BytesMut;
 use kafka_protocol::messages::{ApiKey, ProduceRequest};
 use kafka_protocol::protocol::Decodable;
+use security::{Listener, SecurityProtocol};
 use std::net::SocketAddr;
 use std::rc::Rc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Binds a non-blocking SO_REUSEPORT listener on `address` for the calling shard.
@@ -25,11 +28,12 @@ pub(crate) fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// Accepts connections until the shard stops, serving each on its own task.
-pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
-    let advertised = listener.local_addr().ok();
+/// Accepts connections of `listener` until the shard stops, serving each on its own
+/// task.
+pub(crate) async fn accept_loop(shard: Rc<Shard>, socket: TcpListener, listener: Listener) {
+    let bound = socket.local_addr().ok();
     loop {
-        match listener.accept().await {
+        match socket.accept().await {
             Ok((stream, peer)) => {
                 let Some(slot) = ConnectionSlot::take(&shard) else {
                     refuse_connection(&shard, peer);
@@ -37,11 +41,15 @@ pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
+                // Clients are told to come back to the address they reached (a
+                // listener on 0.0.0.0 has no address of its own to advertise).
+                let advertised =
+                    bound.filter(|a| !a.ip().is_unspecified()).or_else(|| stream.local_addr().ok());
                 let shard = shard.clone();
                 tokio_uring::spawn(async move {
                     let _slot = slot;
-                    if let Err(reason) = serve(shard, stream, advertised).await {
-                        tracing::info!(%peer, "closing Kafka connection: {reason}");
+                    if let Err(reason) = connect(shard, stream, peer, advertised, listener.protocol).await {
+                        tracing::info!(%peer, %listener, "closing Kafka connection: {reason}");
                     }
                 });
             }
@@ -104,12 +112,57 @@ impl From<BytesMut> for Outgoing {
     }
 }
 
-pub(super) async fn serve(
+/// Runs TLS (when the listener has it) and serves the connection. On SSL listeners a
+/// verified client certificate's subject becomes the principal.
+async fn connect(
     shard: Rc<Shard>,
     stream: TcpStream,
+    peer: SocketAddr,
     advertised: Option<SocketAddr>,
+    protocol: SecurityProtocol,
 ) -> Result<(), String> {
-    let (reader, mut writer) = stream.into_split();
+    let mut session = Session::new(protocol, peer);
+    let Some(config) = shard.catalog.security.tls_config(protocol) else {
+        let (reader, writer) = stream.into_split();
+        return serve(shard, reader, writer, advertised, session).await;
+    };
+    let handshake = std::time::Duration::from_millis(security::tls::TLS_HANDSHAKE_TIMEOUT_MS);
+    let accepted =
+        tokio::time::timeout(handshake, tokio_rustls::TlsAcceptor::from(config).accept(stream)).await;
+    let stream = match accepted {
+        Ok(Ok(stream)) => stream,
+        failed => {
+            metrics::counter!("corelog_kafka_tls_handshake_failures_total").increment(1);
+            return Err(match failed {
+                Err(_) => format!("no TLS handshake within {} ms", security::tls::TLS_HANDSHAKE_TIMEOUT_MS),
+                Ok(Err(error)) => format!("TLS handshake failed: {error}"),
+                Ok(Ok(_)) => unreachable!("matched above"),
+            });
+        }
+    };
+    if protocol == SecurityProtocol::Ssl {
+        if let Some(certificate) = stream.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+            session.principal = security::tls::certificate_principal(certificate)
+                .ok_or("the client certificate has no subject to name a principal")?;
+            metrics::counter!("corelog_kafka_authentications_total", "mechanism" => "SSL", "result" => "ok")
+                .increment(1);
+        }
+    }
+    let (reader, writer) = tokio::io::split(stream);
+    serve(shard, reader, writer, advertised, session).await
+}
+
+pub(super) async fn serve<R, W>(
+    shard: Rc<Shard>,
+    reader: R,
+    mut writer: W,
+    advertised: Option<SocketAddr>,
+    session: Session,
+) -> Result<(), String>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + 'static,
+{
     let (responses, mut pending) = tokio::sync::mpsc::channel::<Responding>(PIPELINE_DEPTH);
     let written = tokio_uring::spawn(async move {
         while let Some(response) = pending.recv().await {
@@ -124,7 +177,7 @@ pub(super) async fn serve(
         }
         Ok::<(), String>(())
     });
-    let read = read_requests(&shard, reader, advertised, responses).await;
+    let read = read_requests(&shard, reader, advertised, responses, session).await;
     // The reader stopped (end of stream or bad input): answer what was accepted, then close.
     let written = written.await.map_err(|e| format!("writer task failed: {e}"))?;
     read.and(written)
@@ -153,13 +206,22 @@ pub const FRAME_READ_TIMEOUT_MS: u64 = 30_000;
 pub const FRAME_CHUNK_BYTES: usize = 64 << 10;
 
 /// Reads frames and starts handling each; produce requests are submitted (phase one)
-/// before the next frame is read, so appends keep the connection's order.
-pub(super) async fn read_requests(
+/// before the next frame is read, so appends keep the connection's order. On a SASL
+/// listener the connection authenticates first ([`authenticate`]).
+pub(super) async fn read_requests<R: AsyncRead + Unpin>(
     shard: &Rc<Shard>,
-    mut reader: tokio::net::tcp::OwnedReadHalf,
+    mut reader: R,
     advertised: Option<SocketAddr>,
     responses: tokio::sync::mpsc::Sender<Responding>,
+    mut session: Session,
 ) -> Result<(), String> {
+    if session.protocol.sasl() {
+        match authenticate(shard, &mut reader, &responses, &mut session).await? {
+            true => tracing::debug!(peer = %session.peer, principal = %session.principal, "authenticated"),
+            false => return Ok(()),
+        }
+    }
+    let session = Rc::new(session);
     let max = shard.config.max_request_bytes;
     let budget_bytes = PIPELINE_BYTES_MAX.max(max);
     let in_flight_bytes = std::sync::Arc::new(tokio::sync::Semaphore::new(budget_bytes));
@@ -192,7 +254,7 @@ pub(super) async fn read_requests(
             let request = ProduceRequest::decode(&mut frame, version)
                 .map_err(|e| format!("malformed Produce v{version}: {e:#}"))?;
             let acks = request.acks;
-            let submitted = produce_submit(shard, request).await;
+            let submitted = produce_submit(shard, &session, request).await;
             tokio_uring::spawn(async move {
                 let _permit = permit;
                 let response = produce_finish(submitted).await;
@@ -207,12 +269,19 @@ pub(super) async fn read_requests(
         } else {
             let shard = shard.clone();
             let client_id = header.client_id.as_ref().map_or(String::new(), |c| c.to_string());
+            let session = session.clone();
             tokio_uring::spawn(async move {
                 let _permit = permit;
                 let budget =
                     Budget { connection: responses_budget, broker: shard.catalog.response_memory.clone() };
-                let call =
-                    Call { shard: &shard, version, advertised, client_id: &client_id, budget: &budget };
+                let call = Call {
+                    shard: &shard,
+                    version,
+                    advertised,
+                    client_id: &client_id,
+                    budget: &budget,
+                    session: &session,
+                };
                 let answer = handle(&call, api_key, &mut frame).await?;
                 record_latency(api, started);
                 answer
@@ -235,9 +304,9 @@ pub(super) async fn read_requests(
 /// a large size and sends little holds little), each allocated exactly after its
 /// budget was granted; several chunks are joined into one buffer at the end (its bytes
 /// counted too while both exist). Returns the frame and the budget it holds.
-pub(super) async fn read_frame(
+pub(super) async fn read_frame<R: AsyncRead + Unpin>(
     shard: &Rc<Shard>,
-    reader: &mut tokio::net::tcp::OwnedReadHalf,
+    reader: &mut R,
     size: usize,
 ) -> Result<(BytesMut, tokio::sync::OwnedSemaphorePermit), String> {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(FRAME_READ_TIMEOUT_MS);
@@ -308,5 +377,74 @@ impl Budget {
         let connection = self.connection.clone().acquire_many_owned(bytes).await.ok()?;
         let broker = self.broker.clone().acquire_many_owned(bytes).await.ok()?;
         Some((connection, broker))
+    }
+}
+
+/// Serves a SASL listener's connection until it authenticated: ApiVersions,
+/// SaslHandshake and SaslAuthenticate one at a time, in frames of at most
+/// [`security::PRE_AUTH_FRAME_BYTES_MAX`], within [`security::AUTHENTICATION_TIMEOUT_MS`];
+/// any other request closes the connection. Returns whether it authenticated (false:
+/// the client closed first).
+async fn authenticate<R: AsyncRead + Unpin>(
+    shard: &Rc<Shard>,
+    reader: &mut R,
+    responses: &tokio::sync::mpsc::Sender<Responding>,
+    session: &mut Session,
+) -> Result<bool, String> {
+    let security = shard.catalog.security.clone();
+    let deadline =
+        tokio::time::Instant::now() + std::time::Duration::from_millis(security::AUTHENTICATION_TIMEOUT_MS);
+    let late = || format!("not authenticated within {} ms", security::AUTHENTICATION_TIMEOUT_MS);
+    let mut state = Authenticating::default();
+    loop {
+        let size = match tokio::time::timeout_at(deadline, reader.read_i32()).await {
+            Err(_) => return Err(late()),
+            Ok(Ok(size)) => size,
+            Ok(Err(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
+            Ok(Err(error)) => return Err(error.to_string()),
+        };
+        let max = security::PRE_AUTH_FRAME_BYTES_MAX;
+        if size < 8 || size as usize > max {
+            return Err(format!("frame of {size} bytes before authentication (outside 8..={max})"));
+        }
+        let (frame, _memory) = tokio::time::timeout_at(deadline, read_frame(shard, reader, size as usize))
+            .await
+            .map_err(|_| late())??;
+        let mut frame = frame.freeze();
+        let (api_key, version, header) = decode_header(&mut frame)?;
+        metrics::counter!("corelog_kafka_requests_total", "api" => api_name(api_key)).increment(1);
+        let outcome = match api_key {
+            ApiKey::ApiVersions => {
+                let (version, body) = api_versions_answer(version, &mut frame)?;
+                Outcome::Continue(version, body)
+            }
+            ApiKey::SaslHandshake => sasl::handshake(&security, session, &mut state, version, &mut frame)?,
+            ApiKey::SaslAuthenticate => {
+                sasl::authenticate(&security, session, &mut state, version, &mut frame)?
+            }
+            other => return Err(format!("{other:?} request before authentication")),
+        };
+        let (version, body, result) = match outcome {
+            Outcome::Continue(version, body) => (version, body, None),
+            Outcome::Authenticated(version, body, principal) => (version, body, Some(Ok(principal))),
+            Outcome::Failed(version, body, reason) => {
+                tracing::warn!(peer = %session.peer, listener = %session.protocol, "authentication failed: {reason}");
+                tokio::time::sleep(std::time::Duration::from_millis(security::AUTH_FAILURE_DELAY_MS)).await;
+                (version, body, Some(Err(reason)))
+            }
+        };
+        let outgoing: Outgoing = response_frame(api_key, version, header.correlation_id, &body)?.into();
+        let answered = tokio_uring::spawn(async move { Ok(Some(outgoing)) });
+        if responses.send(answered).await.is_err() {
+            return Ok(false);
+        }
+        match result {
+            None => {}
+            Some(Ok(principal)) => {
+                session.principal = principal;
+                return Ok(true);
+            }
+            Some(Err(reason)) => return Err(format!("authentication failed: {reason}")),
+        }
     }
 }

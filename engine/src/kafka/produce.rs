@@ -1,7 +1,8 @@
 //! Produce in two phases: batches submitted to their owners in request order (before
 //! the connection reads its next request), then the replies awaited.
 
-use super::{codes::*, topics::*};
+use super::sasl::Session;
+use super::{authz, codes::*, topics::*};
 use crate::batch::{self};
 use crate::error::EngineError;
 use crate::shard::{AckLevel, Answered, Request, Shard};
@@ -11,6 +12,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::future::join_all;
 use kafka_protocol::messages::{produce_response, ProduceRequest, ProduceResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
+use security::acl::{Operation, ResourceType};
 use std::rc::Rc;
 
 /// One partition of a produce request after its batches were submitted.
@@ -26,6 +28,7 @@ pub(super) enum PartitionSubmitted {
 /// before it reads the next, so pipelined requests append in the order sent.
 pub(super) async fn produce_submit(
     shard: &Rc<Shard>,
+    session: &Session,
     request: ProduceRequest,
 ) -> Vec<(TopicName, Vec<(i32, PartitionSubmitted)>)> {
     // acks=all (-1) waits for the flush mode's durability; acks=1 and acks=0 for the write.
@@ -33,10 +36,15 @@ pub(super) async fn produce_submit(
     let mut topics = Vec::with_capacity(request.topic_data.len());
     for topic in request.topic_data {
         let name = topic.name.0.to_string();
-        let known = match shard.query_writing(&name) {
+        let known = if shard.query_writing(&name).is_some() {
             // Only the query writes its sinks (one writer, no gap in `seq`).
-            Some(_) => Err(code::TOPIC_AUTHORIZATION_FAILED),
-            None => ensure_topic(shard, &name, true).await,
+            Err(code::TOPIC_AUTHORIZATION_FAILED)
+        } else if !authz::allowed(shard, session, Operation::Write, ResourceType::Topic, &name) {
+            Err(code::TOPIC_AUTHORIZATION_FAILED)
+        } else {
+            let create = shard.catalog.partition_count(&name).is_none()
+                && authz::may_create_topic(shard, session, &name);
+            ensure_topic(shard, &name, create).await
         };
         let partitions = topic
             .partition_data
@@ -113,7 +121,9 @@ pub(super) async fn produce_finish(
                 }
             };
             let message = (error_code == code::TOPIC_AUTHORIZATION_FAILED).then(|| {
-                StrBytes::from_static_str("this topic is a stream query's output: only the query writes it")
+                StrBytes::from_static_str(
+                    "not authorized to write this topic (a stream query's output is written only by its query)",
+                )
             });
             produce_response::PartitionProduceResponse::default()
                 .with_index(index)

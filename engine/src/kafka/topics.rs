@@ -1,7 +1,9 @@
 //! Metadata (with auto-creation) and topic administration: CreateTopics.
 
 use super::api::{malformed, respond, Answer, Call};
+use super::authz;
 use super::codes::*;
+use super::sasl::Session;
 use super::NODE_ID;
 use crate::error::EngineError;
 use crate::shard::{Request, Shard};
@@ -19,6 +21,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::Decodable;
 use kafka_protocol::protocol::StrBytes;
+use security::acl::{Operation, ResourceType};
 use std::net::SocketAddr;
 use std::rc::Rc;
 
@@ -53,22 +56,33 @@ pub(super) async fn ensure_topic(shard: &Rc<Shard>, topic: &str, allow_create: b
 
 pub(super) async fn metadata(
     shard: &Rc<Shard>,
+    session: &Session,
     request: MetadataRequest,
     advertised: Option<SocketAddr>,
 ) -> MetadataResponse {
-    let address = advertised.or(shard.config.listen);
+    let address = advertised.or(shard.config.listeners.first().map(|l| l.address));
     let broker = metadata_response::MetadataResponseBroker::default()
         .with_node_id(BrokerId(NODE_ID))
         .with_host(StrBytes::from_string(address.map_or("127.0.0.1".into(), |a| a.ip().to_string())))
         .with_port(address.map_or(9092, |a| i32::from(a.port())));
+    let describe =
+        |name: &str| authz::allowed(shard, session, Operation::Describe, ResourceType::Topic, name);
     let names: Vec<String> = match &request.topics {
-        None => shard.catalog.topics().into_keys().collect(),
+        // All topics: only those the principal may describe are listed.
+        None => shard.catalog.topics().into_keys().filter(|name| describe(name)).collect(),
         Some(topics) => topics.iter().filter_map(|t| t.name.as_ref().map(|n| n.0.to_string())).collect(),
     };
     let mut topics = Vec::with_capacity(names.len());
     for name in names {
         let topic = metadata_response::MetadataResponseTopic::default().with_name(Some(topic_name(&name)));
-        let topic = match ensure_topic(shard, &name, request.allow_auto_topic_creation).await {
+        if request.topics.is_some() && !describe(&name) {
+            topics.push(topic.with_error_code(code::TOPIC_AUTHORIZATION_FAILED));
+            continue;
+        }
+        let create = request.allow_auto_topic_creation
+            && shard.catalog.partition_count(&name).is_none()
+            && authz::may_create_topic(shard, session, &name);
+        let topic = match ensure_topic(shard, &name, create).await {
             Ok(count) => topic
                 .with_topic_id(shard.catalog.topic_id(&name).map_or_else(Default::default, |id| id.0))
                 .with_partitions(
@@ -93,7 +107,11 @@ pub(super) async fn metadata(
         .with_topics(topics)
 }
 
-pub(super) async fn create_topics(shard: &Rc<Shard>, request: CreateTopicsRequest) -> CreateTopicsResponse {
+pub(super) async fn create_topics(
+    shard: &Rc<Shard>,
+    session: &Session,
+    request: CreateTopicsRequest,
+) -> CreateTopicsResponse {
     let mut results = Vec::with_capacity(request.topics.len());
     for topic in request.topics {
         let name = topic.name.0.to_string();
@@ -105,7 +123,9 @@ pub(super) async fn create_topics(shard: &Rc<Shard>, request: CreateTopicsReques
             .with_name(topic.name.clone())
             .with_num_partitions(partitions)
             .with_replication_factor(1);
-        let outcome = if partitions <= 0 || partitions as u32 > crate::catalog::PARTITIONS_MAX {
+        let outcome = if !authz::may_create_topic(shard, session, &name) {
+            Err((code::TOPIC_AUTHORIZATION_FAILED, format!("not authorized to create topic {name}")))
+        } else if partitions <= 0 || partitions as u32 > crate::catalog::PARTITIONS_MAX {
             Err((code::INVALID_PARTITIONS, format!("{partitions} partitions")))
         } else if request.validate_only {
             match shard.catalog.partition_count(&name) {
@@ -145,7 +165,7 @@ pub(super) async fn create_topics(shard: &Rc<Shard>, request: CreateTopicsReques
 pub(super) async fn serve_metadata(call: &Call<'_>, body: &mut Bytes) -> Answer {
     let version = call.version;
     let request = MetadataRequest::decode(body, version).map_err(malformed(ApiKey::Metadata, version))?;
-    let mut response = metadata(call.shard, request, call.advertised).await;
+    let mut response = metadata(call.shard, call.session, request, call.advertised).await;
     if version < 2 {
         response.cluster_id = None;
     }
@@ -157,7 +177,7 @@ pub(super) async fn serve_create_topics(call: &Call<'_>, body: &mut Bytes) -> An
     let version = call.version;
     let request =
         CreateTopicsRequest::decode(body, version).map_err(malformed(ApiKey::CreateTopics, version))?;
-    let mut response = create_topics(call.shard, request).await;
+    let mut response = create_topics(call.shard, call.session, request).await;
     if version < 5 {
         for topic in &mut response.topics {
             topic.num_partitions = -1;
@@ -179,7 +199,9 @@ pub(super) async fn serve_delete_topics(call: &Call<'_>, body: &mut Bytes) -> An
     };
     let mut responses = Vec::with_capacity(names.len());
     for name in names {
-        let error_code = match shard.catalog.remove(&name) {
+        let authorized = authz::allowed(shard, call.session, Operation::Delete, ResourceType::Topic, &name);
+        let removed = if authorized { shard.catalog.remove(&name) } else { Err(EngineError::Unauthorized) };
+        let error_code = match removed {
             Ok(partitions) => {
                 let deleted = join_all((0..partitions).map(|p| {
                     let tp = TopicPartition::new(&name, p);
@@ -207,6 +229,8 @@ pub(super) async fn serve_init_producer_id(call: &Call<'_>, body: &mut Bytes) ->
         InitProducerIdRequest::decode(body, version).map_err(malformed(ApiKey::InitProducerId, version))?;
     let response = if request.transactional_id.is_some() {
         InitProducerIdResponse::default().with_error_code(code::COORDINATOR_NOT_AVAILABLE)
+    } else if !authz::may_write_idempotently(call.shard, call.session) {
+        InitProducerIdResponse::default().with_error_code(code::CLUSTER_AUTHORIZATION_FAILED)
     } else {
         InitProducerIdResponse::default()
             .with_producer_id(ProducerId(call.shard.catalog.allocate_producer_id()))

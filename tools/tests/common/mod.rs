@@ -34,18 +34,24 @@ impl Server {
 
     /// Starts it on `address` (a restart keeps the clients' bootstrap address).
     pub fn start_at(dir: &Path, address: SocketAddr, extra: &[&str]) -> Self {
+        let mut args = vec!["--listen".to_string(), address.to_string()];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Self::start_with(dir, address, &args)
+    }
+
+    /// Starts it with `--listeners LISTENERS` and `extra` flags, waiting for `first`
+    /// (one of the listeners' addresses) to accept connections.
+    pub fn start_listeners(dir: &Path, listeners: &str, first: SocketAddr, extra: &[&str]) -> Self {
+        let mut args = vec!["--listeners".to_string(), listeners.to_string()];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Self::start_with(dir, first, &args)
+    }
+
+    fn start_with(dir: &Path, address: SocketAddr, extra: &[String]) -> Self {
         std::fs::create_dir_all(dir).unwrap();
         let log = dir.join("serve.log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_corelog"))
-            .args([
-                "serve",
-                "--data-dir",
-                dir.to_str().unwrap(),
-                "--listen",
-                &address.to_string(),
-                "--cores",
-                "2",
-            ])
+            .args(["serve", "--data-dir", dir.to_str().unwrap(), "--cores", "2"])
             .args(extra)
             .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap())
             .spawn()

@@ -39,11 +39,18 @@ pub fn topic(name: &str) -> TopicName {
     TopicName(StrBytes::from_string(name.to_string()))
 }
 
-/// A connection.
-pub struct Wire {
+/// A connection (over TCP, or any byte stream such as a TLS session).
+pub struct Wire<S = TcpStream> {
     /// The socket (tests may write raw bytes to it).
-    pub stream: TcpStream,
+    pub stream: S,
     correlation_id: i32,
+}
+
+impl<S: Read + Write> Wire<S> {
+    /// A connection over an already open stream.
+    pub fn over(stream: S) -> Self {
+        Self { stream, correlation_id: 0 }
+    }
 }
 
 impl Wire {
@@ -54,7 +61,9 @@ impl Wire {
         stream.set_nodelay(true).unwrap();
         Self { stream, correlation_id: 0 }
     }
+}
 
+impl<S: Read + Write> Wire<S> {
     /// Sends a request and returns the response body bytes (after the header), or the
     /// I/O error that ended the exchange.
     pub fn call_raw(
