@@ -60,9 +60,14 @@ fn kafka_error(error: KafkaError) -> SourceError {
 }
 
 impl KafkaSource {
-    /// Connects to `brokers` (comma-separated `HOST:PORT`).
-    pub fn new(brokers: &str) -> Result<Self, SourceError> {
-        let consumer: BaseConsumer = ClientConfig::new()
+    /// Connects to `brokers` (comma-separated `HOST:PORT`) with extra librdkafka
+    /// `settings` (TLS and SASL: `security.protocol`, `sasl.*`, `ssl.*`).
+    pub fn new(brokers: &str, settings: &[(String, String)]) -> Result<Self, SourceError> {
+        let mut config = ClientConfig::new();
+        for (key, value) in settings {
+            config.set(key, value);
+        }
+        let consumer: BaseConsumer = config
             .set("bootstrap.servers", brokers)
             .set("group.id", "corelog-lander")
             .set("enable.auto.commit", "false")

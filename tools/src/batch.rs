@@ -93,6 +93,9 @@ pub struct BatchArgs {
     /// rings: topic the deny-list is produced to with `--brokers`.
     #[arg(long, default_value = "denylist")]
     pub deny_topic: String,
+    /// rings: TLS and SASL for `--brokers`.
+    #[command(flatten)]
+    pub security: crate::client::ClientSecurity,
     /// rings: smallest component reported, in users.
     #[arg(long, default_value_t = batch::rings::MIN_RING_SIZE_DEFAULT)]
     pub min_ring_size: usize,
@@ -311,7 +314,7 @@ fn run_local(args: &BatchArgs) -> Result<JobReport> {
     let (report, rings) = report;
     print_summary(&report, &mut std::io::stderr().lock())?;
     if let (Job::Rings, Some(brokers)) = (args.job, &args.brokers) {
-        let sent = publish_deny_list(brokers, &args.deny_topic, &rings)?;
+        let sent = publish_deny_list(brokers, &args.security, &args.deny_topic, &rings)?;
         eprintln!(
             "corelog batch rings: {sent} deny-list records produced to {:?} on {brokers}",
             args.deny_topic
@@ -323,7 +326,12 @@ fn run_local(args: &BatchArgs) -> Result<JobReport> {
 /// Produces one record per ring member to `topic`: key = the member's id, value =
 /// `{"ring_id":…,"kind":"user|card|device","id":…,"ring_users":N}` (what a stream
 /// query's deny-list loads).
-pub fn publish_deny_list(brokers: &str, topic: &str, rings: &[batch::rings::Ring]) -> Result<u64> {
+pub fn publish_deny_list(
+    brokers: &str,
+    security: &crate::client::ClientSecurity,
+    topic: &str,
+    rings: &[batch::rings::Ring],
+) -> Result<u64> {
     let records = rings.iter().flat_map(|ring| {
         [("user", &ring.users), ("card", &ring.cards), ("device", &ring.devices)].into_iter().flat_map(
             move |(kind, members)| {
@@ -336,7 +344,7 @@ pub fn publish_deny_list(brokers: &str, topic: &str, rings: &[batch::rings::Ring
             },
         )
     });
-    crate::client::produce_records(brokers, topic, records)
+    crate::client::produce_records(brokers, security, topic, records)
         .with_context(|| format!("producing the deny-list to {topic:?} on {brokers}"))
 }
 

@@ -15,6 +15,86 @@ use rdkafka::{Offset, TopicPartitionList};
 use std::io::{BufRead, Write};
 use std::time::{Duration, Instant};
 
+/// How a client tool reaches a broker that authenticates: librdkafka's settings from
+/// Kafka's vocabulary. The password is read from a file (first line), never taken on
+/// the command line where `ps` would show it.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ClientSecurity {
+    /// PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.
+    #[arg(long, default_value = "PLAINTEXT")]
+    pub security_protocol: String,
+    /// SCRAM-SHA-512 (default with SASL), SCRAM-SHA-256 or PLAIN.
+    #[arg(long)]
+    pub sasl_mechanism: Option<String>,
+    /// The SASL user.
+    #[arg(long)]
+    pub sasl_username: Option<String>,
+    /// A file whose first line is the SASL password.
+    #[arg(long)]
+    pub sasl_password_file: Option<std::path::PathBuf>,
+    /// CA certificates (PEM) to verify the broker's certificate with (SSL, SASL_SSL).
+    #[arg(long)]
+    pub tls_ca: Option<std::path::PathBuf>,
+}
+
+impl ClientSecurity {
+    /// The librdkafka settings these flags stand for, checked.
+    pub fn settings(&self) -> Result<Vec<(String, String)>> {
+        let protocol = self.security_protocol.to_ascii_uppercase();
+        let (tls, sasl) = match protocol.as_str() {
+            "PLAINTEXT" => (false, false),
+            "SSL" => (true, false),
+            "SASL_PLAINTEXT" => (false, true),
+            "SASL_SSL" => (true, true),
+            other => {
+                bail!("--security-protocol {other:?}: expected PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+            }
+        };
+        let mut settings = vec![("security.protocol".to_string(), protocol.to_ascii_lowercase())];
+        if sasl {
+            let mechanism =
+                self.sasl_mechanism.clone().unwrap_or_else(|| "SCRAM-SHA-512".into()).to_ascii_uppercase();
+            if !["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"].contains(&mechanism.as_str()) {
+                bail!("--sasl-mechanism {mechanism:?}: expected SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN");
+            }
+            let user = self.sasl_username.clone().context("SASL needs --sasl-username")?;
+            let path = self.sasl_password_file.as_ref().context("SASL needs --sasl-password-file")?;
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let password = text.lines().next().unwrap_or_default().to_string();
+            if password.is_empty() {
+                bail!("{}: the first line (the password) is empty", path.display());
+            }
+            settings.extend([
+                ("sasl.mechanism".to_string(), mechanism),
+                ("sasl.username".to_string(), user),
+                ("sasl.password".to_string(), password),
+            ]);
+        } else if self.sasl_mechanism.is_some()
+            || self.sasl_username.is_some()
+            || self.sasl_password_file.is_some()
+        {
+            bail!("SASL flags need --security-protocol SASL_SSL or SASL_PLAINTEXT");
+        }
+        match (&self.tls_ca, tls) {
+            (Some(ca), true) => settings.push(("ssl.ca.location".to_string(), ca.display().to_string())),
+            (Some(_), false) => bail!("--tls-ca needs --security-protocol SSL or SASL_SSL"),
+            (None, _) => {}
+        }
+        Ok(settings)
+    }
+
+    /// A client configuration for `brokers` with these settings.
+    pub fn config(&self, brokers: &str) -> Result<ClientConfig> {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", brokers);
+        for (key, value) in self.settings()? {
+            config.set(key, value);
+        }
+        Ok(config)
+    }
+}
+
 /// Flags of `corelog produce`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ProduceArgs {
@@ -27,6 +107,9 @@ pub struct ProduceArgs {
     /// Use this JSON field of each line as the record key.
     #[arg(long)]
     pub key_field: Option<String>,
+    /// TLS and SASL.
+    #[command(flatten)]
+    pub security: ClientSecurity,
 }
 
 /// Where `consume` starts.
@@ -74,10 +157,15 @@ pub struct ConsumeArgs {
     /// Stop after this many records (default: run until interrupted).
     #[arg(long)]
     pub count: Option<u64>,
+    /// TLS and SASL.
+    #[command(flatten)]
+    pub security: ClientSecurity,
 }
 
 /// Longest `produce` waits for outstanding deliveries at the end.
 pub const FLUSH_TIMEOUT_MS: u64 = 30_000;
+/// Longest `produce` waits for the broker's first answer.
+pub const METADATA_TIMEOUT_MS: u64 = 10_000;
 /// How long `consume` blocks in one poll.
 pub const POLL_TIMEOUT_MS: u64 = 200;
 
@@ -99,7 +187,7 @@ pub fn produce(args: &ProduceArgs) -> Result<u64> {
         let key = args.key_field.as_deref().map(|field| key_of(&line, field, index + 1)).transpose()?;
         Ok((key, line))
     });
-    produce_records(&args.brokers, &args.topic, records)
+    produce_records(&args.brokers, &args.security, &args.topic, records)
 }
 
 /// Hands `record` to `producer`, waiting (polling for deliveries) while its queue is
@@ -131,16 +219,22 @@ where
 /// many were acknowledged. Stops at the first error.
 pub fn produce_records(
     brokers: &str,
+    security: &ClientSecurity,
     topic: &str,
     records: impl Iterator<Item = Result<(Option<String>, String)>>,
 ) -> Result<u64> {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let producer: BaseProducer = security
+        .config(brokers)?
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .create()
         .context("creating the producer")?;
+    // Fail fast on an unreachable broker or a refused login, not after the flush timeout.
+    producer
+        .client()
+        .fetch_metadata(Some(topic), Duration::from_millis(METADATA_TIMEOUT_MS))
+        .with_context(|| format!("reaching {brokers}"))?;
     let mut sent = 0u64;
     for (index, record) in records.enumerate() {
         let (key, value) = record?;
@@ -158,12 +252,14 @@ pub fn produce_records(
 
 /// Prints records to `out` until `--count` is reached (or forever).
 pub fn consume(args: &ConsumeArgs, out: &mut impl Write) -> Result<u64> {
-    let mut config = ClientConfig::new();
+    let mut config = args.security.config(&args.brokers)?;
     config
-        .set("bootstrap.servers", &args.brokers)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", if args.from == From::Latest { "latest" } else { "earliest" });
+    // Without --group, librdkafka still needs a group id (its assignments live in a
+    // group's state) and looks its coordinator up: on a broker with ACLs the principal
+    // needs Describe on group `corelog-consume`, or --group names one it may read.
     config.set("group.id", args.group.as_deref().unwrap_or("corelog-consume"));
     let consumer: BaseConsumer = config.create().context("creating the consumer")?;
     if args.group.is_some() {

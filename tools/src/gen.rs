@@ -10,7 +10,6 @@
 
 use crate::payments::{Generator, Plan};
 use anyhow::{ensure, Context, Result};
-use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +29,9 @@ pub struct GenArgs {
     /// Topic to produce to.
     #[arg(long, default_value = "payments")]
     pub topic: String,
+    /// TLS and SASL.
+    #[command(flatten)]
+    pub security: crate::client::ClientSecurity,
     /// Offered rate, events per second.
     #[arg(long)]
     pub rate: f64,
@@ -126,9 +128,13 @@ impl ProducerContext for DeliveryCounter {
 }
 
 /// An acks=all, idempotent producer with a delivery counter.
-pub fn producer(brokers: &str, linger_ms: u64) -> Result<BaseProducer<DeliveryCounter>> {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+pub fn producer(
+    brokers: &str,
+    security: &crate::client::ClientSecurity,
+    linger_ms: u64,
+) -> Result<BaseProducer<DeliveryCounter>> {
+    security
+        .config(brokers)?
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("linger.ms", linger_ms.to_string())
@@ -157,7 +163,7 @@ pub fn wait_until(due: Instant) {
 pub fn run(args: &GenArgs, mut on_sent: impl FnMut(&crate::payments::Payment)) -> Result<GenReport> {
     let plan = args.plan()?;
     let total = (args.rate * args.seconds).round() as u64;
-    let producer = producer(&args.brokers, args.linger_ms)?;
+    let producer = producer(&args.brokers, &args.security, args.linger_ms)?;
     let start_ms = engine::now_ms();
     let mut generator = Generator::with_plan(args.seed, plan, start_ms, 0);
     let (mut key, mut value) = (Vec::new(), Vec::new());

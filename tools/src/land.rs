@@ -23,6 +23,9 @@ pub struct LandArgs {
     /// Land from a Kafka-protocol broker instead of segment files (HOST:PORT,...).
     #[arg(long)]
     pub brokers: Option<String>,
+    /// TLS and SASL for `--brokers`.
+    #[command(flatten)]
+    pub security: crate::client::ClientSecurity,
     /// Output: a directory, a file:// URL or an object-store URL.
     #[arg(long)]
     pub out: String,
@@ -93,7 +96,9 @@ pub fn run(args: &LandArgs) -> Result<Progress> {
             lander.progress().clone()
         }
         (None, Some(brokers)) => {
-            let source = KafkaSource::new(brokers).with_context(|| format!("connecting to {brokers}"))?;
+            let settings = args.security.settings()?;
+            let source =
+                KafkaSource::new(brokers, &settings).with_context(|| format!("connecting to {brokers}"))?;
             let mut lander = Lander::new(source, output, config);
             run_until(&mut lander, args.once, poll, &stop)?;
             lander.progress().clone()

@@ -122,14 +122,20 @@ impl Listeners {
     }
 }
 
-fn start(data: &Path, pki: &Pki, listeners: &Listeners) -> Server {
+fn start(data: &Path, pki: &Pki, listeners: &Listeners, extra: &[&str]) -> Server {
     let (cert, key, ca) = (pki.path("server.pem"), pki.path("server.key"), pki.path("ca.pem"));
-    Server::start_listeners(
-        data,
-        &listeners.flag(),
-        listeners.sasl_ssl,
-        &["--tls-cert", &cert, "--tls-key", &key, "--tls-client-ca", &ca, "--super-users", "User:admin"],
-    )
+    let flags =
+        ["--tls-cert", &cert, "--tls-key", &key, "--tls-client-ca", &ca, "--super-users", "User:admin"];
+    Server::start_listeners(data, &listeners.flag(), listeners.sasl_ssl, &[&flags[..], extra].concat())
+}
+
+/// The Prometheus text the broker serves at `address`.
+fn scrape(address: SocketAddr) -> String {
+    let mut stream = TcpStream::connect(address).expect("metrics endpoint listening");
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
 }
 
 fn secure(action: &str, args: serde_json::Value) -> serde_json::Value {
@@ -179,6 +185,20 @@ fn kcat(
     (output.status.success(), text)
 }
 
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
 fn ints(value: &serde_json::Value) -> Vec<i64> {
     value.as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect()
 }
@@ -222,7 +242,7 @@ fn unmodified_clients_authenticate_over_tls_and_sasl_and_acls_hold_across_a_rest
     assert!(!std::fs::read_to_string(data.join("users.json")).unwrap().contains("alice-password"));
 
     let listeners = Listeners::new();
-    let server = start(&data, &pki, &listeners);
+    let server = start(&data, &pki, &listeners, &[]);
     let alice = sasl(&listeners, &pki, "SCRAM-SHA-512", "alice", "alice-password");
     let bob = sasl(&listeners, &pki, "SCRAM-SHA-256", "bob", "bob-password");
     let mallory = sasl(&listeners, &pki, "SCRAM-SHA-512", "mallory", "mallory-password");
@@ -255,6 +275,65 @@ fn unmodified_clients_authenticate_over_tls_and_sasl_and_acls_hold_across_a_rest
     );
     assert_eq!(ints(&run["offsets"]), (0..20).collect::<Vec<_>>(), "{run}");
     assert_eq!(ints(&run["read"]), (0..20).collect::<Vec<_>>(), "{run}");
+
+    // corelog's own tools speak SASL_SSL too: produce, consume, gen, land.
+    let password_file = |user: &str| {
+        let path = dir.path().join(format!("{user}.password"));
+        std::fs::write(&path, format!("{user}-password\n")).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let (alice_file, admin_file, ca) = (password_file("alice"), password_file("admin"), pki.path("ca.pem"));
+    let sasl_ssl = listeners.sasl_ssl.to_string();
+    let flags = |user: &'static str, file: &str| -> Vec<String> {
+        [
+            "--brokers",
+            &sasl_ssl,
+            "--security-protocol",
+            "SASL_SSL",
+            "--sasl-username",
+            user,
+            "--sasl-password-file",
+            file,
+            "--tls-ca",
+            &ca,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let tool = |command: &[&str], security: &[String], stdin: &str| {
+        let args: Vec<&str> = command.iter().copied().chain(security.iter().map(String::as_str)).collect();
+        corelog_ok(&args, stdin)
+    };
+    tool(&["produce", "--topic", "pay.cli"], &flags("alice", &alice_file), "a\nb\nc\n");
+    let read = tool(
+        &["consume", "--topic", "pay.cli", "--count", "3", "--group", "pay-readers"],
+        &flags("alice", &alice_file),
+        "",
+    );
+    assert_eq!(read, "a\nb\nc\n");
+    tool(&["gen", "--topic", "pay.gen", "--rate", "200", "--seconds", "1"], &flags("alice", &alice_file), "");
+    let landed = dir.path().join("landed");
+    tool(
+        &["land", "--once", "--topics", "pay.cli", "--out", landed.to_str().unwrap()],
+        &flags("admin", &admin_file),
+        "",
+    );
+    let files = walk(&landed).into_iter().filter(|p| p.extension().is_some_and(|e| e == "parquet")).count();
+    assert!(files >= 1, "land over SASL_SSL wrote Parquet");
+    let refused = corelog()
+        .args(["produce", "--topic", "pay.cli"])
+        .args(flags("alice", &admin_file))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().unwrap().write_all(b"x\n")?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(!refused.status.success(), "a wrong password fails the tool");
 
     // A principal without ACLs gets Kafka's authorization errors.
     let denied = |who: &serde_json::Value, topic: &str, group: &str| {
@@ -320,10 +399,20 @@ fn unmodified_clients_authenticate_over_tls_and_sasl_and_acls_hold_across_a_rest
         secure("admin_acls", with(mallory.clone(), json!({"topic": "audit", "principal": "User:mallory"})));
     assert_eq!(refused["error"], "CLUSTER_AUTHORIZATION_FAILED", "{refused}");
 
+    // SCRAM users through the AdminClient: a super user adds one, who then logs in.
+    let dave = json!({"new_user": "dave", "new_password": "dave-password"});
+    let added = secure("admin_users", with(admin.clone(), dave.clone()));
+    assert_eq!(added["described"], json!([["SCRAM_SHA_256", 8192]]), "{added}");
+    let refused = secure("admin_users", with(mallory.clone(), dave.clone()));
+    assert_eq!(refused["error"], "CLUSTER_AUTHORIZATION_FAILED", "{refused}");
+    let dave = sasl(&listeners, &pki, "SCRAM-SHA-256", "dave", "dave-password");
+    assert_eq!(secure("topics", dave.clone())["topics"], json!([]), "dave logs in and may describe nothing");
+
     // Credentials and ACLs survive a restart.
     let (stopped, log) = server.stop();
     assert!(stopped, "{log}");
-    let server = start(&data, &pki, &listeners);
+    let metrics = free_address();
+    let server = start(&data, &pki, &listeners, &["--metrics", &metrics.to_string()]);
     let run = secure(
         "roundtrip",
         with(alice.clone(), json!({"topic": "payments", "group": "pay-readers", "n": 200, "start": 1000})),
@@ -355,6 +444,22 @@ fn unmodified_clients_authenticate_over_tls_and_sasl_and_acls_hold_across_a_rest
     assert!(wrong["message"].as_str().unwrap().contains("invalid credentials"), "{wrong}");
     let log = server.log();
     assert!(log.contains("authentication failed") && log.contains("peer=127.0.0.1:"), "{log}");
+    // Metrics count authentications by mechanism and result, and denials.
+    let text = scrape(metrics);
+    let count = |prefix: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(
+        count("corelog_kafka_authentications_total{mechanism=\"SCRAM-SHA-512\",result=\"ok\"}") >= 1.0,
+        "{text}"
+    );
+    assert!(
+        count("corelog_kafka_authentications_total{mechanism=\"SCRAM-SHA-512\",result=\"failed\"}") >= 1.0
+    );
+    assert!(count("corelog_kafka_authorization_denied_total{resource=\"topic\"}") >= 1.0, "{text}");
 }
 
 /// A TLS session to `address` authenticated with SASL PLAIN.
@@ -418,7 +523,7 @@ fn before_authentication_a_sasl_ssl_listener_serves_only_the_handshake() {
         "admin-password\n",
     );
     let listeners = Listeners::new();
-    let server = start(&data, &pki, &listeners);
+    let server = start(&data, &pki, &listeners, &[]);
     let ca = pki.path("ca.pem");
     // A connection that says nothing after TLS is closed at the authentication deadline.
     let mut silent = tls(listeners.sasl_ssl, &ca);

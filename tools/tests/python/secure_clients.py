@@ -9,6 +9,7 @@ Actions:
              creation; the Kafka error name of each (fetch is checked on the wire).
   topics     the topics Metadata lists to this principal.
   admin_acls confluent-kafka's AdminClient creates, describes and deletes ACLs.
+  admin_users  the AdminClient adds a SCRAM user and describes it.
   mtls       kafka-python over SSL with a client certificate: produce, then read back.
   wrong_password  a SCRAM login with a bad password: the error it ends with.
 """
@@ -160,6 +161,27 @@ def admin_acls(a):
         "described": sorted(f"{b.name}:{b.resource_pattern_type.name}:{b.permission_type.name}" for b in described),
         "deleted": len(deleted),
     }
+
+
+def admin_users(a):
+    """AlterUserScramCredentials and DescribeUserScramCredentials through the AdminClient."""
+    from confluent_kafka.admin import ScramCredentialInfo, ScramMechanism, UserScramCredentialUpsertion
+    admin = AdminClient(config(a))
+    upsert = UserScramCredentialUpsertion(
+        a["new_user"], ScramCredentialInfo(ScramMechanism.SCRAM_SHA_256, 8192), a["new_password"].encode()
+    )
+    try:
+        for f in admin.alter_user_scram_credentials([upsert]).values():
+            f.result(TIMEOUT_S)
+    except KafkaException as e:
+        return {"error": e.args[0].name()}
+    described = admin.describe_user_scram_credentials([a["new_user"]])
+    infos = [
+        (i.mechanism.name, i.iterations)
+        for f in described.values()
+        for i in f.result(TIMEOUT_S).scram_credential_infos
+    ]
+    return {"described": infos}
 
 
 def mtls(a):
