@@ -10,6 +10,7 @@ step() { printf '\n==> %s\n' "$*"; }
 step "toolchain components"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
+
 step "interop clients (kcat, librdkafka's CLI) and the openssl CLI (test certificates)"
 if ! command -v kcat >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -28,7 +29,7 @@ target/py/bin/python -c "import confluent_kafka, kafka, duckdb, moto; print('con
 
 step "module cycles (none in any crate; ARCHITECTURE.md names the layers)"
 if [ -f ../shared/tools/module_cycles.py ]; then
-  for crate in engine lander batch query sim tools; do python3 ../shared/tools/module_cycles.py "$crate/src"; done
+  for crate in engine lander batch query security sim tools; do python3 ../shared/tools/module_cycles.py "$crate/src"; done
 else
   echo "../shared/tools/module_cycles.py not on this machine: skipped"
 fi

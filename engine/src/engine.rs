@@ -90,6 +90,12 @@ impl Engine {
         let dir_error = |reason: String| EngineError::DataDir { path: data_dir.clone(), reason };
         std::fs::create_dir_all(&data_dir).map_err(|e| dir_error(e.to_string()))?;
         let lock = DirLock::acquire(&data_dir.join(LOCK_FILE)).map_err(dir_error)?;
+        // Listeners, TLS material, users and ACLs first: a refused setup says so before
+        // anything else happens.
+        let sinks = config.queries.iter().flat_map(|q| [q.agg_topic(), q.decisions_topic()]).collect();
+        let security = security::Security::open(&data_dir, &config.listeners, &config.security, sinks)
+            .map_err(|e| EngineError::Security(e.to_string()))?;
+        let security = Arc::new(security);
         let stored = catalog::read_meta(&data_dir.join(META_FILE)).map_err(dir_error)?;
         // Topics written before ids existed get one now (their directories adopt it).
         let unnamed = stored.values().any(|(_, id)| id.is_none());
@@ -127,10 +133,6 @@ impl Engine {
         let partition_limit = partition_limit(&config);
         // A frame being joined from its chunks is counted twice for a moment.
         let memory_budget = config.memory_budget_bytes.max(2 * config.max_request_bytes);
-        let sinks = config.queries.iter().flat_map(|q| [q.agg_topic(), q.decisions_topic()]).collect();
-        let security = security::Security::open(&data_dir, &config.listeners, &config.security, sinks)
-            .map_err(|e| EngineError::Security(e.to_string()))?;
-        let security = Arc::new(security);
         let catalog = Arc::new(
             Catalog::new(
                 data_dir.clone(),

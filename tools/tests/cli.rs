@@ -133,3 +133,41 @@ fn inspect_of_a_missing_path_is_a_one_line_error() {
     assert!(!ok);
     assert!(stderr.starts_with("corelog: error:") && stderr.trim().lines().count() == 1, "{stderr}");
 }
+
+#[test]
+fn serve_refuses_insecure_listeners_beyond_loopback_and_bad_security_setups_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    for (flags, reason) in [
+        (vec!["--listen", "0.0.0.0:0"], "--allow-insecure-listener"),
+        (vec!["--listeners", "SASL_PLAINTEXT://0.0.0.0:0"], "--allow-insecure-listener"),
+        (vec!["--listeners", "SASL_SSL://127.0.0.1:0"], "needs --tls-cert and --tls-key"),
+        (vec!["--listeners", "HTTP://127.0.0.1:0"], "protocol must be"),
+        (vec!["--listeners", "PLAINTEXT://127.0.0.1:0", "--super-users", "admin"], "is not User:NAME"),
+    ] {
+        let (ok, _, stderr) = corelog(&[&["serve", "--data-dir", data, "--cores", "1"][..], &flags].concat());
+        assert!(!ok, "{flags:?} must be refused");
+        assert!(stderr.contains(reason), "{flags:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{flags:?}: one line: {stderr}");
+    }
+}
+
+#[test]
+fn users_and_acl_commands_refuse_bad_input_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    for args in [
+        vec!["users", "add", "--data-dir", data, "--user", "bad,name"],
+        vec!["users", "add", "--data-dir", data, "--user", "corelog-internal"],
+        vec!["users", "add", "--data-dir", data, "--user", "u", "--mechanism", "MD5"],
+        vec!["users", "remove", "--data-dir", data, "--user", "nobody"],
+        vec!["acl", "add", "--data-dir", data, "--principal", "User:a", "--topic", "t"],
+        vec!["acl", "add", "--data-dir", data, "--principal", "alice", "--topic", "t", "--operation", "Read"],
+        vec!["acl", "add", "--data-dir", data, "--principal", "User:a", "--operation", "Read"],
+    ] {
+        let (ok, _, stderr) = corelog(&args);
+        assert!(!ok, "{args:?} must be refused");
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: one line: {stderr}");
+    }
+}
