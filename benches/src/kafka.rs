@@ -23,6 +23,10 @@
 //! durability; corelog then also runs with `--flush os` for one produce throughput at
 //! equal durability (`kafka-produce-unsynced`).
 //!
+//! corelog also runs once with only a SASL_SSL listener (TLS, SCRAM-SHA-512), for the
+//! full-speed produce throughput over TLS against the plaintext run of the same bench
+//! (`kafka-produce-sasl-ssl`).
+//!
 //! `CORELOG_BENCH_SERVE_ARGS` adds flags to the `corelog serve` command line (for
 //! investigations, e.g. `--metrics 127.0.0.1:9464` to read the broker's own request
 //! and fsync latency histograms while the bench runs).
@@ -193,14 +197,29 @@ impl ProducerContext for LatencyContext {
 
 /// Creates `topic` with [`PARTITIONS`] partitions through the Kafka admin API.
 pub(crate) fn create_topic(address: SocketAddr, topic: &str) -> Result<()> {
+    create_topic_with(address, &[], topic)
+}
+
+/// Creates `topic` with client `settings` (TLS, SASL).
+fn create_topic_with(address: SocketAddr, settings: &[(String, String)], topic: &str) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", address.to_string()).create().context("admin client")?;
+        client_config(address, settings).create().context("admin client")?;
     let runtime = futures_executor_block_on(admin.create_topics(
         &[NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1))],
         &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
     ));
     runtime.context("creating the topic")?;
     Ok(())
+}
+
+/// A client configuration for `address` with extra `settings`.
+fn client_config(address: SocketAddr, settings: &[(String, String)]) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", address.to_string());
+    for (key, value) in settings {
+        config.set(key, value);
+    }
+    config
 }
 
 /// A tiny executor for the admin client's one future (no async runtime needed).
@@ -267,6 +286,7 @@ fn stalls(run: &ProduceRun) -> String {
 /// Produces `count` messages, paced at `rate` messages/s when given (open loop).
 fn produce(
     address: SocketAddr,
+    settings: &[(String, String)],
     topic: &str,
     count: u64,
     size: usize,
@@ -279,8 +299,7 @@ fn produce(
         }),
         errors: Mutex::new(0),
     };
-    let producer: BaseProducer<LatencyContext> = ClientConfig::new()
-        .set("bootstrap.servers", address.to_string())
+    let producer: BaseProducer<LatencyContext> = client_config(address, settings)
         .set("acks", "all")
         .set("linger.ms", if rate.is_some() { "1" } else { "5" })
         .set("batch.size", "1000000")
@@ -398,12 +417,12 @@ fn measure(broker: &Broker, args: &KafkaArgs, half_rate: Option<f64>) -> Result<
     let count: u64 = if args.quick { 200_000 } else { 1_000_000 };
     let mb = |messages_per_s: f64| messages_per_s * args.size as f64 / 1e6;
     create_topic(broker.address, "bench")?;
-    let full = produce(broker.address, "bench", count, args.size, None)?;
+    let full = produce(broker.address, &[], "bench", count, args.size, None)?;
     let consumed = consume(broker.address, "bench", count)?;
     let rate = half_rate.unwrap_or(full.messages_per_s / 2.0);
     let paced_count = ((rate * if args.quick { 3.0 } else { 10.0 }) as u64).max(1000);
     create_topic(broker.address, "paced")?;
-    let paced = produce(broker.address, "paced", paced_count, args.size, Some(rate))?;
+    let paced = produce(broker.address, &[], "paced", paced_count, args.size, Some(rate))?;
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e3;
     eprintln!("{}: paced tail: {}", broker.name, stalls(&paced));
     eprintln!(
@@ -465,6 +484,15 @@ pub fn bench(args: &KafkaArgs) -> Result<Vec<Figure>> {
     let (ours, rate) = {
         let corelog = start_corelog(&base, &args.flush)?;
         measure(&corelog, args, args.rate)?
+    };
+    // The same full-speed produce over SASL_SSL (TLS 1.3, SCRAM-SHA-512), against the
+    // plaintext run just made.
+    let over_tls = match sasl_ssl_throughput(&base, args) {
+        Ok(mb_per_s) => Some(mb_per_s),
+        Err(error) => {
+            eprintln!("note: corelog SASL_SSL run failed ({error:#}); no TLS ratio");
+            None
+        }
     };
     let mut peers = Vec::new();
     // A peer measured at page-cache durability (name, produce MB/s), if any.
@@ -570,6 +598,10 @@ pub fn bench(args: &KafkaArgs) -> Result<Vec<Figure>> {
         );
     }
     emit("kafka-consume", "throughput", ours.consume_mb_per_s, "MB/s", best(|m| m.consume_mb_per_s, true));
+    if let Some(mb_per_s) = over_tls {
+        let plaintext = ("corelog-plaintext".to_string(), ours.produce_mb_per_s);
+        emit("kafka-produce-sasl-ssl", "throughput", mb_per_s, "MB/s", Some(plaintext));
+    }
     if let Some(mb_per_s) = ours_unsynced {
         emit("kafka-produce-unsynced", "throughput", mb_per_s, "MB/s", unsynced_peer);
     }
@@ -582,8 +614,123 @@ fn unsynced_throughput(base: &Path, args: &KafkaArgs) -> Result<f64> {
     let corelog = start_corelog(&base.join("unsynced"), "os")?;
     create_topic(corelog.address, "bench")?;
     let count: u64 = if args.quick { 200_000 } else { 1_000_000 };
-    let run = produce(corelog.address, "bench", count, args.size, None)?;
+    let run = produce(corelog.address, &[], "bench", count, args.size, None)?;
     let mb_per_s = run.messages_per_s * args.size as f64 / 1e6;
     eprintln!("corelog --flush os: produce {:.0} msg/s ({mb_per_s:.0} MB/s)", run.messages_per_s);
+    Ok(mb_per_s)
+}
+
+/// Full-speed produce throughput (MB/s) of a fresh `corelog serve` whose only listener
+/// is SASL_SSL: a CA and a server certificate made with the `openssl` CLI, one SCRAM
+/// user made with `corelog users add`, the client authenticating with SCRAM-SHA-512
+/// over TLS (super user, so the ACL check is the real one's shortest path).
+fn sasl_ssl_throughput(base: &Path, args: &KafkaArgs) -> Result<f64> {
+    let dir = base.join("sasl-ssl");
+    let pki = dir.join("pki");
+    std::fs::create_dir_all(&pki)?;
+    let openssl = |args: &[&str]| -> Result<()> {
+        let output =
+            Command::new("openssl").args(args).current_dir(&pki).output().context("the openssl CLI")?;
+        if !output.status.success() {
+            bail!("openssl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(())
+    };
+    std::fs::write(pki.join("server.cnf"), "subjectAltName=IP:127.0.0.1\n")?;
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=bench CA",
+    ])?;
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ])?;
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "server.cnf",
+    ])?;
+    let binary = std::env::current_exe()?.with_file_name("corelog");
+    let data = dir.join("data");
+    let data_arg = data.to_str().context("utf-8 path")?;
+    let mut users = Command::new(&binary)
+        .args(["users", "add", "--data-dir", data_arg, "--user", "bench", "--mechanism", "SCRAM-SHA-512"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .context("corelog users add")?;
+    std::io::Write::write_all(&mut users.stdin.take().context("stdin")?, b"bench-password\n")?;
+    if !users.wait()?.success() {
+        bail!("corelog users add failed");
+    }
+    let address = free_address()?;
+    let path = |name: &str| pki.join(name).to_str().map(str::to_string).context("utf-8 path");
+    let mut child = Command::new(&binary)
+        .args(["serve", "--data-dir", data_arg, "--flush", &args.flush])
+        .args([
+            "--listeners",
+            &format!("SASL_SSL://{address}"),
+            "--default-partitions",
+            &PARTITIONS.to_string(),
+        ])
+        .args([
+            "--tls-cert",
+            &path("server.pem")?,
+            "--tls-key",
+            &path("server.key")?,
+            "--super-users",
+            "User:bench",
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting corelog serve with SASL_SSL")?;
+    wait_listening("corelog (SASL_SSL)", address, &mut child)?;
+    let _broker = Broker { name: "corelog-sasl-ssl", child, address };
+    let settings: Vec<(String, String)> = [
+        ("security.protocol", "sasl_ssl".to_string()),
+        ("sasl.mechanism", "SCRAM-SHA-512".to_string()),
+        ("sasl.username", "bench".to_string()),
+        ("sasl.password", "bench-password".to_string()),
+        ("ssl.ca.location", path("ca.pem")?),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    create_topic_with(address, &settings, "bench")?;
+    let count: u64 = if args.quick { 200_000 } else { 1_000_000 };
+    let run = produce(address, &settings, "bench", count, args.size, None)?;
+    let mb_per_s = run.messages_per_s * args.size as f64 / 1e6;
+    eprintln!("corelog over SASL_SSL: produce {:.0} msg/s ({mb_per_s:.0} MB/s)", run.messages_per_s);
     Ok(mb_per_s)
 }
