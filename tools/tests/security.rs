@@ -20,6 +20,7 @@ use kafka_protocol::messages::{
     metadata_request, ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreateTopicsRequest, MetadataRequest,
     SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
 };
+use kafka_protocol::messages::{produce_request, ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::StrBytes;
 use serde_json::json;
 use std::io::{Read, Write};
@@ -430,6 +431,22 @@ fn unmodified_clients_authenticate_over_tls_and_sasl_and_acls_hold_across_a_rest
         "the AdminClient's ACL is durable"
     );
 
+    // Beside an authenticating listener, a PLAINTEXT connection is User:ANONYMOUS and
+    // is authorized like anyone else: no ACL, nothing listed, nothing written.
+    let mut anonymous = Wire::connect(listeners.plaintext);
+    let all: MetadataResponse =
+        anonymous.call(ApiKey::Metadata, 9, &MetadataRequest::default().with_topics(None));
+    assert!(all.topics.is_empty(), "ANONYMOUS describes nothing");
+    let request = ProduceRequest::default().with_acks(-1).with_timeout_ms(5000).with_topic_data(vec![
+        produce_request::TopicProduceData::default().with_name(wire::topic("payments")).with_partition_data(
+            vec![produce_request::PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(bytes::Bytes::from_static(&[0; 61])))],
+        ),
+    ]);
+    let produced: ProduceResponse = anonymous.call(ApiKey::Produce, 9, &request);
+    assert_eq!(produced.responses[0].partition_responses[0].error_code, 29, "TOPIC_AUTHORIZATION_FAILED");
+
     // Nothing is readable from the TLS port in plaintext.
     let mut raw = TcpStream::connect(listeners.sasl_ssl).unwrap();
     raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -601,7 +618,11 @@ fn before_authentication_a_sasl_ssl_listener_serves_only_the_handshake() {
         assert_eq!(answer.error_code, 58, "SASL_AUTHENTICATION_FAILED for {lie:?}");
         assert!(closed(&mut wire.stream));
     }
-    // PLAIN with the right password authenticates; then requests are served.
+    // PLAIN with the right password authenticates, then requests are served, while 200
+    // connections hang in their TLS handshake and 50 sessions sit unauthenticated.
+    let stalled: Vec<TcpStream> = (0..200).map(|_| TcpStream::connect(listeners.sasl_ssl).unwrap()).collect();
+    let idle: Vec<_> = (0..50).map(|_| Wire::over(tls(listeners.sasl_ssl, &ca))).collect();
+    let served_since = Instant::now();
     let mut wire = Wire::over(tls(listeners.sasl_ssl, &ca));
     let _: SaslHandshakeResponse = wire.call(
         ApiKey::SaslHandshake,
@@ -620,6 +641,9 @@ fn before_authentication_a_sasl_ssl_listener_serves_only_the_handshake() {
     let names: Vec<String> =
         metadata.topics.iter().filter_map(|t| t.name.as_ref().map(|n| n.0.to_string())).collect();
     assert!(names.is_empty(), "nothing was created before authentication: {names:?}");
+    let served = served_since.elapsed();
+    assert!(served < Duration::from_secs(2), "served in {served:?} beside 250 unauthenticated connections");
+    drop((stalled, idle));
     // Failed attempts from one address are limited: past ten a minute, even the right
     // password is refused.
     for attempt in 0..12 {

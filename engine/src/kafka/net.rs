@@ -420,7 +420,7 @@ async fn authenticate<R: AsyncRead + Unpin>(
             }
             ApiKey::SaslHandshake => sasl::handshake(&security, session, &mut state, version, &mut frame)?,
             ApiKey::SaslAuthenticate => {
-                sasl::authenticate(&security, session, &mut state, version, &mut frame)?
+                sasl::authenticate(&security, session, &mut state, version, &mut frame).await?
             }
             other => return Err(format!("{other:?} request before authentication")),
         };

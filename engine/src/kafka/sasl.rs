@@ -94,9 +94,11 @@ pub(super) fn handshake(
     }
 }
 
-/// SaslAuthenticate before authentication: one token of the exchange.
-pub(super) fn authenticate(
-    security: &Security,
+/// SaslAuthenticate before authentication: one token of the exchange. The check runs
+/// on the runtime's blocking pool, not the shard: PLAIN derives the salted password
+/// (thousands of PBKDF2 rounds, milliseconds), which must not stall the shard's appends.
+pub(super) async fn authenticate(
+    security: &std::sync::Arc<Security>,
     session: &Session,
     state: &mut Authenticating,
     version: i16,
@@ -110,7 +112,7 @@ pub(super) fn authenticate(
             .with_error_message(Some(StrBytes::from_string(message.to_string())));
         Ok(Outcome::Failed(version, encode(&response, version)?, reason))
     };
-    let Some(exchange) = state.exchange.as_mut() else {
+    let Some(mut exchange) = state.exchange.take() else {
         let response =
             SaslAuthenticateResponse::default().with_error_code(ResponseError::IllegalSaslState.code());
         return Ok(Outcome::Failed(
@@ -130,7 +132,16 @@ pub(super) fn authenticate(
             format!("{ip} is over {} failed authentications a minute", security::AUTH_FAILURES_PER_WINDOW),
         );
     }
-    match security.authenticate(exchange, &request.auth_bytes, now) {
+    let checker = security.clone();
+    let token = request.auth_bytes;
+    let (exchange, step) = tokio::task::spawn_blocking(move || {
+        let step = checker.authenticate(&mut exchange, &token, now);
+        (exchange, step)
+    })
+    .await
+    .map_err(|e| format!("authentication task failed: {e}"))?;
+    state.exchange = Some(exchange);
+    match step {
         SaslStep::Continue(message) => {
             let response = SaslAuthenticateResponse::default().with_auth_bytes(Bytes::from(message));
             Ok(Outcome::Continue(version, encode(&response, version)?))
