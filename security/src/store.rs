@@ -336,9 +336,12 @@ impl<T> Watched<T> {
             let stamp = self.store.stamp(self.file);
             let known = self.current.read().expect("store cache lock").1;
             if stamp != known {
+                let mut current = self.current.write().expect("store cache lock");
                 match (self.read)(&self.store) {
-                    Ok(value) => *self.current.write().expect("store cache lock") = (Arc::new(value), stamp),
+                    Ok(value) => *current = (Arc::new(value), stamp),
                     Err(error) => {
+                        // Said once per change of the file, not at every check.
+                        current.1 = stamp;
                         eprintln!("corelog: keeping the last good {}: {error}", self.file);
                     }
                 }
@@ -386,6 +389,11 @@ mod tests {
         assert_eq!(store.acls().unwrap().iter().next(), Some(&binding));
         assert!(store.update_users(|u| Ok(u.remove("alice", None))).unwrap().0);
         assert!(store.users().unwrap().list().next().is_none());
+        // A file that changes into a lie keeps the last good contents, and refuses
+        // updates (a damaged store is never silently replaced).
+        std::fs::write(dir.path().join(USERS_FILE), b"{\"version\": 1, \"users\": {\"x\": 3}}").unwrap();
+        assert!(users.get(3000).credential("alice", Mechanism::ScramSha256).is_some());
+        assert!(store.update_users(|u| Ok(u.remove("alice", None))).is_err());
     }
 
     #[test]
