@@ -15,6 +15,7 @@
 //! Never: reads files or clocks (the store is `store`).
 
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 
 /// Most ACL bindings the broker keeps (each is checked on every request that matches
 /// it; a store past this is refused when read).
@@ -212,10 +213,34 @@ impl AclFilter {
     }
 }
 
-/// A set of ACL bindings.
+/// A set of ACL bindings, indexed by resource type and name for [`Acls::authorizes`]
+/// (a check looks up the name, `*` and each prefix of the name: never a scan of all
+/// bindings).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredAcls", into = "StoredAcls")]
 pub struct Acls {
     bindings: std::collections::BTreeSet<AclBinding>,
+    by_name: HashMap<ResourceType, HashMap<String, Vec<AclBinding>>>,
+}
+
+/// What [`Acls`] is stored as: the bindings only (the index is rebuilt on reading).
+#[derive(Serialize, Deserialize)]
+struct StoredAcls {
+    bindings: std::collections::BTreeSet<AclBinding>,
+}
+
+impl From<StoredAcls> for Acls {
+    fn from(stored: StoredAcls) -> Self {
+        let mut acls = Acls { bindings: stored.bindings, by_name: HashMap::new() };
+        acls.reindex();
+        acls
+    }
+}
+
+impl From<Acls> for StoredAcls {
+    fn from(acls: Acls) -> Self {
+        StoredAcls { bindings: acls.bindings }
+    }
 }
 
 impl Acls {
@@ -245,8 +270,22 @@ impl Acls {
         if self.bindings.len() >= ACLS_MAX && !self.bindings.contains(&binding) {
             return Err(InvalidAcl(format!("the broker holds {ACLS_MAX} ACLs already")));
         }
-        self.bindings.insert(binding);
+        if self.bindings.insert(binding.clone()) {
+            self.index(binding);
+        }
         Ok(())
+    }
+
+    fn index(&mut self, binding: AclBinding) {
+        let names = self.by_name.entry(binding.resource_type).or_default();
+        names.entry(binding.name.clone()).or_default().push(binding);
+    }
+
+    fn reindex(&mut self) {
+        self.by_name.clear();
+        for binding in self.bindings.clone() {
+            self.index(binding);
+        }
     }
 
     /// Removes and returns the bindings `filter` matches.
@@ -254,6 +293,9 @@ impl Acls {
         let removed: Vec<AclBinding> = self.bindings.iter().filter(|b| filter.matches(b)).cloned().collect();
         for binding in &removed {
             self.bindings.remove(binding);
+        }
+        if !removed.is_empty() {
+            self.reindex();
         }
         removed
     }
@@ -274,8 +316,14 @@ impl Acls {
         kind: ResourceType,
         name: &str,
     ) -> bool {
+        let Some(names) = self.by_name.get(&kind) else { return false };
+        // The bindings that can cover `name`: filed under the name itself, under `*`,
+        // or under one of its prefixes (checked by `covers` below).
+        let prefixes = name.char_indices().map(|(at, _)| &name[..at]).skip(1);
+        let candidates =
+            [name, WILDCARD].into_iter().chain(prefixes).filter_map(|filed| names.get(filed)).flatten();
         let mut allowed = false;
-        for binding in &self.bindings {
+        for binding in candidates {
             if !binding.covers(kind, name)
                 || !(binding.principal == principal || binding.principal == "User:*")
                 || !(binding.host == host || binding.host == WILDCARD)
@@ -379,6 +427,29 @@ mod tests {
         acls.add(from_host).unwrap();
         assert!(acls.authorizes("User:dave", "10.1.1.1", Read, Group, "g"));
         assert!(!acls.authorizes("User:dave", "10.1.1.2", Read, Group, "g"));
+    }
+
+    #[test]
+    fn the_index_finds_literal_wildcard_and_prefix_bindings_among_many_and_survives_storage() {
+        let mut acls = Acls::default();
+        for i in 0..5000 {
+            acls.add(acl(Topic, &format!("t{i}"), Literal, "User:a", Read, Allow)).unwrap();
+        }
+        acls.add(acl(Topic, "orders.", Prefixed, "User:b", Write, Allow)).unwrap();
+        acls.add(acl(Topic, "*", Literal, "User:c", Read, Allow)).unwrap();
+        assert!(acls.authorizes("User:a", "h", Read, Topic, "t4999"));
+        assert!(!acls.authorizes("User:a", "h", Read, Topic, "t5000"));
+        assert!(acls.authorizes("User:b", "h", Write, Topic, "orders.eu"));
+        assert!(!acls.authorizes("User:b", "h", Write, Topic, "orders"));
+        assert!(acls.authorizes("User:c", "h", Read, Topic, "anything-ü"));
+        let json = serde_json::to_string(&acls).unwrap();
+        assert!(!json.contains("by_name"), "only the bindings are stored");
+        let back: Acls = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, acls);
+        assert!(back.authorizes("User:b", "h", Write, Topic, "orders.us"));
+        let mut removed = back.clone();
+        removed.remove(&AclFilter { principal: Some("User:b".into()), ..AclFilter::default() });
+        assert!(!removed.authorizes("User:b", "h", Write, Topic, "orders.us"));
     }
 
     #[test]
