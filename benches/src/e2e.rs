@@ -90,6 +90,10 @@ pub struct E2eArgs {
     /// Only these offered rates (events/s), no search for the highest sustained one.
     #[arg(long, value_delimiter = ',')]
     pub rates: Vec<f64>,
+    /// Soak: run each fixed rate this many seconds per pipeline (no search for the
+    /// highest sustained rate) and report p99, p99.9 and max per 10 s interval.
+    #[arg(long)]
+    pub seconds: Option<f64>,
 }
 
 struct Serve {
@@ -185,6 +189,8 @@ fn publish_deny_list(address: SocketAddr) -> Result<()> {
 #[derive(Debug)]
 struct Run {
     latency_us: Histogram<u64>,
+    /// (seconds from the start the event was due, latency in µs) per decision.
+    samples: Vec<(f64, u64)>,
     expected: usize,
     received: usize,
     achieved_rate: f64,
@@ -281,14 +287,16 @@ fn offer(address: SocketAddr, decisions: &str, rate: f64, seconds: f64) -> Resul
     })?;
     let ((expected, achieved_rate), seen) = (sent, received);
     let mut latency_us = Histogram::<u64>::new(3)?;
+    let mut samples = Vec::with_capacity(expected.len());
     let mut matched = 0;
     for (id, due_us) in &expected {
         if let Some(at) = seen.get(id) {
             latency_us.record(at.saturating_sub(*due_us))?;
+            samples.push((*due_us as f64 / 1e6, at.saturating_sub(*due_us)));
             matched += 1;
         }
     }
-    Ok(Run { latency_us, expected: expected.len(), received: matched, achieved_rate })
+    Ok(Run { latency_us, samples, expected: expected.len(), received: matched, achieved_rate })
 }
 
 /// The query as an external consumer: reads `payments`, runs the operator, produces
@@ -414,7 +422,7 @@ fn highest_sustained(mut sustained: f64, steps: usize, run: impl Fn(f64) -> Resu
 /// Runs the scenario.
 pub fn bench(args: &E2eArgs) -> Result<Vec<Figure>> {
     let dir = args.dir.clone().unwrap_or_else(|| crate::report::bench_dir().join("e2e"));
-    let seconds = if args.quick { 3.0 } else { 10.0 };
+    let seconds = args.seconds.unwrap_or(if args.quick { 3.0 } else { 10.0 });
     let mut figures_out = Vec::new();
     let (mut best, mut best_ref) = (0.0, 0.0);
     eprintln!(
@@ -434,14 +442,22 @@ pub fn bench(args: &E2eArgs) -> Result<Vec<Figure>> {
             best_ref = rate;
         }
         let scenario = format!("e2e-{}k", rate as u64 / 1000);
-        let figures = figures(&scenario, &ours, &reference);
+        let mut figures = figures(&scenario, &ours, &reference);
+        if args.seconds.is_some() {
+            figures.extend(crate::soak::report("corelog", &scenario, &ours.samples)?);
+            figures.extend(crate::soak::report(
+                "external",
+                &format!("{scenario}-external"),
+                &reference.samples,
+            )?);
+        }
         for figure in &figures {
             println!("{}", figure.line());
         }
         figures_out.extend(figures);
     }
     // The highest sustained rate, and the reference's at the same offered rates.
-    let steps = if !args.rates.is_empty() {
+    let steps = if !args.rates.is_empty() || args.seconds.is_some() {
         0
     } else if args.quick {
         2

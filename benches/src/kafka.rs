@@ -75,6 +75,10 @@ pub struct KafkaArgs {
     /// `os` shows how much of the latency the syncs are).
     #[arg(long, default_value = "group")]
     pub flush: String,
+    /// Soak: run only corelog's paced produce for this many seconds and report p99,
+    /// p99.9 and max per 10 s interval (see `soak`).
+    #[arg(long)]
+    pub seconds: Option<f64>,
 }
 
 struct Broker {
@@ -481,6 +485,9 @@ pub fn bench(args: &KafkaArgs) -> Result<Vec<Figure>> {
     let base = args.dir.clone().unwrap_or_else(|| crate::report::bench_dir().join("kafka"));
     let _ = std::fs::remove_dir_all(&base);
     std::fs::create_dir_all(&base)?;
+    if let Some(seconds) = args.seconds {
+        return soak(&base, args, seconds);
+    }
     let (ours, rate) = {
         let corelog = start_corelog(&base, &args.flush)?;
         measure(&corelog, args, args.rate)?
@@ -733,4 +740,40 @@ fn sasl_ssl_throughput(base: &Path, args: &KafkaArgs) -> Result<f64> {
     let mb_per_s = run.messages_per_s * args.size as f64 / 1e6;
     eprintln!("corelog over SASL_SSL: produce {:.0} msg/s ({mb_per_s:.0} MB/s)", run.messages_per_s);
     Ok(mb_per_s)
+}
+
+/// `--seconds S`: corelog's paced produce (at `--rate`, or half of a full-speed run's
+/// peak) for `S` seconds, reported per 10 s interval.
+fn soak(base: &Path, args: &KafkaArgs, seconds: f64) -> Result<Vec<Figure>> {
+    let corelog = start_corelog(base, &args.flush)?;
+    let rate = match args.rate {
+        Some(rate) => rate,
+        None => {
+            create_topic(corelog.address, "bench")?;
+            let full = produce(corelog.address, &[], "bench", 200_000, args.size, None)?;
+            full.messages_per_s / 2.0
+        }
+    };
+    create_topic(corelog.address, "paced")?;
+    let count = (rate * seconds) as u64;
+    eprintln!("corelog: soak, {count} messages at {rate:.0} msg/s for {seconds:.0} s (open loop, acks=all)");
+    let paced = produce(corelog.address, &[], "paced", count, args.size, Some(rate))?;
+    eprintln!("corelog: paced tail: {}", stalls(&paced));
+    let scenario = format!("kafka-produce-at-{:.0}k", rate / 1e3);
+    let mut figures = Vec::new();
+    for (name, q) in [("p50", 0.5), ("p99", 0.99), ("p999", 0.999)] {
+        let value = paced.latency_us.value_at_quantile(q) as f64 / 1e3;
+        figures.push(Figure {
+            scenario: format!("{scenario}-soak"),
+            name: name.into(),
+            value,
+            unit: "ms".into(),
+            reference: None,
+        });
+    }
+    figures.extend(crate::soak::report("corelog", &scenario, &paced.timeline)?);
+    for figure in &figures {
+        println!("{}", figure.line());
+    }
+    Ok(figures)
 }

@@ -17,6 +17,7 @@ mod kafka;
 mod land;
 mod nats;
 mod report;
+mod soak;
 
 use clap::{Parser, Subcommand};
 
