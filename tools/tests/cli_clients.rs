@@ -3,24 +3,9 @@
 mod common;
 
 use common::Server;
-use std::io::Write;
-use std::process::{Command, Stdio};
 
 fn corelog(args: &[&str], stdin: &str) -> (bool, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_corelog"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    let output = child.wait_with_output().unwrap();
-    (
-        output.status.success(),
-        String::from_utf8(output.stdout).unwrap(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    common::corelog_with_stdin(args, stdin)
 }
 
 fn sorted_lines(text: &str) -> Vec<String> {

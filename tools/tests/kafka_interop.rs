@@ -5,7 +5,7 @@ mod common;
 
 use common::Server;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -134,14 +134,6 @@ fn malformed_and_oversized_frames_close_the_connection_and_the_broker_keeps_serv
     assert_eq!(consume(&server, "after").len(), 3);
 }
 
-fn scrape(address: SocketAddr) -> String {
-    let mut stream = TcpStream::connect(address).expect("metrics endpoint listening");
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text
-}
-
 fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(name_and_labels))
@@ -171,7 +163,7 @@ fn metrics_endpoint_reports_requests_fsyncs_rings_and_group_lag() {
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let text = scrape(metrics_address);
+    let text = common::scrape(metrics_address);
     assert!(metric(&text, "corelog_kafka_requests_total{api=\"Produce\"}").unwrap_or(0.0) >= 1.0, "{text}");
     assert!(metric(&text, "corelog_kafka_request_bytes_total{api=\"Fetch\"}").unwrap_or(0.0) > 0.0, "{text}");
     assert!(metric(&text, "corelog_fsync_seconds_count").unwrap_or(0.0) >= 1.0, "{text}");

@@ -37,17 +37,9 @@ fn corelog() -> Command {
 
 /// Runs `corelog ARGS` with `stdin`, asserting success.
 fn corelog_ok(args: &[&str], stdin: &str) -> String {
-    let mut child = corelog()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(output.status.success(), "corelog {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout).unwrap()
+    let (ok, stdout, stderr) = common::corelog_with_stdin(args, stdin);
+    assert!(ok, "corelog {args:?}: {stderr}");
+    stdout
 }
 
 /// A CA, a server certificate for 127.0.0.1 and localhost, and a client certificate
@@ -128,15 +120,6 @@ fn start(data: &Path, pki: &Pki, listeners: &Listeners, extra: &[&str]) -> Serve
     let flags =
         ["--tls-cert", &cert, "--tls-key", &key, "--tls-client-ca", &ca, "--super-users", "User:admin"];
     Server::start_listeners(data, &listeners.flag(), listeners.sasl_ssl, &[&flags[..], extra].concat())
-}
-
-/// The Prometheus text the broker serves at `address`.
-fn scrape(address: SocketAddr) -> String {
-    let mut stream = TcpStream::connect(address).expect("metrics endpoint listening");
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text
 }
 
 fn secure(action: &str, args: serde_json::Value) -> serde_json::Value {
@@ -462,7 +445,7 @@ fn unmodified_clients_authenticate_over_tls_and_sasl_and_acls_hold_across_a_rest
     let log = server.log();
     assert!(log.contains("authentication failed") && log.contains("peer=127.0.0.1:"), "{log}");
     // Metrics count authentications by mechanism and result, and denials.
-    let text = scrape(metrics);
+    let text = common::scrape(metrics);
     let count = |prefix: &str| -> f64 {
         text.lines()
             .filter(|l| l.starts_with(prefix))

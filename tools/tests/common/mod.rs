@@ -200,3 +200,32 @@ pub fn assert_inspect_clean(data_dir: &Path, context: &str) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Runs `corelog ARGS` with `stdin`: (success, stdout, stderr).
+pub fn corelog_with_stdin(args: &[&str], stdin: &str) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_corelog"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The Prometheus text a broker serves at `address` (`--metrics`).
+pub fn scrape(address: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(address).expect("metrics endpoint listening");
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
+}
