@@ -42,6 +42,10 @@ pub struct AppendArgs {
     /// `corelog serve`; 0 leaves the cache to the kernel).
     #[arg(long, default_value_t = engine::log::CACHE_WINDOW_BYTES_DEFAULT)]
     pub cache_window_bytes: u64,
+    /// Write zeros ahead of the tail while appends are synced one by one
+    /// (`--preallocate` of `corelog serve`).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub preallocate: bool,
 }
 
 impl AppendArgs {
@@ -83,7 +87,7 @@ fn batches(record_bytes: usize, batch_bytes: usize, total_bytes: u64) -> (Vec<By
 
 fn run(
     dir: &Path,
-    cache_window_bytes: u64,
+    (cache_window_bytes, preallocate): (u64, bool),
     flush: FlushMode,
     partitions: u32,
     in_flight: usize,
@@ -93,6 +97,7 @@ fn run(
     let _ = std::fs::remove_dir_all(dir);
     let mut config = EngineConfig { flush, ..EngineConfig::new(dir) };
     config.log.cache_window_bytes = cache_window_bytes;
+    config.log.preallocate = preallocate;
     let engine = Engine::open(config).context("opening the engine")?;
     engine.create_topic("bench", partitions)?;
     let total_bytes: u64 = work.iter().map(|b| b.len() as u64).sum();
@@ -185,7 +190,15 @@ pub fn bench(args: &AppendArgs) -> Result<Vec<Figure>> {
         }
         let (work, records) = batches(1024, BATCH_BYTES, total_bytes);
         quiesce();
-        let result = run(&data, args.cache_window_bytes, flush, 1, IN_FLIGHT_PER_PARTITION, work, records)?;
+        let result = run(
+            &data,
+            (args.cache_window_bytes, args.preallocate),
+            flush,
+            1,
+            IN_FLIGHT_PER_PARTITION,
+            work,
+            records,
+        )?;
         emit(Figure {
             scenario: format!("append-1p-1k-{flush}"),
             name: "throughput".into(),
@@ -205,7 +218,7 @@ pub fn bench(args: &AppendArgs) -> Result<Vec<Figure>> {
             let on_disk_record_bytes = work[0].len() as f64 / records as f64;
             let result = run(
                 &data,
-                args.cache_window_bytes,
+                (args.cache_window_bytes, args.preallocate),
                 FlushMode::Group,
                 partitions,
                 IN_FLIGHT_PER_PARTITION,
@@ -242,7 +255,8 @@ pub fn bench(args: &AppendArgs) -> Result<Vec<Figure>> {
     let (work, records) =
         batches(1024, LATENCY_BATCH_BYTES, latency_appends(args) * LATENCY_BATCH_BYTES as u64);
     quiesce();
-    let result = run(&data, args.cache_window_bytes, FlushMode::Group, 1, 1, work, records)?;
+    let result =
+        run(&data, (args.cache_window_bytes, args.preallocate), FlushMode::Group, 1, 1, work, records)?;
     for (name, quantile, fio_ns) in [
         ("p50", 0.5, reference.map(|r| r.fdatasync_p50_ns)),
         ("p99", 0.99, reference.map(|r| r.fdatasync_p99_ns)),

@@ -121,6 +121,8 @@ fn serve(dir: &Path, queries: Option<&Path>, flush: &str) -> Result<Serve> {
     command
         .args(["serve", "--data-dir", dir.to_str().context("utf-8 path")?, "--listen", &address.to_string()])
         .args(["--flush", flush, "--default-partitions", &PARTITIONS.to_string()])
+        // Extra `corelog serve` flags for investigations, e.g. `--preallocate false`.
+        .args(std::env::var("CORELOG_BENCH_SERVE_ARGS").unwrap_or_default().split_whitespace())
         .stderr(Stdio::null());
     if let Some(queries) = queries {
         command.args(["--queries", queries.to_str().context("utf-8 path")?]);

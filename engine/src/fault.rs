@@ -110,6 +110,24 @@ pub async fn write_all_at(file: &File, bytes: BytesMut, position: u64) -> (std::
     }
 }
 
+/// Zeros for [`write_zeros_at`]: as many as the longest fill (in `.bss`, never written).
+static ZEROS: [u8; crate::prealloc::FILL_AHEAD_BYTES as usize] =
+    [0; crate::prealloc::FILL_AHEAD_BYTES as usize];
+
+/// Writes `len` zero bytes at `position` (a preallocating fill, see `prealloc`), unless
+/// a fault says otherwise. `len` is at most `prealloc::FILL_AHEAD_BYTES`.
+pub async fn write_zeros_at(file: &File, position: u64, len: usize) -> std::io::Result<()> {
+    let zeros: &'static [u8] = &ZEROS[..len];
+    match take(FaultOp::Write, file.as_raw_fd()) {
+        None => file.write_all_at(zeros, position).await.0,
+        Some(FaultKind::Short) => {
+            let written = file.write_all_at(&zeros[..len / 2], position).await.0;
+            written.and(Err(std::io::Error::from_raw_os_error(libc::ENOSPC)))
+        }
+        Some(kind) => Err(error(kind)),
+    }
+}
+
 /// One `RWF_DSYNC` write of `bytes` at `position` (the count written, possibly short),
 /// unless a fault says otherwise.
 pub async fn write_synced_at(

@@ -17,6 +17,7 @@
 //! * [`landed`]: the lander's landed-offset registrations that retention honours;
 //! * [`fault`]: the storage-fault layer every shard write and sync passes (tests arm
 //!   EIO, ENOSPC and short writes through it);
+//! * [`prealloc`]: the zero-filled space a shard keeps ahead of a partition's tail;
 //! * [`io`]: the io_uring probe and the per-shard writer/flusher (group commit);
 //! * [`shard`] and [`Engine`]: shard threads pinned one per core, partition ownership,
 //!   the N×N SPSC mesh and per-shard MPSC submission rings, and the embedded API.
@@ -61,6 +62,7 @@ pub mod lies;
 pub mod log;
 pub mod partition_meta;
 pub mod plant;
+pub mod prealloc;
 pub mod producers;
 pub use query;
 mod query_runner;
@@ -80,5 +82,5 @@ pub use config::{
 pub use engine::{Engine, Pending, Via};
 pub use error::EngineError;
 pub use shard::PartitionInfo;
-pub use stats::{fsync_stats, heal_count, synced_write_count};
+pub use stats::{fill_stats, fsync_stats, heal_count, synced_write_count};
 pub use types::{now_ms, AppendResult, FlushMode, TopicPartition};

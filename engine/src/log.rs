@@ -53,6 +53,9 @@ pub struct LogConfig {
     pub cache_window_bytes: u64,
     /// Largest batch accepted.
     pub batch_bytes_max: usize,
+    /// Write zeros ahead of the active segment's tail while appends take the
+    /// synced-write path (see `prealloc`), so their syncs skip the journal commit.
+    pub preallocate: bool,
 }
 
 /// Default [`LogConfig::cache_window_bytes`] (`--cache-window-bytes`).
@@ -72,6 +75,7 @@ impl Default for LogConfig {
             retention_bytes: None,
             cache_window_bytes: CACHE_WINDOW_BYTES_DEFAULT,
             batch_bytes_max: BATCH_BYTES_MAX_DEFAULT,
+            preallocate: true,
         }
     }
 }
@@ -309,7 +313,7 @@ impl PartitionLog {
             let (segment, scan) = Segment::open(&disk, dir, base, config.map_len(), mode)?;
             recovered_any |= recover;
             if let Some((position, error)) = &scan.error {
-                let file_len = segment.log_file().len().unwrap_or(scan.valid_end);
+                let file_len = scan.len;
                 let reason = format!("{}: at byte {position}: {error}", segment.path("log").display());
                 if mode != OpenMode::Sealed {
                     report.truncated_bytes += file_len.saturating_sub(scan.valid_end);
@@ -379,6 +383,18 @@ impl PartitionLog {
 
     fn active(&self) -> &Segment {
         self.segments.back().expect("a log always has an active segment")
+    }
+
+    /// The active segment's base offset and size (bytes placed).
+    pub fn active_extent(&self) -> (i64, u64) {
+        let active = self.active();
+        (active.base_offset(), active.size())
+    }
+
+    /// The active segment's file length (`fstat`): longer than its size when zeros were
+    /// filled past the data (see `prealloc`).
+    pub fn active_file_len(&self) -> std::io::Result<u64> {
+        self.active().log_file().len()
     }
 
     /// The directory holding this partition's files.
@@ -838,6 +854,24 @@ impl PartitionLog {
         (self.cache_written_back, self.cache_dropped) = (end, end);
         self.read_only = None;
         Ok(())
+    }
+
+    /// Cuts the zeros filled past the data of sealed segments (see `prealloc`), except
+    /// segment `filling`'s, which a fill may still be writing to. Nothing is cut in a
+    /// read-only partition: a sealed segment's bytes past a corrupt batch are evidence.
+    /// Returns the bytes cut.
+    pub fn trim_sealed(&mut self, filling: Option<i64>) -> Result<u64, SegmentError> {
+        if self.read_only.is_some() {
+            return Ok(0);
+        }
+        let sealed = self.segments.len() - 1;
+        let mut cut = 0;
+        for segment in self.segments.iter_mut().take(sealed) {
+            if Some(segment.base_offset()) != filling {
+                cut += segment.trim_tail()?;
+            }
+        }
+        Ok(cut)
     }
 
     /// Flushes indexes and syncs every segment: the state a clean shutdown leaves.

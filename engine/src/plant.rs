@@ -24,17 +24,21 @@ pub enum Plant {
     /// A consumer group's committed offsets are renamed into place without syncing
     /// their directory, so a crash can bring back older ones.
     UnsyncedOffsetCommit,
+    /// An append is written while a fill of zeros over its bytes is still being
+    /// written, so the zeros may land on it.
+    FillOverAppend,
 }
 
 impl Plant {
     /// Every plant, in a fixed order.
-    pub const ALL: [Plant; 6] = [
+    pub const ALL: [Plant; 7] = [
         Plant::PublishBeforeSync,
         Plant::SkipTornTailTruncation,
         Plant::RollWithoutSync,
         Plant::TrustFailedFsync,
         Plant::ForgetProducerSequences,
         Plant::UnsyncedOffsetCommit,
+        Plant::FillOverAppend,
     ];
 
     /// The name `--plant` takes.
@@ -46,6 +50,7 @@ impl Plant {
             Plant::TrustFailedFsync => "trust-failed-fsync",
             Plant::ForgetProducerSequences => "forget-producer-sequences",
             Plant::UnsyncedOffsetCommit => "unsynced-offset-commit",
+            Plant::FillOverAppend => "fill-over-append",
         }
     }
 
@@ -65,6 +70,7 @@ impl Plant {
             Plant::UnsyncedOffsetCommit => {
                 "committed offsets are renamed into place without a directory sync"
             }
+            Plant::FillOverAppend => "an append is written while zeros are still being written over it",
         }
     }
 

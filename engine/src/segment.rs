@@ -103,8 +103,14 @@ pub struct Scan {
     pub max_timestamp: Option<(i64, i64)>,
     /// Number of good batches.
     pub batches: u64,
-    /// The first bad batch: position and why.
+    /// The first bad batch: position and why. `None` when the bytes end at a batch
+    /// boundary or in an all-zero remainder.
     pub error: Option<(u64, ScanError)>,
+    /// Length of the bytes walked (the file's length, for a segment being opened).
+    pub len: u64,
+    /// Bytes after the last good batch that are all zero: space the shard filled ahead
+    /// of the tail (`prealloc`), which is not data.
+    pub zero_tail: u64,
 }
 
 /// Why a scan stopped before the end of the bytes.
@@ -128,14 +134,16 @@ pub enum ScanError {
 
 /// Walks the batches in `bytes[start..]`, expecting the first to have `next_offset`,
 /// and stops at the first one that is torn, corrupt or out of sequence.
-/// `on_batch(position, view)` sees every good batch.
+/// `on_batch(position, view)` sees every good batch. An all-zero remainder after the
+/// last good batch is no error: it is preallocated space ([`Scan::zero_tail`]).
+/// (A batch is never all zeros: its length field alone is at least 49.)
 pub fn scan_batches(
     bytes: &[u8],
     start: u64,
     next_offset: i64,
     mut on_batch: impl FnMut(u64, &BatchView<'_>),
 ) -> Scan {
-    let mut scan = Scan { valid_end: start, next_offset, ..Scan::default() };
+    let mut scan = Scan { valid_end: start, next_offset, len: bytes.len() as u64, ..Scan::default() };
     let mut position = start as usize;
     while position < bytes.len() {
         let result = BatchView::parse(&bytes[position..]).map_err(ScanError::from).and_then(|view| {
@@ -160,7 +168,11 @@ pub fn scan_batches(
                 scan.batches += 1;
             }
             Err(error) => {
-                scan.error = Some((position as u64, error));
+                if bytes[position..].iter().all(|b| *b == 0) {
+                    scan.zero_tail = (bytes.len() - position) as u64;
+                } else {
+                    scan.error = Some((position as u64, error));
+                }
                 break;
             }
         }
@@ -262,6 +274,9 @@ pub struct Segment {
     /// The `.index` and `.timeindex` files, opened on the first flush and kept while
     /// the segment is active (no open and close per sync on the shard thread).
     index_files: Option<[DiskFile; 2]>,
+    /// The log file may be longer than `size` (zeros filled ahead of the tail, see
+    /// `prealloc`) until [`Segment::trim_tail`] cuts it.
+    may_have_tail: bool,
 }
 
 impl Segment {
@@ -316,6 +331,7 @@ impl Segment {
             time_index_flushed: 0,
             bytes_since_index: 0,
             index_files: None,
+            may_have_tail: true,
         })
     }
 
@@ -373,6 +389,7 @@ impl Segment {
             time_index,
             bytes_since_index: 0,
             index_files: None,
+            may_have_tail: true,
         };
         let mut batches = Vec::new();
         let scan = scan_batches(file_bytes, start, start_offset, |position, view| {
@@ -389,6 +406,7 @@ impl Segment {
             segment.note_batch(position, len, last_offset, max_timestamp);
         }
         segment.next_offset = scan.next_offset;
+        segment.may_have_tail = scan.zero_tail > 0;
         assert_eq!(segment.size, scan.valid_end, "scan and index agree on the valid end");
         if scan.error.is_some() && mode != OpenMode::Sealed {
             if crate::plant::armed(crate::plant::Plant::SkipTornTailTruncation) {
@@ -591,10 +609,42 @@ impl Segment {
         self.index.len()
     }
 
+    /// Cuts the log file to its data when zeros were filled past it (a sealed segment's
+    /// preallocated remainder); returns the bytes cut. Only for a segment no fill is
+    /// writing to: a fill landing after the cut would lengthen the file again (with
+    /// zeros, so harmlessly, but the cut would be lost). Readers never touch the cut
+    /// bytes: the engine's stop at `size`, and the lander reads batch headers with
+    /// `pread` before it touches mapped bytes (see [`FollowedSegment::frame_at`]).
+    /// Not durable until the file is synced, which it need not be: zeros are not data.
+    pub fn trim_tail(&mut self) -> Result<u64, SegmentError> {
+        if !self.may_have_tail {
+            return Ok(0);
+        }
+        let path = self.path("log");
+        let len = self.log.len().map_err(io_error(&path))?;
+        if len > self.size {
+            self.log.set_len(self.size).map_err(io_error(&path))?;
+        }
+        self.may_have_tail = false;
+        Ok(len.saturating_sub(self.size))
+    }
+
     /// Deletes the segment's files.
     pub fn delete(self) -> Result<(), SegmentError> {
         delete_files(&*self.disk, &self.dir, self.base_offset)
     }
+}
+
+/// Where [`FollowedSegment::complete_end`] stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompleteEnd {
+    /// End of the last complete batch walked.
+    pub end: u64,
+    /// Why the walk stopped before the length it was given, when that was not zeros
+    /// (a write still landing, or damage).
+    pub why: Option<String>,
+    /// The walk stopped because it covered the bytes asked for: more batches may follow.
+    pub capped: bool,
 }
 
 /// Virtual length of a [`FollowedSegment`] mapping: more than any segment can grow to
@@ -606,8 +656,8 @@ const _: () = assert!(FOLLOW_MAP_BYTES >= 2 * SEGMENT_BYTES_MAX);
 /// A read-only view of a segment file that another process (the engine) may still be
 /// appending to: what the lander reads. It never writes or truncates the file.
 ///
-/// The file is mapped once for [`FOLLOW_MAP_BYTES`]; [`FollowedSegment::durable_len`]
-/// tells how much of it is safe to read.
+/// The file is mapped once for [`FOLLOW_MAP_BYTES`]; [`FollowedSegment::complete_end`]
+/// before a [`FollowedSegment::sync`] tells how much of it is safe to read.
 #[derive(Debug)]
 pub struct FollowedSegment {
     path: PathBuf,
@@ -622,33 +672,93 @@ impl FollowedSegment {
         let base_offset = parse_log_name(path).ok_or_else(|| SegmentError::BadName(path.to_path_buf()))?;
         let file = File::open(path).map_err(io_error(path))?;
         let len = usize::try_from(FOLLOW_MAP_BYTES).expect("64-bit address space");
-        // SAFETY: the mapping is read-only and callers only touch bytes below a length
-        // read from `fstat` just before (`durable_len`). The engine truncates a segment
-        // only while recovering at open (a torn tail no CRC-checking reader accepted) or
-        // while healing a partition after a storage failure (bytes past its watermark).
-        // A reader racing a truncation could fault on the vanished pages; the lander
-        // documents this and restarts idempotently.
+        // SAFETY: the mapping is read-only and callers only touch bytes of batches whose
+        // frame length was read with `pread` (`frame_at`), which lie below the data the
+        // engine wrote; zeros past the data, which the engine may cut, are only ever
+        // read with `pread`. Below its data the engine truncates a segment only while
+        // recovering at open (a torn tail no CRC-checking reader accepted) or while
+        // healing a partition after a storage failure (bytes past its watermark). A
+        // reader racing such a truncation could fault on the vanished pages; the
+        // lander documents this and restarts idempotently.
         let map = unsafe { MmapOptions::new().len(len).map(&file) }.map_err(io_error(path))?;
         Ok(Self { path: path.to_path_buf(), file, map: Bytes::from_owner(MapOwner(map)), base_offset })
     }
 
-    /// The file's current length, after an `fdatasync` (allowed on a read-only
-    /// descriptor) that makes every byte below it durable: a reader that stays below
-    /// this length never sees bytes a power loss could take back.
-    pub fn durable_len(&self) -> Result<u64, SegmentError> {
+    /// Makes every byte the file holds now durable (`fdatasync`, allowed on a read-only
+    /// descriptor). A reader that stays within batches it found complete *before* this
+    /// call never hands out bytes a power loss could take back: the file may be longer
+    /// than its data (zeros filled ahead of the tail), so its length bounds nothing.
+    pub fn sync(&self) -> Result<(), SegmentError> {
+        self.file.sync_data().map_err(io_error(&self.path))
+    }
+
+    /// The file's current length, without syncing it.
+    pub fn current_len(&self) -> Result<u64, SegmentError> {
         let len = self.file.metadata().map_err(io_error(&self.path))?.len();
-        self.file.sync_data().map_err(io_error(&self.path))?;
         assert!(len <= FOLLOW_MAP_BYTES, "{}: segment larger than its mapping", self.path.display());
         Ok(len)
     }
 
-    /// The file's current length without syncing it.
-    pub fn current_len(&self) -> Result<u64, SegmentError> {
-        Ok(self.file.metadata().map_err(io_error(&self.path))?.len())
+    /// The length of the batch frame at `position` when its length field is plausible
+    /// and the frame ends within `len` (a length this reader got from
+    /// [`FollowedSegment::current_len`]); `None` at zeros, past the end of the file or
+    /// at a frame cut short. The length field is read with `pread`, not through the
+    /// mapping: the engine may cut zeros past a sealed segment's data at any time, and
+    /// touching a mapped page past the end of the file is SIGBUS. A frame whose length
+    /// is plausible is a batch the engine wrote, all of it below its data end.
+    pub fn frame_at(&self, position: u64, len: u64) -> Option<usize> {
+        use std::os::unix::fs::FileExt;
+        let mut prefix = [0u8; 12];
+        self.file.read_exact_at(&mut prefix, position).ok()?;
+        let frame = batch::frame_len(&prefix)?.ok()?;
+        (position + frame as u64 <= len).then_some(frame)
     }
 
-    /// Zero-copy bytes `start..end`; `end` must not exceed a length this reader got from
-    /// [`FollowedSegment::durable_len`] or [`FollowedSegment::current_len`].
+    /// Walks the complete batches from `position` (the first must start at
+    /// `next_offset`) up to `len`, CRC-checking each, until at least `bytes_min` bytes
+    /// are covered or a frame is missing, torn or out of sequence.
+    pub fn complete_end(
+        &self,
+        mut position: u64,
+        mut next_offset: i64,
+        len: u64,
+        bytes_min: u64,
+    ) -> CompleteEnd {
+        let start = position;
+        let stop = |end, why| CompleteEnd { end, why, capped: false };
+        while position < len {
+            if position - start >= bytes_min {
+                return CompleteEnd { end: position, why: None, capped: true };
+            }
+            let Some(frame) = self.frame_at(position, len) else {
+                let zeros = self.prefix(position, len).iter().all(|b| *b == 0);
+                return stop(position, (!zeros).then(|| format!("incomplete frame at byte {position}")));
+            };
+            let bytes = self.slice(position, position + frame as u64);
+            match BatchView::parse(&bytes) {
+                Ok(view) if view.base_offset() == next_offset => next_offset = view.next_offset(),
+                Ok(view) => {
+                    let why = format!("offset {} where {next_offset} was expected", view.base_offset());
+                    return stop(position, Some(why));
+                }
+                Err(error) => return stop(position, Some(error.to_string())),
+            }
+            position += frame as u64;
+        }
+        stop(position, None)
+    }
+
+    /// Up to 12 bytes at `position`, read with `pread` (fewer at the end of the file).
+    fn prefix(&self, position: u64, len: u64) -> Vec<u8> {
+        use std::os::unix::fs::FileExt;
+        let mut prefix = vec![0u8; len.saturating_sub(position).min(12) as usize];
+        let read = self.file.read_at(&mut prefix, position).unwrap_or(0);
+        prefix.truncate(read);
+        prefix
+    }
+
+    /// Zero-copy bytes `start..end`; `end` must not exceed the end of a batch
+    /// [`FollowedSegment::frame_at`] or [`FollowedSegment::complete_end`] found.
     pub fn slice(&self, start: u64, end: u64) -> Bytes {
         assert!(start <= end && end <= FOLLOW_MAP_BYTES);
         self.map.slice(start as usize..end as usize)

@@ -36,6 +36,7 @@ use crate::config::EngineConfig;
 use crate::error::EngineError;
 use crate::io::SharedEventFd;
 use crate::log::{AppendError, Fetched, LogConfig, PartitionLog, ReadError, Recovery, RecoveryReport};
+use crate::prealloc::{Fill, Preallocation};
 use crate::producers::{ProducerStates, Sequenced};
 use crate::ring::{mpsc, spsc, Doorbell};
 use crate::types::{AppendResult, FlushMode, TopicPartition};
@@ -290,6 +291,10 @@ pub(crate) struct Partition {
     producers: RefCell<ProducerStates>,
     pub(crate) log: RefCell<PartitionLog>,
     flush: RefCell<GroupCommit<SyncFile>>,
+    /// Zeros written ahead of the tail (see `prealloc`), and the wake-up for appends
+    /// that wait for a fill's write over their bytes.
+    prealloc: RefCell<Preallocation>,
+    fill_written: tokio::sync::Notify,
     active_file: RefCell<Option<(usize, Rc<tokio_uring::fs::File>)>>,
     durable: watch::Sender<Durable>,
 }
@@ -313,6 +318,7 @@ impl Partition {
         let (log, report) = PartitionLog::open_with(&dir, log_config, recovery, crate::types::now_ms())
             .map_err(|e| storage_error(&tp, e))?;
         let offset = log.high_watermark();
+        let prealloc = Self::preallocation_of(&log);
         let producers = match ProducerStates::recover(&log) {
             Ok((producers, recovery)) => {
                 tracing::debug!(partition = %tp, ?recovery, producers = producers.len(), "producer state rebuilt");
@@ -328,10 +334,20 @@ impl Partition {
             producers: RefCell::new(producers),
             log: RefCell::new(log),
             flush: RefCell::new(GroupCommit::new(offset)),
+            prealloc: RefCell::new(prealloc),
+            fill_written: tokio::sync::Notify::new(),
             active_file: RefCell::new(None),
             durable: watch::Sender::new(Durable { offset, written: offset, failed: None, generation: 0 }),
         };
         Ok((partition, report))
+    }
+
+    /// The preallocation state of a log just opened or cut back: its active segment's
+    /// file is synced whole (recovery, a clean close and a cut-back all sync it), so
+    /// every byte of it counts as filled.
+    fn preallocation_of(log: &PartitionLog) -> Preallocation {
+        let (base, size) = log.active_extent();
+        Preallocation::new(base, log.active_file_len().unwrap_or(size))
     }
 
     fn file_for(&self, file: &Arc<crate::disk::DiskFile>) -> std::io::Result<Rc<tokio_uring::fs::File>> {
@@ -401,6 +417,7 @@ impl Partition {
             // The state before this batch is the state after every batch below the
             // new segment's base.
             self.snapshot_producers(&self.log.borrow(), plan.base_offset);
+            self.prealloc.borrow_mut().rolled(plan.base_offset);
         }
         if let Some((producer_id, epoch, base_sequence, records)) = producer {
             self.producers.borrow_mut().remember(producer_id, epoch, base_sequence, records, result);
@@ -417,6 +434,18 @@ impl Partition {
             Err(error) => return Err(self.fail(format!("open for write: {error}"))),
         };
         let synced_write = self.flush.borrow_mut().place(plan.next_offset, mode);
+        if mode != FlushMode::Os && self.log.borrow().config().preallocate {
+            self.fill_ahead(&file, synced_write);
+        }
+        let (segment, end) = (self.log.borrow().active_extent().0, plan.position + plan.bytes.len() as u64);
+        loop {
+            // A fill planned before this append may be writing zeros over its bytes.
+            let written = self.fill_written.notified();
+            if !self.prealloc.borrow().must_wait(segment, plan.position, end) {
+                break;
+            }
+            written.await;
+        }
         if synced_write {
             let written = self.write_synced(&file, plan, mode).await;
             self.flush.borrow_mut().write_ended();
@@ -433,6 +462,46 @@ impl Partition {
             self.on_written(plan.next_offset, mode);
         }
         self.wait_durable(result, ack, generation).await
+    }
+
+    /// Notes an append just placed and starts a fill of zeros ahead of the tail when
+    /// one is due (see `prealloc`), in a task of its own.
+    fn fill_ahead(self: &Rc<Self>, file: &Rc<tokio_uring::fs::File>, synced_write: bool) {
+        let fill = {
+            let (segment, size) = self.log.borrow().active_extent();
+            let limit = self.log.borrow().config().segment_bytes;
+            let mut prealloc = self.prealloc.borrow_mut();
+            prealloc.noted(synced_write);
+            prealloc.plan(segment, size, limit)
+        };
+        if let Some(fill) = fill {
+            let (partition, file) = (self.clone(), file.clone());
+            tokio_uring::spawn(async move { partition.fill(fill, file).await });
+        }
+    }
+
+    /// Writes a fill's zeros, wakes the appends waiting for that write, then syncs the
+    /// file. A failure of either fails the partition: the sync may have taken a
+    /// writeback error that belonged to an append's bytes (Linux reports it once).
+    async fn fill(self: Rc<Self>, fill: Fill, file: Rc<tokio_uring::fs::File>) {
+        let len = usize::try_from(fill.len()).expect("a fill is a few MiB");
+        let mut result = crate::fault::write_zeros_at(&file, fill.start, len).await;
+        if result.is_ok() {
+            self.prealloc.borrow_mut().fill_written();
+            self.fill_written.notify_waiters();
+            result = crate::fault::sync(&file, false).await;
+        }
+        match result {
+            Ok(()) => {
+                self.prealloc.borrow_mut().fill_synced();
+                crate::stats::record_fill(fill.len());
+            }
+            Err(error) => {
+                self.prealloc.borrow_mut().fill_failed();
+                self.fill_written.notify_waiters();
+                self.fail(format!("zero-fill at {}: {error}", fill.start));
+            }
+        }
     }
 
     /// The write of an append placed when everything before it was durable and nothing
@@ -615,10 +684,10 @@ impl Partition {
         self.log.borrow().high_watermark()
     }
 
-    /// Waits until nothing is in flight, then syncs and closes the log. A partition
-    /// that failed is healed first (its log cut back to the durable end); false when
-    /// that or the final sync fails, and then the data directory must not be marked
-    /// clean (the next open recovers it).
+    /// Waits until nothing is in flight (writes, syncs, fills), then syncs and closes
+    /// the log. A partition that failed is healed first (its log cut back to the
+    /// durable end); false when that or the final sync fails, and then the data
+    /// directory must not be marked clean (the next open recovers it).
     async fn close(&self) -> bool {
         let next_offset = self.log.borrow().next_offset();
         let mut durable = self.durable.subscribe();
@@ -626,7 +695,7 @@ impl Partition {
         drop(durable);
         if self.durable.borrow().failed.is_some() {
             for _ in 0..CLOSE_DRAIN_POLLS_MAX {
-                let idle = self.flush.borrow().is_quiet();
+                let idle = self.flush.borrow().is_quiet() && self.prealloc.borrow().is_quiet();
                 if idle {
                     break;
                 }
@@ -666,7 +735,7 @@ impl Partition {
     fn try_heal(&self) {
         let failed = self.durable.borrow().failed.clone();
         let Some(reason) = failed else { return };
-        if !self.flush.borrow().is_quiet() {
+        if !self.flush.borrow().is_quiet() || !self.prealloc.borrow().is_quiet() {
             return;
         }
         let mut log = self.log.borrow_mut();
@@ -691,6 +760,7 @@ impl Partition {
         }
         *self.active_file.borrow_mut() = None;
         *self.flush.borrow_mut() = GroupCommit::new(offset);
+        *self.prealloc.borrow_mut() = Self::preallocation_of(&log);
         self.durable.send_modify(|d| {
             d.failed = None;
             d.offset = offset;
@@ -715,6 +785,7 @@ impl Partition {
             Ok(Some(sealed)) => {
                 self.snapshot_producers(&log, log.next_offset());
                 let base_offset = log.next_offset();
+                self.prealloc.borrow_mut().rolled(base_offset);
                 drop(log);
                 if mode == FlushMode::Os {
                     // Nothing is synced in this mode: no sync would ever release them.
@@ -732,6 +803,11 @@ impl Partition {
             }
             Ok(_) => {}
             Err(error) => tracing::warn!(partition = %self.tp, "retention failed: {error}"),
+        }
+        match log.trim_sealed(self.prealloc.borrow().filling()) {
+            Ok(0) => {}
+            Ok(cut) => tracing::debug!(partition = %self.tp, cut, "zeros past sealed segments' data cut"),
+            Err(error) => tracing::warn!(partition = %self.tp, "cutting a sealed segment's zeros: {error}"),
         }
     }
 }

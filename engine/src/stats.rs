@@ -1,5 +1,5 @@
 //! Process-wide counters the benches and tests read besides the `metrics` exporter:
-//! group-commit syncs, synced writes, partitions healed.
+//! group-commit syncs, synced writes, partitions healed, zero fills ahead of the tail.
 //!
 //! Invariant: counters only grow; nothing here blocks.
 
@@ -45,4 +45,21 @@ pub fn synced_write_count() -> u64 {
 pub fn fsync_stats() -> (u64, std::time::Duration) {
     let count = FSYNC_COUNT.load(Ordering::Relaxed);
     (count, std::time::Duration::from_nanos(FSYNC_NANOS.load(Ordering::Relaxed)))
+}
+
+static FILLS: AtomicU64 = AtomicU64::new(0);
+static FILL_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// A fill of `bytes` zeros ahead of a partition's tail was written and synced.
+pub(crate) fn record_fill(bytes: u64) {
+    metrics::counter!("corelog_prealloc_fills_total").increment(1);
+    metrics::counter!("corelog_prealloc_bytes_total").increment(bytes);
+    FILLS.fetch_add(1, Ordering::Relaxed);
+    FILL_BYTES.fetch_add(bytes, Ordering::Relaxed);
+}
+
+/// Process-wide counters: (fills of zeros written and synced ahead of partitions'
+/// tails, their bytes).
+pub fn fill_stats() -> (u64, u64) {
+    (FILLS.load(Ordering::Relaxed), FILL_BYTES.load(Ordering::Relaxed))
 }

@@ -5,6 +5,10 @@
 //! reopens it: then every acknowledged batch must be present with identical bytes, every
 //! partition must read cleanly to its high watermark and take a new append.
 //!
+//! With one append in flight per thread the appends take the synced-write path, so the
+//! shard fills zeros ahead of every segment's tail (`engine::prealloc`) and kills land
+//! during fills and their syncs, and during cuts of sealed segments' zeros.
+//!
 //! The child is this same test binary re-executed with `CORELOG_CRASH_CHILD` set.
 //! Replay a failure with `CORELOG_CRASH_SEED=<seed>`.
 
@@ -23,6 +27,7 @@ const PARTITIONS: u32 = 4;
 const CHILD_START_TIMEOUT: Duration = Duration::from_secs(60);
 /// SIGKILLs per flush mode.
 const ROUNDS: u32 = 7;
+/// Appends each child thread keeps in flight (group commit).
 const IN_FLIGHT_PER_THREAD: usize = 32;
 
 /// The batch a child appends for (round, partition, sequence): derivable by the parent.
@@ -50,8 +55,10 @@ fn engine_config(dir: &Path, flush: FlushMode) -> EngineConfig {
     }
 }
 
-/// Child: appends forever from two threads, printing `ack round partition sequence base next`.
-fn child(dir: &Path, round: u32, flush: FlushMode) {
+/// Child: appends forever from two threads, `in_flight` appends each, printing `ack
+/// round partition sequence base next`, and `fills N` (the zero fills so far) every
+/// 64 acknowledgements.
+fn child(dir: &Path, round: u32, flush: FlushMode, in_flight_max: usize) {
     let engine = Engine::open(engine_config(dir, flush)).expect("child opens the engine");
     if engine.partition_count(TOPIC).is_none() {
         engine.create_topic(TOPIC, PARTITIONS).expect("create topic");
@@ -66,7 +73,7 @@ fn child(dir: &Path, round: u32, flush: FlushMode) {
                     let partition = thread * 2 + (sequence % 2) as u32;
                     let pending = engine.append(TOPIC, partition, batch_for(round, partition, sequence));
                     in_flight.push_back((partition, sequence, pending));
-                    if in_flight.len() >= IN_FLIGHT_PER_THREAD {
+                    if in_flight.len() >= in_flight_max {
                         let (partition, sequence, pending) = in_flight.pop_front().unwrap();
                         let ack = pending.wait().expect("append acknowledged");
                         let mut out = std::io::stdout().lock();
@@ -76,6 +83,9 @@ fn child(dir: &Path, round: u32, flush: FlushMode) {
                             ack.base_offset, ack.next_offset
                         )
                         .unwrap();
+                        if sequence % 64 == 0 {
+                            writeln!(out, "fills {}", engine::fill_stats().0).unwrap();
+                        }
                         out.flush().unwrap();
                     }
                 }
@@ -90,7 +100,8 @@ fn crash_child_entry_point() {
     if let (Ok(dir), Ok(round)) = (std::env::var("CORELOG_CRASH_CHILD"), std::env::var("CORELOG_CRASH_ROUND"))
     {
         let flush = std::env::var("CORELOG_CRASH_FLUSH").unwrap().parse().unwrap();
-        child(Path::new(&dir), round.parse().unwrap(), flush);
+        let in_flight = std::env::var("CORELOG_CRASH_IN_FLIGHT").unwrap().parse().unwrap();
+        child(Path::new(&dir), round.parse().unwrap(), flush, in_flight);
     }
 }
 
@@ -102,12 +113,21 @@ struct Ack {
     next_offset: i64,
 }
 
-fn run_child_and_kill(dir: &Path, round: u32, flush: FlushMode, kill_after: Duration) -> Vec<Ack> {
+/// Runs a child, SIGKILLs it `kill_after` into appending; its acknowledgements and the
+/// most zero fills it reported.
+fn run_child_and_kill(
+    dir: &Path,
+    round: u32,
+    flush: FlushMode,
+    in_flight: usize,
+    kill_after: Duration,
+) -> (Vec<Ack>, u64) {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "crash_child_entry_point", "--nocapture", "--test-threads=1"])
         .env("CORELOG_CRASH_CHILD", dir)
         .env("CORELOG_CRASH_ROUND", round.to_string())
         .env("CORELOG_CRASH_FLUSH", flush.to_string())
+        .env("CORELOG_CRASH_IN_FLIGHT", in_flight.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -116,6 +136,7 @@ fn run_child_and_kill(dir: &Path, round: u32, flush: FlushMode, kill_after: Dura
     let (started, started_rx) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
         let mut acks = Vec::new();
+        let mut fills = 0u64;
         let mut ready = false;
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
@@ -124,6 +145,9 @@ fn run_child_and_kill(dir: &Path, round: u32, flush: FlushMode, kill_after: Dura
                 let _ = started.send(());
             }
             let fields: Vec<&str> = line.split_whitespace().collect();
+            if let ["fills", count] = fields.as_slice() {
+                fills = fills.max(count.parse().unwrap());
+            }
             if let ["ack", round, partition, sequence, base, next] = fields.as_slice() {
                 acks.push(Ack {
                     round: round.parse().unwrap(),
@@ -134,7 +158,7 @@ fn run_child_and_kill(dir: &Path, round: u32, flush: FlushMode, kill_after: Dura
                 });
             }
         }
-        (ready, acks)
+        (ready, acks, fills)
     });
     // The kill lands `kill_after` into appending, whatever recovery took (recovering a
     // directory the last child filled fast, with `--flush os`, can take a while).
@@ -144,9 +168,9 @@ fn run_child_and_kill(dir: &Path, round: u32, flush: FlushMode, kill_after: Dura
     }
     child.kill().expect("SIGKILL the child");
     child.wait().unwrap();
-    let (ready, acks) = reader.join().unwrap();
+    let (ready, acks, fills) = reader.join().unwrap();
     assert!(ready, "the child started (round {round})");
-    acks
+    (acks, fills)
 }
 
 fn seed() -> u64 {
@@ -202,15 +226,19 @@ fn verify(dir: &Path, flush: FlushMode, all_acks: &mut Vec<Ack>, seed: u64, roun
     engine
 }
 
-fn kill_repeatedly(flush: FlushMode) {
+/// Kills children appending with `in_flight` appends per thread [`ROUNDS`] times;
+/// returns the zero fills the children reported.
+fn kill_repeatedly(flush: FlushMode, in_flight: usize) -> u64 {
     let seed = seed();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
     let mut all_acks = Vec::new();
+    let mut fills = 0;
     for round in 0..ROUNDS {
         let kill_after = Duration::from_millis(rng.gen_range(150..600));
-        let acks = run_child_and_kill(dir.path(), round, flush, kill_after);
+        let (acks, filled) = run_child_and_kill(dir.path(), round, flush, in_flight, kill_after);
         all_acks.extend(acks);
+        fills += filled;
         // Half the time the next child recovers what this one left, so kills follow
         // kills with no clean open between them; always after the last one.
         if round + 1 == ROUNDS || rng.gen_bool(0.5) {
@@ -229,21 +257,29 @@ fn kill_repeatedly(flush: FlushMode) {
     assert!(rolled > ROUNDS as usize, "seed {seed}: kills landed among rolls ({rolled} segments)");
     assert!(all_acks.len() > 100, "seed {seed}: the children made progress ({} acks)", all_acks.len());
     assert!(all_acks.iter().any(|a| a.round == ROUNDS - 1));
+    fills
 }
 
 #[test]
 fn given_repeated_sigkills_during_rolls_with_group_flush_then_acknowledged_batches_survive_and_appends_resume(
 ) {
-    kill_repeatedly(FlushMode::Group);
+    kill_repeatedly(FlushMode::Group, IN_FLIGHT_PER_THREAD);
+}
+
+#[test]
+fn given_repeated_sigkills_while_zeros_are_filled_ahead_of_the_tail_then_acknowledged_batches_survive_and_appends_resume(
+) {
+    let fills = kill_repeatedly(FlushMode::Group, 1);
+    assert!(fills > 0, "one append in flight takes the synced-write path, which fills ahead");
 }
 
 #[test]
 fn given_repeated_sigkills_during_rolls_with_always_flush_then_acknowledged_batches_survive_and_appends_resume(
 ) {
-    kill_repeatedly(FlushMode::Always);
+    kill_repeatedly(FlushMode::Always, IN_FLIGHT_PER_THREAD);
 }
 
 #[test]
 fn given_repeated_sigkills_during_rolls_with_os_flush_then_acknowledged_batches_survive_and_appends_resume() {
-    kill_repeatedly(FlushMode::Os);
+    kill_repeatedly(FlushMode::Os, IN_FLIGHT_PER_THREAD);
 }

@@ -83,8 +83,15 @@ fn given_torn_tail_at_every_byte_when_reopened_then_keeps_exactly_the_intact_pre
             ends.iter().rev().find(|(end, _)| *end <= cut).copied().unwrap_or((0, 0));
         assert_eq!(log.next_offset(), kept_next, "cut at {cut}");
         assert_eq!(read_all(&log), &file[..kept_bytes], "cut at {cut}");
-        let on_disk = std::fs::metadata(dir.path().join(format!("{:020}.log", 0))).unwrap().len();
-        assert_eq!(on_disk as usize, kept_bytes, "file truncated to the intact prefix (cut {cut})");
+        let on_disk = std::fs::read(dir.path().join(format!("{:020}.log", 0))).unwrap();
+        // Truncated to the intact prefix, unless what follows it is all zeros (which
+        // is preallocated space, kept: a cut inside a batch's leading zero bytes).
+        assert_eq!(&on_disk[..kept_bytes], &file[..kept_bytes], "cut {cut}");
+        assert!(
+            on_disk.len() == kept_bytes || on_disk[kept_bytes..].iter().all(|b| *b == 0),
+            "file truncated to the intact prefix (cut {cut}, {} bytes kept)",
+            on_disk.len()
+        );
     }
 }
 
@@ -469,4 +476,111 @@ fn given_an_unclean_stop_when_old_segments_were_written_before_the_run_then_corr
     assert!(report.sealed_corruption.is_some(), "{report:?}");
     assert!(log.read_only_reason().is_some());
     assert_eq!(std::fs::read(&first).unwrap(), bytes, "an old segment is never cut");
+}
+
+/// Appends `zeros` zero bytes to the segment file at `path` (what a fill ahead of the
+/// tail leaves).
+fn add_zeros(path: &Path, zeros: usize) -> u64 {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes.resize(bytes.len() + zeros, 0);
+    std::fs::write(path, &bytes).unwrap();
+    bytes.len() as u64
+}
+
+#[test]
+fn given_zeros_filled_past_the_data_when_reopened_clean_or_not_then_they_are_no_data_and_appends_overwrite_them(
+) {
+    for clean in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let (file, ends) = write_log(dir.path(), 4);
+        let path = dir.path().join(format!("{:020}.log", 0));
+        let filled = add_zeros(&path, 3 * 4096 + 17);
+        let (mut log, report) = PartitionLog::open(dir.path(), config(), clean, NOW_MS).unwrap();
+        assert_eq!(report.truncated_bytes, 0, "zeros are not a torn tail: {report:?}");
+        assert!(report.truncated_reason.is_none() && log.read_only_reason().is_none(), "{report:?}");
+        assert_eq!(log.next_offset(), ends.last().unwrap().1);
+        assert_eq!(read_all(&log), file);
+        assert_eq!(log.active_file_len().unwrap(), filled, "the preallocated space is kept");
+        let (base, next) = log.append_sync(batch(2, 50, NOW_MS + 100), NOW_MS).unwrap();
+        assert_eq!(base, ends.last().unwrap().1);
+        assert_eq!(log.active_file_len().unwrap(), filled, "the append overwrote zeros in place");
+        drop(log);
+        let log = open(dir.path(), config(), false);
+        assert_eq!(log.next_offset(), next, "the append is found before the zeros after a crash");
+        assert_eq!(read_all(&log)[..file.len()], file[..]);
+    }
+}
+
+#[test]
+fn given_sealed_segments_with_zeros_past_their_data_then_they_open_as_sealed_and_trimming_cuts_only_zeros() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = LogConfig { segment_bytes: 1000, ..config() };
+    let mut log = open(dir.path(), small.clone(), false);
+    for i in 0..10 {
+        log.append_sync(batch(2, 100, NOW_MS + i), NOW_MS).unwrap();
+    }
+    assert!(log.segment_count() > 2);
+    let expected = read_all(&log);
+    drop(log);
+    let mut sealed = log_files(dir.path());
+    sealed.pop();
+    for (base, len) in &sealed {
+        let path = dir.path().join(format!("{base:020}.log"));
+        assert_eq!(add_zeros(&path, 700), len + 700);
+    }
+    // Recovered as sealed (old) segments and as the stopped run's segments alike.
+    let old = engine::log::Recovery::Unclean { written_since_ms: Some(engine::now_ms() + 3_600_000) };
+    for recovery in
+        [engine::log::Recovery::Clean, old, engine::log::Recovery::Unclean { written_since_ms: None }]
+    {
+        let (log, report) = PartitionLog::open_with(dir.path(), small.clone(), recovery, NOW_MS).unwrap();
+        assert!(report.sealed_corruption.is_none() && report.truncated_reason.is_none(), "{report:?}");
+        assert_eq!(log.read_only_reason(), None);
+        assert_eq!(read_all(&log), expected, "{recovery:?}");
+    }
+    let mut log = open(dir.path(), small.clone(), true);
+    assert_eq!(
+        log.trim_sealed(Some(sealed[0].0)).unwrap(),
+        700 * (sealed.len() as u64 - 1),
+        "all but the one filling"
+    );
+    assert_eq!(log.trim_sealed(None).unwrap(), 700, "then that one");
+    assert_eq!(log.trim_sealed(None).unwrap(), 0, "each is cut once");
+    assert_eq!(log_files(dir.path())[..sealed.len()], sealed[..], "cut back to their data exactly");
+    assert_eq!(read_all(&log), expected);
+}
+
+#[test]
+fn given_zeros_then_bytes_past_the_data_then_it_is_a_torn_tail_in_the_active_segment_and_corruption_in_a_sealed_one(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, ends) = write_log(dir.path(), 3);
+    let path = dir.path().join(format!("{:020}.log", 0));
+    let mut bytes = file.clone();
+    bytes.resize(file.len() + 5000, 0);
+    bytes[file.len() + 4500] = 7; // a later write landed, an earlier one did not
+    std::fs::write(&path, &bytes).unwrap();
+    let (log, report) = PartitionLog::open(dir.path(), config(), false, NOW_MS).unwrap();
+    assert_eq!(report.truncated_bytes, 5000, "{report:?}");
+    assert_eq!(log.next_offset(), ends.last().unwrap().1);
+    assert_eq!(log.active_file_len().unwrap(), file.len() as u64);
+    drop(log);
+    // The same bytes in a sealed, old segment: corruption, never cut.
+    let small = LogConfig { segment_bytes: 1000, ..config() };
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), small.clone(), false);
+    for i in 0..10 {
+        log.append_sync(batch(2, 100, NOW_MS + i), NOW_MS).unwrap();
+    }
+    drop(log);
+    let first = dir.path().join(format!("{:020}.log", 0));
+    let mut bytes = std::fs::read(&first).unwrap();
+    let data = bytes.len();
+    bytes.resize(data + 300, 0);
+    bytes[data + 299] = 1;
+    std::fs::write(&first, &bytes).unwrap();
+    let (mut log, report) = PartitionLog::open(dir.path(), small, true, NOW_MS).unwrap();
+    assert!(report.sealed_corruption.is_some(), "{report:?}");
+    assert_eq!(log.trim_sealed(None).unwrap(), 0, "a read-only partition's evidence is kept");
+    assert_eq!(std::fs::read(&first).unwrap(), bytes);
 }

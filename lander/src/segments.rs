@@ -3,8 +3,12 @@
 //!
 //! Invariants:
 //! * nothing under the data directory is ever written here;
-//! * only bytes below a length observed *before* an `fdatasync` of the segment are
-//!   read, so nothing handed out can be taken back by a power loss;
+//! * only batches found complete (CRC-checked) *before* an `fdatasync` of the segment
+//!   are handed out, so nothing handed out can be taken back by a power loss (the
+//!   file's length bounds nothing: the engine fills zeros ahead of its tail);
+//! * zeros after the last batch are the end of the data, like the end of the file;
+//!   batch headers are read with `pread` before any mapped byte of the batch is
+//!   touched, so the engine may cut a sealed segment's zeros under the reader;
 //! * a log that ends before the offset asked for (already read or landed: the topic
 //!   was re-created, or the engine cut its log back) is an error, never a silent wait;
 //! * a CRC-valid batch that breaks the record rules or does not decode is handed to
@@ -23,7 +27,7 @@
 //!   ([`ReadOutcome::topic_id`]): records of two topics of one name never mix.
 
 use crate::source::{decode_checked, LandRecord, Quarantined, ReadOutcome, Source, SourceError};
-use engine::batch::{frame_len, BatchView, BATCH_HEADER_BYTES};
+use engine::batch::{BatchView, BATCH_HEADER_BYTES};
 use engine::partition_meta::TopicId;
 use engine::segment::{parse_log_name, FollowedSegment};
 use std::collections::HashMap;
@@ -43,11 +47,14 @@ struct Cursor {
     position: u64,
     /// Offset the batch at `position` must start with.
     next_offset: i64,
-    /// Length known to be durable.
+    /// End of the complete batches found before the last sync: durable.
     durable_len: u64,
     /// The last scan stopped at a batch it could not accept (a write in progress):
     /// the next read must look at the file's length again.
     stalled: bool,
+    /// The last look for complete batches stopped at the bytes it was asked for, not
+    /// at the end of the data: more may follow `durable_len`.
+    capped: bool,
     /// Since when a scan has stopped at `position` while a later segment exists.
     stuck_since: Option<(u64, Instant)>,
     /// The topic id the partition directory carried once the file was open (`None`
@@ -74,6 +81,7 @@ impl Cursor {
             next_offset: base,
             durable_len: 0,
             stalled: false,
+            capped: false,
             stuck_since: None,
             topic_id,
             last_batch: None,
@@ -248,15 +256,20 @@ impl Source for SegmentSource {
         };
         let mut bytes_read = 0usize;
         loop {
+            let mut stalled = None;
             if cursor.position >= cursor.durable_len || cursor.stalled {
-                cursor.durable_len = cursor.segment.durable_len()?;
+                let len = cursor.segment.current_len()?;
+                let wanted = (bytes_max - bytes_read).max(1) as u64;
+                let found = cursor.segment.complete_end(cursor.position, cursor.next_offset, len, wanted);
+                cursor.segment.sync()?;
+                (cursor.durable_len, stalled, cursor.capped) = (found.end, found.why, found.capped);
                 cursor.stalled = false;
-                let rewritten = cursor.durable_len >= cursor.position
+                let rewritten = len >= cursor.position
                     && cursor.last_batch.is_some_and(|(at, crc)| {
                         let stored = cursor.segment.slice(at + CRC_BYTES.start, at + CRC_BYTES.end);
                         stored[..] != crc.to_be_bytes()
                     });
-                if cursor.durable_len < cursor.position || rewritten {
+                if len < cursor.position || rewritten {
                     // The file shrank under us: the topic was replaced, or the engine
                     // cut the log back (recovery after a crash, or healing after a
                     // storage failure) past bytes already read.
@@ -274,7 +287,6 @@ impl Source for SegmentSource {
                 }
             }
             let end = cursor.durable_len;
-            let mut stalled = None;
             while cursor.position < end && bytes_read < bytes_max {
                 let bytes = cursor.segment.slice(cursor.position, end);
                 let view = match BatchView::parse(&bytes) {
@@ -317,6 +329,9 @@ impl Source for SegmentSource {
             if bytes_read >= bytes_max {
                 return Ok(ReadOutcome { next_offset, caught_up: false, skipped, topic_id });
             }
+            if cursor.capped && stalled.is_none() && cursor.position >= end {
+                continue; // batches before `from` were walked: look for more
+            }
             // End of the durable bytes of this segment: move on only to a successor that
             // starts exactly where this one ended.
             let bases = segment_bases(&self.data_dir, topic, partition)?;
@@ -325,8 +340,9 @@ impl Source for SegmentSource {
                 Some(base) if base == cursor.next_offset && (cursor.position >= end || stalled.is_some()) => {
                     // Every offset of this segment is read (the successor starts right
                     // after it); bytes past the last batch can hold no further offsets.
-                    // Re-check the length first: the last write may have landed since.
-                    if stalled.is_none() && cursor.segment.current_len()? > end {
+                    // Look past the end first: the last write may have landed since.
+                    let len = cursor.segment.current_len()?;
+                    if stalled.is_none() && cursor.segment.frame_at(end, len).is_some() {
                         continue;
                     }
                     let next = Cursor::open(&self.data_dir, topic, partition, base)?;
@@ -408,18 +424,17 @@ impl Source for SegmentSource {
             .join(format!("{}.log", engine::segment::file_stem(last)));
         let segment = FollowedSegment::open(&path)?;
         let len = segment.current_len()?;
-        let bytes = segment.slice(0, len);
         // Walk frame headers only (no CRC): an estimate for lag reports.
-        let (mut position, mut end) = (0usize, last);
-        while let Some(Ok(frame)) = frame_len(&bytes[position..]) {
-            if position + frame > bytes.len() || frame < BATCH_HEADER_BYTES {
+        let (mut position, mut end) = (0u64, last);
+        while let Some(frame) = segment.frame_at(position, len) {
+            if frame < BATCH_HEADER_BYTES {
                 break;
             }
-            let header = &bytes[position..position + BATCH_HEADER_BYTES];
+            let header = segment.slice(position, position + BATCH_HEADER_BYTES as u64);
             let base = i64::from_be_bytes(header[0..8].try_into().expect("8 bytes"));
             let delta = i32::from_be_bytes(header[23..27].try_into().expect("4 bytes"));
             end = base + i64::from(delta) + 1;
-            position += frame;
+            position += frame as u64;
         }
         Ok(end)
     }

@@ -369,6 +369,55 @@ fn given_a_batch_still_being_written_when_read_again_then_it_is_read_once_comple
     assert_eq!(records[1].value.as_deref(), Some(&b"v4"[..]));
 }
 
+#[test]
+fn given_zeros_filled_past_the_data_when_read_then_they_end_each_segment_and_batches_written_over_them_are_read(
+) {
+    use lander::Source;
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("t-0")).unwrap();
+    let batch = |base: i64, count: usize| {
+        let mut builder = BatchBuilder::default();
+        for n in 0..count {
+            builder.push(1, None, Some(format!("v{}", base + n as i64).as_bytes()));
+        }
+        let mut bytes = builder.finish();
+        engine::batch::assign_base_offset(&mut bytes, base);
+        bytes
+    };
+    // A sealed segment 0..5 and an active one from 5, each with zeros past its data.
+    let sealed = data.join("t-0/00000000000000000000.log");
+    let active = data.join("t-0/00000000000000000005.log");
+    let (first, second) = ([batch(0, 3), batch(3, 2)].concat(), batch(5, 3));
+    std::fs::write(&sealed, [&first[..], &[0u8; 8192]].concat()).unwrap();
+    std::fs::write(&active, [&second[..], &[0u8; 20_000]].concat()).unwrap();
+    let mut source = SegmentSource::new(&data).unwrap();
+    let mut records = Vec::new();
+    let outcome = source.read("t", 0, 0, 1 << 20, &mut records).unwrap();
+    assert_eq!((records.len(), outcome.next_offset, outcome.caught_up), (8, 8, true), "{outcome:?}");
+    // A write over the zeros (the file's length does not change) is read.
+    let file = std::fs::OpenOptions::new().write(true).open(&active).unwrap();
+    file.write_all_at(&batch(8, 4), second.len() as u64).unwrap();
+    records.clear();
+    let outcome = source.read("t", 0, 8, 1 << 20, &mut records).unwrap();
+    assert_eq!((records.len(), outcome.next_offset), (4, 12), "{outcome:?}");
+    assert_eq!(records[3].value.as_deref(), Some(&b"v11"[..]));
+    assert_eq!(source.end_offset("t", 0).unwrap(), 12);
+    // The sealed segment's zeros are cut; a fresh reader from the middle, a byte at a
+    // time, walks past the batches before its offset and reads everything after it.
+    std::fs::OpenOptions::new().write(true).open(&sealed).unwrap().set_len(first.len() as u64).unwrap();
+    let mut source = SegmentSource::new(&data).unwrap();
+    let (mut offset, mut values) = (4, Vec::new());
+    for _ in 0..20 {
+        records.clear();
+        offset = source.read("t", 0, offset, 1, &mut records).unwrap().next_offset;
+        values.extend(records.iter().map(|r| String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap()));
+    }
+    let expected: Vec<String> = (4..12).map(|n| format!("v{n}")).collect();
+    assert_eq!((offset, values), (12, expected));
+}
+
 /// Writes `batches` as one segment file of `dir` (offsets stamped in order).
 fn write_segment(dir: &Path, batches: &[bytes::BytesMut]) -> i64 {
     use std::io::Write;

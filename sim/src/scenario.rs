@@ -6,13 +6,17 @@
 //! planning, rolls, reads, recovery after a crash with the engine's
 //! `written_since` rule, cut-back after a failure, time and size retention),
 //! `GroupCommit` (which sync covers what, when the watermark may move),
-//! `ProducerStates` (sequence checks, snapshots, rebuild at open), on the simulated
-//! disk ([`crate::disk::SimDisk`]).
+//! `Preallocation` (zeros filled ahead of the tail, which appends wait for, which
+//! sealed segments lose again when trimmed), `ProducerStates` (sequence checks,
+//! snapshots, rebuild at open), on the simulated disk ([`crate::disk::SimDisk`]).
 //!
 //! **What the driver plays** is the shard's part, step for step as `shard::Partition`
 //! does it: a write is submitted when the append is placed and completes at a later
 //! step (in any order); a sync is started when the group commit asks for one and
-//! completes later (a slow sync); a failed write or sync fails the partition (read
+//! completes later (a slow sync); a fill of zeros ahead of the tail is planned after
+//! an append and its write lands at a later step, then its sync (an append placed over
+//! a fill still being written waits for that write); a failed write or sync (of data
+//! or of a fill) fails the partition (read
 //! only, every waiter answered with an error), and a maintenance tick heals it once
 //! nothing is in flight (cut back to the watermark, producer state rebuilt, a new
 //! generation); an append is acknowledged once the published watermark passes it in
@@ -38,6 +42,7 @@ use engine::commit::{retry_failed_sync, FlushStep, GroupCommit};
 use engine::disk::{Disk, DiskFile};
 use engine::groups::{code as group_code, Coordinator};
 use engine::log::{AppendError, LogConfig, PartitionLog, Recovery};
+use engine::prealloc::{Fill, Preallocation};
 use engine::producers::{ProducerStates, Sequenced};
 use engine::segment::{parse_log_name, scan_batches};
 use engine::{AppendResult, FlushMode, OPENED_SLACK_MS};
@@ -90,6 +95,15 @@ struct InFlightWrite {
     outcome: Result<(), String>,
 }
 
+/// A fill of zeros ahead of the tail: its write has not landed yet, or it has and its
+/// sync is next.
+#[derive(Debug)]
+struct InFlightFill {
+    fill: Fill,
+    file: Arc<DiskFile>,
+    written: bool,
+}
+
 #[derive(Debug)]
 struct InFlightSync {
     target: i64,
@@ -113,6 +127,8 @@ struct Node {
     groups: Coordinator,
     producers: ProducerStates,
     commit: GroupCommit<SyncTarget>,
+    prealloc: Preallocation,
+    fill: Option<InFlightFill>,
     active: Option<Arc<DiskFile>>,
     failed: Option<String>,
     generation: u64,
@@ -278,11 +294,12 @@ impl Scenario {
     }
 
     fn one_step(&mut self) -> Check {
-        let weights: [(u32, Action); 11] = [
+        let weights: [(u32, Action); 12] = [
             (30, Self::append),
             (4, Self::resend),
             (20, Self::complete_write),
             (20, Self::complete_sync),
+            (8, Self::complete_fill),
             (6, Self::tick),
             (3, Self::advance_clock),
             (2, Self::crash),
@@ -324,6 +341,7 @@ impl Scenario {
             .map_err(|e| format!("the group coordinator does not reopen: {e}"))?;
         self.check_committed(&groups, after_power_loss)?;
         let offset = log.high_watermark();
+        let prealloc = preallocation_of(&log);
         self.say(format!(
             "open ({recovery:?}): log {}..{offset}, {} segments, cut {} B{}",
             log.log_start_offset(),
@@ -336,6 +354,8 @@ impl Scenario {
             groups,
             producers,
             commit: GroupCommit::new(offset),
+            prealloc,
+            fill: None,
             active: None,
             failed: None,
             generation: 0,
@@ -382,11 +402,11 @@ impl Scenario {
     /// A clean shutdown as the shard does it (in-flight work drains, a failed
     /// partition heals first, the log closes with a producer snapshot), then an open.
     fn restart(&mut self) -> Check {
-        while !self.node().writes.is_empty() || !self.node().syncs.is_empty() {
-            if self.rng.gen_bool(0.5) {
-                self.complete_write()?;
-            } else {
-                self.complete_sync()?;
+        while !self.node().writes.is_empty() || !self.node().syncs.is_empty() || self.node().fill.is_some() {
+            match self.rng.gen_range(0..3) {
+                0 => self.complete_write()?,
+                1 => self.complete_sync()?,
+                _ => self.complete_fill()?,
             }
         }
         self.heal()?;
@@ -504,6 +524,7 @@ impl Scenario {
         let result = AppendResult { base_offset: plan.base_offset, next_offset: plan.next_offset };
         if plan.sealed_file.is_some() {
             let _ = node.producers.write_snapshot(&node.log, plan.base_offset);
+            node.prealloc.rolled(plan.base_offset);
         }
         if let Some(producer_id) = producer {
             node.producers.remember(producer_id, 0, batch.sequence, batch.records, result);
@@ -514,6 +535,20 @@ impl Scenario {
         }
         node.active = Some(plan.file.clone());
         let synced = node.commit.place(plan.next_offset, mode);
+        let (segment, size) = node.log.active_extent();
+        if mode != FlushMode::Os {
+            node.prealloc.noted(synced);
+            if let Some(fill) = node.prealloc.plan(segment, size, self.config.segment_bytes) {
+                node.fill = Some(InFlightFill { fill, file: plan.file.clone(), written: false });
+                self.say(format!("fill {}..{} of segment {segment} planned", fill.start, fill.end));
+            }
+        }
+        let end = plan.position + plan.bytes.len() as u64;
+        while self.node().prealloc.must_wait(segment, plan.position, end) {
+            self.say(format!("append at {}..{end} waits for the fill being written", plan.position));
+            self.complete_fill()?;
+        }
+        let node = self.node.as_mut().expect("running");
         let mut outcome =
             plan.file.write_all_at(&plan.bytes, plan.position).map_err(|e| format!("write: {e}"));
         if synced && outcome.is_ok() {
@@ -620,6 +655,42 @@ impl Scenario {
             self.publish(offset)?;
         }
         self.kick()
+    }
+
+    /// `Partition::fill`: the fill's write lands (any time after it was planned: the
+    /// zeros go where they go even if an append was placed there meanwhile), or, once
+    /// it has, its sync.
+    fn complete_fill(&mut self) -> Check {
+        let node = self.node.as_mut().expect("running");
+        let Some(mut fill) = node.fill.take() else { return Ok(()) };
+        let (start, end) = (fill.fill.start, fill.fill.end);
+        let outcome = if fill.fill.segment < node.log.log_start_offset() {
+            // Retention deleted the (sealed) segment: the real write and sync go to an
+            // unlinked file and succeed without effect; the simulated disk knows files
+            // by name only.
+            Ok(())
+        } else if fill.written {
+            fill.file.sync_data()
+        } else {
+            let zeros = vec![0u8; (end - start) as usize];
+            fill.file.write_all_at(&zeros, start)
+        };
+        let phase = if fill.written { "sync" } else { "write" };
+        self.say(format!("fill {start}..{end} {phase} completes: {outcome:?}"));
+        let node = self.node();
+        match outcome {
+            Err(error) => {
+                node.prealloc.fill_failed();
+                self.fail(format!("zero-fill {phase} at {start}: {error}"));
+            }
+            Ok(()) if fill.written => node.prealloc.fill_synced(),
+            Ok(()) => {
+                node.prealloc.fill_written();
+                fill.written = true;
+                node.fill = Some(fill);
+            }
+        }
+        Ok(())
     }
 
     /// `Partition::publish`, and the waiters it wakes.
@@ -753,7 +824,7 @@ impl Scenario {
     fn heal(&mut self) -> Check {
         let node = self.node();
         let Some(reason) = node.failed.clone() else { return Ok(()) };
-        if !node.commit.is_quiet() {
+        if !node.commit.is_quiet() || !node.prealloc.is_quiet() {
             return Ok(());
         }
         if node.log.read_only_reason().is_some_and(|r| r != reason) {
@@ -775,6 +846,7 @@ impl Scenario {
         let node = self.node();
         node.active = None;
         node.commit = GroupCommit::new(offset);
+        node.prealloc = preallocation_of(&node.log);
         node.failed = None;
         node.generation += 1;
         self.outcome.heals += 1;
@@ -789,7 +861,7 @@ impl Scenario {
         let mode = self.mode;
         let clock = self.clock_ms;
         let node = self.node();
-        if !storm && node.commit.is_quiet() && node.failed.is_some() {
+        if !storm && node.commit.is_quiet() && node.prealloc.is_quiet() && node.failed.is_some() {
             return Err("the faults stopped and nothing is in flight, but the partition did not heal".into());
         }
         if !(node.commit.is_idle() && node.failed.is_none()) {
@@ -799,6 +871,7 @@ impl Scenario {
             Ok(Some(sealed)) => {
                 let end = node.log.next_offset();
                 let _ = node.producers.write_snapshot(&node.log, end);
+                node.prealloc.rolled(end);
                 if mode != FlushMode::Os {
                     let dir = node.log.dir().to_path_buf();
                     node.commit.rolled(end, SyncTarget::File(sealed), SyncTarget::Dir(dir));
@@ -813,6 +886,13 @@ impl Scenario {
             Ok(deleted) if !deleted.is_empty() => self.say(format!("retention deleted {deleted:?}")),
             Ok(_) => {}
             Err(error) => self.say(format!("retention failed: {error}")),
+        }
+        let node = self.node();
+        let filling = node.prealloc.filling();
+        match node.log.trim_sealed(filling) {
+            Ok(0) => {}
+            Ok(cut) => self.say(format!("{cut} B of zeros cut past sealed segments' data")),
+            Err(error) => self.say(format!("trimming failed: {error}")),
         }
         Ok(())
     }
@@ -919,6 +999,13 @@ impl Scenario {
     pub fn steps(&self) -> u64 {
         self.step
     }
+}
+
+/// `Partition::preallocation_of`: every byte of the active segment's file counts as
+/// filled after an open or a cut-back (both sync it).
+fn preallocation_of(log: &PartitionLog) -> Preallocation {
+    let (base, size) = log.active_extent();
+    Preallocation::new(base, log.active_file_len().unwrap_or(size))
 }
 
 /// Removes and returns an element `rng` picks: completions arrive in any order.

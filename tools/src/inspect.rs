@@ -154,6 +154,9 @@ fn inspect_log(
         "  {} batches, offsets {base_offset}..{}, {} valid bytes",
         scan.batches, scan.next_offset, scan.valid_end
     )?;
+    if scan.zero_tail > 0 {
+        writeln!(out, "  {} bytes of zeros preallocated past the data (not data)", scan.zero_tail)?;
+    }
     if let Some((position, error)) = scan.error {
         findings.problems.push(format!(
             "{}: corrupt at byte {position} ({error}); {} bytes after the last intact batch",

@@ -62,6 +62,10 @@ pub struct ServeArgs {
     /// and drop older ones once written (0 leaves the cache to the kernel).
     #[arg(long, default_value_t = engine::log::CACHE_WINDOW_BYTES_DEFAULT)]
     pub cache_window_bytes: u64,
+    /// Write zeros ahead of each partition's tail while its appends are synced one by
+    /// one, so their syncs skip the file system's journal commit (true or false).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub preallocate: bool,
     /// Largest request frame accepted, in bytes.
     #[arg(long, default_value_t = engine::MAX_REQUEST_BYTES_DEFAULT)]
     pub max_request_bytes: usize,
@@ -131,6 +135,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     config.log.retention_ms = (retention_ms > 0).then_some(retention_ms);
     config.log.segment_bytes = args.segment_bytes;
     config.log.cache_window_bytes = args.cache_window_bytes;
+    config.log.preallocate = args.preallocate;
     config.retain_until_landed = args.retain_until_landed;
     config.memory_budget_bytes = args.memory_budget_bytes;
     config.max_connections = args.max_connections;

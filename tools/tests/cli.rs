@@ -92,6 +92,19 @@ fn inspect_reports_intact_files_and_exits_zero() {
     let (ok, stdout, _) = corelog(&["inspect", "--records", log.to_str().unwrap()]);
     assert!(ok);
     assert!(stdout.contains("offset 999 ts 2949 key key value value-19-49"), "{stdout}");
+    // Zeros the engine filled past the data are reported as such, not as damage; bytes
+    // after them are damage.
+    let mut bytes = std::fs::read(&log).unwrap();
+    bytes.resize(bytes.len() + 8192, 0);
+    std::fs::write(&log, &bytes).unwrap();
+    let (ok, stdout, stderr) = corelog(&["inspect", dir.path().to_str().unwrap()]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("8192 bytes of zeros preallocated past the data (not data)"), "{stdout}");
+    assert!(stdout.contains("summary: 3 files, 20 intact batches, 0 problems"), "{stdout}");
+    *bytes.last_mut().unwrap() = 1;
+    std::fs::write(&log, &bytes).unwrap();
+    let (ok, stdout, _) = corelog(&["inspect", log.to_str().unwrap()]);
+    assert!(!ok && stdout.contains("corrupt at byte"), "{stdout}");
 }
 
 #[test]
