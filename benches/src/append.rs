@@ -44,7 +44,7 @@ pub struct AppendArgs {
     pub cache_window_bytes: u64,
     /// Write zeros ahead of the tail while appends are synced one by one
     /// (`--preallocate` of `corelog serve`).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     pub preallocate: bool,
 }
 

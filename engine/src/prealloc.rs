@@ -36,17 +36,24 @@
 //! remainder as the end (`segment::scan_batches`).
 
 /// How far past the placed end of the active segment fills reach.
-pub const FILL_AHEAD_BYTES: u64 = 4 << 20;
+pub const FILL_AHEAD_BYTES: u64 = 512 << 10;
 /// A new fill is planned once the filled stretch ahead of the placed end is shorter
-/// than this (so fills are about `FILL_AHEAD_BYTES - FILL_LOW_WATER_BYTES` long).
-pub const FILL_LOW_WATER_BYTES: u64 = 2 << 20;
+/// than this, so fills are about `FILL_AHEAD_BYTES - FILL_LOW_WATER_BYTES` long. Short
+/// fills keep the tail short: while a fill's zeros are being written back and its
+/// allocation committed, an append's sync waits for that commit too, and the longer
+/// the fill the more appends wait (`append-latency-group` p99 with 128 KiB fills
+/// 1.5 ms, with 2 MiB fills 6–7 ms; docs/ENGINE.md).
+pub const FILL_LOW_WATER_BYTES: u64 = 384 << 10;
+/// When the filled stretch is behind the placed end, a fill starts this far past it
+/// (an eighth of the segment size at most).
+pub const FILL_GAP_BYTES: u64 = 128 << 10;
 /// Fills end on this boundary (unless at the segment's limit).
 pub const FILL_ALIGN_BYTES: u64 = 4096;
 /// At least one append in this many since the last fill must have taken the
 /// synced-write path for the next fill to be planned.
 pub const SYNCED_SHARE_DENOMINATOR: u64 = 4;
 
-const _: () = assert!(FILL_LOW_WATER_BYTES < FILL_AHEAD_BYTES);
+const _: () = assert!(FILL_LOW_WATER_BYTES < FILL_AHEAD_BYTES && FILL_GAP_BYTES < FILL_AHEAD_BYTES);
 
 /// One fill: write zeros at `start..end` of segment `segment`'s log file, then sync it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,7 +125,10 @@ impl Preallocation {
         if self.in_flight.is_some() || !mostly_synced || lead >= FILL_LOW_WATER_BYTES {
             return None;
         }
-        let start = self.filled.max(placed_end);
+        // Behind the tail (a new segment, or appends that outran the fills): start a gap
+        // past it, so the next appends are not held up by the fill's write.
+        let gap = FILL_GAP_BYTES.min(limit / 8);
+        let start = if self.filled >= placed_end { self.filled } else { placed_end + gap };
         let mut end = (placed_end + FILL_AHEAD_BYTES).min(limit);
         if end < limit {
             end -= end % FILL_ALIGN_BYTES;
@@ -190,21 +200,26 @@ mod tests {
         let mut state = Preallocation::new(0, 0);
         state.noted(true);
         let fill = state.plan(0, 1000, LIMIT).expect("nothing is filled ahead");
-        assert_eq!((fill.start, fill.end), (1000, FILL_AHEAD_BYTES));
+        assert_eq!((fill.start, fill.end), (1000 + FILL_GAP_BYTES, FILL_AHEAD_BYTES), "a gap past the tail");
         assert!(state.plan(0, 2000, LIMIT).is_none(), "one fill in flight at most");
-        assert!(state.must_wait(0, 4000, 5000), "an append over a fill being written waits");
-        assert!(!state.must_wait(0, 0, 1000), "an append below the fill does not");
-        assert!(!state.must_wait(7, 4000, 5000), "nor one in another segment");
+        assert!(
+            state.must_wait(0, fill.start - 10, fill.start + 10),
+            "an append over a fill being written waits"
+        );
+        assert!(!state.must_wait(0, 1000, fill.start), "an append below the fill does not");
+        assert!(!state.must_wait(7, fill.start, fill.end), "nor one in another segment");
         state.fill_written();
-        assert!(!state.must_wait(0, 4000, 5000), "once written, zeros never land again");
+        assert!(!state.must_wait(0, fill.start, fill.end), "once written, zeros never land again");
         assert_eq!(state.filled(), 0, "not filled before the sync");
         state.fill_synced();
         assert_eq!(state.filled(), FILL_AHEAD_BYTES);
         state.noted(true);
-        assert!(state.plan(0, 1 << 20, LIMIT).is_none(), "3 MiB of lead is enough");
-        let fill = state.plan(0, (2 << 20) + 1, LIMIT).expect("under the low water mark");
-        assert_eq!(fill.start, FILL_AHEAD_BYTES);
-        assert_eq!(fill.end, (6 << 20) + 1 - ((6 << 20) + 1) % FILL_ALIGN_BYTES);
+        let lead_enough = FILL_AHEAD_BYTES - FILL_LOW_WATER_BYTES;
+        assert!(state.plan(0, lead_enough, LIMIT).is_none(), "the lead is at the low water mark");
+        let placed = lead_enough + 1;
+        let fill = state.plan(0, placed, LIMIT).expect("under the low water mark");
+        assert_eq!(fill.start, FILL_AHEAD_BYTES, "it continues where the filled stretch ends");
+        assert_eq!(fill.end, placed + FILL_AHEAD_BYTES - (placed + FILL_AHEAD_BYTES) % FILL_ALIGN_BYTES);
     }
 
     #[test]
@@ -216,7 +231,7 @@ mod tests {
         state.noted(true);
         assert!(state.plan(0, 0, LIMIT).is_none(), "1 synced write in 6: no fill");
         assert!(state.plan(0, 0, LIMIT).is_none());
-        let mut state = Preallocation::new(0, 0);
+        let mut state = Preallocation::new(0, 1000);
         state.noted(true);
         let fill = state.plan(0, 1000, 3001).expect("room up to the limit");
         assert_eq!((fill.start, fill.end), (1000, 3001), "ends at the limit, unaligned");
@@ -224,6 +239,10 @@ mod tests {
         state.fill_synced();
         state.noted(true);
         assert!(state.plan(0, 3001, 3001).is_none(), "a full segment needs no fill");
+        let mut state = Preallocation::new(0, 0);
+        state.noted(true);
+        let fill = state.plan(0, 1000, 2000).expect("a small segment has a small gap");
+        assert_eq!((fill.start, fill.end), (1250, 2000));
     }
 
     #[test]
@@ -245,6 +264,6 @@ mod tests {
         let mut state = Preallocation::new(0, 8192);
         state.noted(true);
         let fill = state.plan(0, 100_000, LIMIT).expect("the filled stretch is behind the tail");
-        assert_eq!(fill.start, 100_000, "zeros never go where an append was placed");
+        assert_eq!(fill.start, 100_000 + FILL_GAP_BYTES, "zeros never go where an append was placed");
     }
 }

@@ -50,7 +50,12 @@ fn engine_config(dir: &Path, flush: FlushMode) -> EngineConfig {
         shards: 2,
         flush,
         pin_threads: false,
-        log: engine::log::LogConfig { segment_bytes: 64 << 10, retention_ms: None, ..Default::default() },
+        log: engine::log::LogConfig {
+            segment_bytes: 64 << 10,
+            retention_ms: None,
+            preallocate: true,
+            ..Default::default()
+        },
         ..EngineConfig::new(dir)
     }
 }

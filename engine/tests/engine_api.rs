@@ -249,6 +249,69 @@ fn given_segment_age_and_retention_when_the_shard_maintains_then_old_segments_ro
 }
 
 #[test]
+fn given_preallocation_when_appends_are_synced_one_by_one_then_zeros_are_filled_ahead_and_cut_from_sealed_segments(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = engine::log::LogConfig {
+        segment_bytes: 256 << 10,
+        retention_ms: None,
+        preallocate: true,
+        ..engine::log::LogConfig::default()
+    };
+    let config = EngineConfig { log, maintenance_interval_ms: 20, ..config(dir.path(), 1, FlushMode::Group) };
+    let engine = Engine::open(config.clone()).unwrap();
+    engine.create_topic("filled", 1).unwrap();
+    let value = vec![b'x'; 4000];
+    let mut next = 0;
+    for _ in 0..200 {
+        let mut builder = BatchBuilder::default();
+        builder.push(engine::now_ms(), None, Some(&value));
+        next = engine.append("filled", 0, builder.finish()).wait().unwrap().next_offset;
+    }
+    assert!(engine::fill_stats().0 > 0, "one append at a time takes the synced-write path, which fills");
+    let partition = dir.path().join("filled-0");
+    let segments = || {
+        let mut files: Vec<(i64, Vec<u8>)> = std::fs::read_dir(&partition)
+            .unwrap()
+            .filter_map(|e| {
+                let path = e.unwrap().path();
+                Some((engine::segment::parse_log_name(&path)?, std::fs::read(&path).unwrap()))
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    // Every segment reads as batches then (perhaps) zeros; the sealed ones lose their
+    // zeros at a maintenance tick.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let files = segments();
+        assert!(files.len() >= 3, "rolled: {} segments", files.len());
+        let mut expected = 0;
+        let mut trimmed = true;
+        for (i, (base, bytes)) in files.iter().enumerate() {
+            let scan = engine::segment::scan_batches(bytes, 0, *base, |_, _| {});
+            assert!(scan.error.is_none() && *base == expected, "segment {base}: {:?}", scan.error);
+            expected = scan.next_offset;
+            trimmed &= i + 1 == files.len() || scan.zero_tail == 0;
+        }
+        assert_eq!(expected, next);
+        if trimmed {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sealed segments keep their zeros");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    engine.shutdown().unwrap();
+    let engine = Engine::open(config).unwrap();
+    let info = engine.partition_info("filled", 0).wait().unwrap();
+    assert_eq!(info.high_watermark, next);
+    let mut builder = BatchBuilder::default();
+    builder.push(engine::now_ms(), None, Some(b"after"));
+    assert_eq!(engine.append("filled", 0, builder.finish()).wait().unwrap().base_offset, next);
+}
+
+#[test]
 fn given_an_idempotent_producer_then_retries_are_deduplicated_and_gaps_refused() {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::open(config(dir.path(), 2, FlushMode::Group)).unwrap();

@@ -63,8 +63,9 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = engine::log::CACHE_WINDOW_BYTES_DEFAULT)]
     pub cache_window_bytes: u64,
     /// Write zeros ahead of each partition's tail while its appends are synced one by
-    /// one, so their syncs skip the file system's journal commit (true or false).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    /// one, so their syncs skip the file system's journal commit (true or false; see
+    /// docs/ENGINE.md for what it does to latency).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     pub preallocate: bool,
     /// Largest request frame accepted, in bytes.
     #[arg(long, default_value_t = engine::MAX_REQUEST_BYTES_DEFAULT)]
