@@ -16,6 +16,11 @@
 //! readers get `bytes::Bytes` slices that keep the mapping alive. Pages beyond the end of
 //! the file are never touched: readers stay below the written size.
 //!
+//! A log file may be longer than its data: zeros the shard filled ahead of the tail
+//! (`prealloc`). An all-zero remainder after the last batch is not data to any reader
+//! here ([`scan_batches`], [`FollowedSegment::complete_end`]), and a sealed segment's is
+//! cut by [`Segment::trim_tail`].
+//!
 //! Invariants: `size` is the byte length of the valid prefix of the log; index entries
 //! are strictly increasing in offset and position and always point at a batch start
 //! below `size`; a segment's offsets lie in `base_offset..next_offset`. Index files
