@@ -100,6 +100,14 @@ impl Preallocation {
         Self { segment, filled: file_len, in_flight: None, appends: 0, synced_appends: 0 }
     }
 
+    /// The state of `log` just opened or cut back: its active segment's file is synced
+    /// whole (recovery, a clean close and a cut-back all sync it), so every byte of it
+    /// counts as filled.
+    pub fn of(log: &crate::log::PartitionLog) -> Self {
+        let (base, size) = log.active_extent();
+        Self::new(base, log.active_file_len().unwrap_or(size))
+    }
+
     /// The log rolled: segment `segment` is active now, with an empty file. A fill in
     /// flight on the sealed segment finishes there and fills nothing here.
     pub fn rolled(&mut self, segment: i64) {

@@ -318,7 +318,7 @@ impl Partition {
         let (log, report) = PartitionLog::open_with(&dir, log_config, recovery, crate::types::now_ms())
             .map_err(|e| storage_error(&tp, e))?;
         let offset = log.high_watermark();
-        let prealloc = Self::preallocation_of(&log);
+        let prealloc = Preallocation::of(&log);
         let producers = match ProducerStates::recover(&log) {
             Ok((producers, recovery)) => {
                 tracing::debug!(partition = %tp, ?recovery, producers = producers.len(), "producer state rebuilt");
@@ -340,14 +340,6 @@ impl Partition {
             durable: watch::Sender::new(Durable { offset, written: offset, failed: None, generation: 0 }),
         };
         Ok((partition, report))
-    }
-
-    /// The preallocation state of a log just opened or cut back: its active segment's
-    /// file is synced whole (recovery, a clean close and a cut-back all sync it), so
-    /// every byte of it counts as filled.
-    fn preallocation_of(log: &PartitionLog) -> Preallocation {
-        let (base, size) = log.active_extent();
-        Preallocation::new(base, log.active_file_len().unwrap_or(size))
     }
 
     fn file_for(&self, file: &Arc<crate::disk::DiskFile>) -> std::io::Result<Rc<tokio_uring::fs::File>> {
@@ -760,7 +752,7 @@ impl Partition {
         }
         *self.active_file.borrow_mut() = None;
         *self.flush.borrow_mut() = GroupCommit::new(offset);
-        *self.prealloc.borrow_mut() = Self::preallocation_of(&log);
+        *self.prealloc.borrow_mut() = Preallocation::of(&log);
         self.durable.send_modify(|d| {
             d.failed = None;
             d.offset = offset;

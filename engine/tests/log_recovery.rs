@@ -515,10 +515,7 @@ fn given_zeros_filled_past_the_data_when_reopened_clean_or_not_then_they_are_no_
 fn given_sealed_segments_with_zeros_past_their_data_then_they_open_as_sealed_and_trimming_cuts_only_zeros() {
     let dir = tempfile::tempdir().unwrap();
     let small = LogConfig { segment_bytes: 1000, ..config() };
-    let mut log = open(dir.path(), small.clone(), false);
-    for i in 0..10 {
-        log.append_sync(batch(2, 100, NOW_MS + i), NOW_MS).unwrap();
-    }
+    let (log, _) = durable_log(dir.path(), 10);
     assert!(log.segment_count() > 2);
     let expected = read_all(&log);
     drop(log);
@@ -568,11 +565,7 @@ fn given_zeros_then_bytes_past_the_data_then_it_is_a_torn_tail_in_the_active_seg
     // The same bytes in a sealed, old segment: corruption, never cut.
     let small = LogConfig { segment_bytes: 1000, ..config() };
     let dir = tempfile::tempdir().unwrap();
-    let mut log = open(dir.path(), small.clone(), false);
-    for i in 0..10 {
-        log.append_sync(batch(2, 100, NOW_MS + i), NOW_MS).unwrap();
-    }
-    drop(log);
+    drop(durable_log(dir.path(), 10));
     let first = dir.path().join(format!("{:020}.log", 0));
     let mut bytes = std::fs::read(&first).unwrap();
     let data = bytes.len();

@@ -336,6 +336,17 @@ fn given_retain_until_landed_when_retention_runs_then_only_landed_segments_are_d
     engine.shutdown().unwrap();
 }
 
+/// A batch of `count` records `v<offset>` stamped with base offset `base`.
+fn batch(base: i64, count: usize) -> bytes::BytesMut {
+    let mut builder = BatchBuilder::default();
+    for n in 0..count {
+        builder.push(1, None, Some(format!("v{}", base + n as i64).as_bytes()));
+    }
+    let mut bytes = builder.finish();
+    engine::batch::assign_base_offset(&mut bytes, base);
+    bytes
+}
+
 #[test]
 fn given_a_batch_still_being_written_when_read_again_then_it_is_read_once_complete() {
     use lander::Source;
@@ -343,15 +354,6 @@ fn given_a_batch_still_being_written_when_read_again_then_it_is_read_once_comple
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir_all(data.join("t-0")).unwrap();
-    let batch = |base: i64, count: usize| {
-        let mut builder = BatchBuilder::default();
-        for n in 0..count {
-            builder.push(1, None, Some(format!("v{}", base + n as i64).as_bytes()));
-        }
-        let mut bytes = builder.finish();
-        engine::batch::assign_base_offset(&mut bytes, base);
-        bytes
-    };
     let (first, second) = (batch(0, 3), batch(3, 2));
     let path = data.join("t-0/00000000000000000000.log");
     let mut file = std::fs::File::create(&path).unwrap();
@@ -377,15 +379,6 @@ fn given_zeros_filled_past_the_data_when_read_then_they_end_each_segment_and_bat
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir_all(data.join("t-0")).unwrap();
-    let batch = |base: i64, count: usize| {
-        let mut builder = BatchBuilder::default();
-        for n in 0..count {
-            builder.push(1, None, Some(format!("v{}", base + n as i64).as_bytes()));
-        }
-        let mut bytes = builder.finish();
-        engine::batch::assign_base_offset(&mut bytes, base);
-        bytes
-    };
     // A sealed segment 0..5 and an active one from 5, each with zeros past its data.
     let sealed = data.join("t-0/00000000000000000000.log");
     let active = data.join("t-0/00000000000000000005.log");

@@ -341,7 +341,7 @@ impl Scenario {
             .map_err(|e| format!("the group coordinator does not reopen: {e}"))?;
         self.check_committed(&groups, after_power_loss)?;
         let offset = log.high_watermark();
-        let prealloc = preallocation_of(&log);
+        let prealloc = Preallocation::of(&log);
         self.say(format!(
             "open ({recovery:?}): log {}..{offset}, {} segments, cut {} B{}",
             log.log_start_offset(),
@@ -846,7 +846,7 @@ impl Scenario {
         let node = self.node();
         node.active = None;
         node.commit = GroupCommit::new(offset);
-        node.prealloc = preallocation_of(&node.log);
+        node.prealloc = Preallocation::of(&node.log);
         node.failed = None;
         node.generation += 1;
         self.outcome.heals += 1;
@@ -999,13 +999,6 @@ impl Scenario {
     pub fn steps(&self) -> u64 {
         self.step
     }
-}
-
-/// `Partition::preallocation_of`: every byte of the active segment's file counts as
-/// filled after an open or a cut-back (both sync it).
-fn preallocation_of(log: &PartitionLog) -> Preallocation {
-    let (base, size) = log.active_extent();
-    Preallocation::new(base, log.active_file_len().unwrap_or(size))
 }
 
 /// Removes and returns an element `rng` picks: completions arrive in any order.
