@@ -50,6 +50,8 @@ fn engine_config(dir: &Path, flush: FlushMode) -> EngineConfig {
         shards: 2,
         flush,
         pin_threads: false,
+        // Maintenance ticks (retention, cuts of sealed segments' zeros) land among the kills.
+        maintenance_interval_ms: 50,
         log: engine::log::LogConfig {
             segment_bytes: 64 << 10,
             retention_ms: None,

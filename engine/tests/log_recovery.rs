@@ -550,18 +550,30 @@ fn given_sealed_segments_with_zeros_past_their_data_then_they_open_as_sealed_and
 #[test]
 fn given_zeros_then_bytes_past_the_data_then_it_is_a_torn_tail_in_the_active_segment_and_corruption_in_a_sealed_one(
 ) {
-    let dir = tempfile::tempdir().unwrap();
-    let (file, ends) = write_log(dir.path(), 3);
-    let path = dir.path().join(format!("{:020}.log", 0));
-    let mut bytes = file.clone();
-    bytes.resize(file.len() + 5000, 0);
-    bytes[file.len() + 4500] = 7; // a later write landed, an earlier one did not
-    std::fs::write(&path, &bytes).unwrap();
-    let (log, report) = PartitionLog::open(dir.path(), config(), false, NOW_MS).unwrap();
-    assert_eq!(report.truncated_bytes, 5000, "{report:?}");
-    assert_eq!(log.next_offset(), ends.last().unwrap().1);
-    assert_eq!(log.active_file_len().unwrap(), file.len() as u64);
-    drop(log);
+    // After the gap: one stray byte, or a lie that passes every batch check on its own
+    // (valid CRC, the next expected offset, the engine's leader epoch), as a later
+    // write that landed while an earlier one did not would leave it.
+    for lie in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (file, ends) = write_log(dir.path(), 3);
+        let next = ends.last().unwrap().1;
+        let path = dir.path().join(format!("{:020}.log", 0));
+        let mut bytes = file.clone();
+        bytes.resize(file.len() + 4500, 0);
+        if lie {
+            let mut valid = batch(2, 30, NOW_MS);
+            engine::batch::assign_base_offset(&mut valid, next);
+            assert!(BatchView::parse(&valid).is_ok());
+            bytes.extend_from_slice(&valid);
+        } else {
+            bytes.extend_from_slice(&[7; 500]);
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let (log, report) = PartitionLog::open(dir.path(), config(), false, NOW_MS).unwrap();
+        assert_eq!(report.truncated_bytes as usize, bytes.len() - file.len(), "{report:?}");
+        assert_eq!(log.next_offset(), next, "nothing after the gap is data (lie: {lie})");
+        assert_eq!(log.active_file_len().unwrap(), file.len() as u64);
+    }
     // The same bytes in a sealed, old segment: corruption, never cut.
     let small = LogConfig { segment_bytes: 1000, ..config() };
     let dir = tempfile::tempdir().unwrap();
