@@ -45,7 +45,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::DeliveryResult;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -55,6 +55,13 @@ use std::time::{Duration, Instant};
 
 /// Partitions of the benchmark topic.
 pub const PARTITIONS: i32 = 4;
+
+/// The paced producer wakes at most once per tick and then sends every message already
+/// due (each still timed from its own scheduled send). Waking once per message (about
+/// every 60 µs at 100,000 msg/s, with the kernel's timer slack) cost the client a third
+/// of a core and pushed the VM over its host's CPU quota: see docs/ENGINE.md, "Produce
+/// latency at half of peak". One tick is the producer's `linger.ms`.
+pub const PACE_TICK: Duration = Duration::from_millis(1);
 
 /// Options of the kafka scenario.
 #[derive(Debug, Clone, clap::Args)]
@@ -287,6 +294,18 @@ fn stalls(run: &ProduceRun) -> String {
     )
 }
 
+/// Writes a paced run's deliveries (seconds from the start to the scheduled send,
+/// latency in µs), one per line, to `$CORELOG_BENCH_TIMELINE.NAME` when that variable is
+/// set: for looking at the shape of a stall, not a figure.
+pub(crate) fn dump_timeline(name: &str, timeline: &[(f64, u64)]) {
+    let Some(base) = std::env::var_os("CORELOG_BENCH_TIMELINE") else { return };
+    let path = format!("{}.{name}", base.to_string_lossy());
+    let text: String = timeline.iter().map(|(at, micros)| format!("{at:.6} {micros}\n")).collect();
+    if let Err(error) = std::fs::write(&path, text) {
+        eprintln!("note: writing the timeline to {path} failed: {error}");
+    }
+}
+
 /// Produces `count` messages, paced at `rate` messages/s when given (open loop).
 fn produce(
     address: SocketAddr,
@@ -303,7 +322,10 @@ fn produce(
         }),
         errors: Mutex::new(0),
     };
-    let producer: BaseProducer<LatencyContext> = client_config(address, settings)
+    // A threaded producer: its own thread serves delivery reports as they arrive, so a
+    // delivery is timed when the broker's answer is in, not when the pacing loop next
+    // wakes.
+    let producer: ThreadedProducer<LatencyContext> = client_config(address, settings)
         .set("acks", "all")
         .set("linger.ms", if rate.is_some() { "1" } else { "5" })
         .set("batch.size", "1000000")
@@ -318,15 +340,12 @@ fn produce(
         let scheduled = match rate {
             Some(rate) => {
                 let at = started + Duration::from_secs_f64(i as f64 / rate);
-                loop {
-                    let now = Instant::now();
-                    if now >= at {
-                        break;
-                    }
-                    // Sleep rather than spin: on a 2-core machine a spinning client
-                    // steals the broker's core.
-                    producer.poll(Duration::ZERO);
-                    std::thread::sleep((at - now).min(Duration::from_millis(1)));
+                let now = Instant::now();
+                if at > now {
+                    // Sleep rather than spin (on a 2-core machine a spinning client
+                    // steals the broker's core), and at least one tick, so the client
+                    // wakes at most once per tick whatever the rate (see PACE_TICK).
+                    std::thread::sleep((at - now).max(PACE_TICK));
                 }
                 at
             }
@@ -339,11 +358,10 @@ fn produce(
                 Ok(()) => break,
                 Err((_, back)) => {
                     record = back;
-                    producer.poll(Duration::from_millis(1));
+                    std::thread::sleep(Duration::from_millis(1));
                 }
             }
         }
-        producer.poll(Duration::ZERO);
     }
     producer.flush(Duration::from_secs(120)).context("flushing")?;
     let elapsed = started.elapsed().as_secs_f64();
@@ -364,7 +382,7 @@ fn produce(
 /// Sends one message to every partition and waits for the acknowledgements, so the
 /// connection and the topic's metadata exist before the clock starts: the figure is
 /// steady-state latency, not the first request's connection set-up.
-fn warm_up(producer: &BaseProducer<LatencyContext>, topic: &str, payload: &[u8]) -> Result<()> {
+fn warm_up(producer: &ThreadedProducer<LatencyContext>, topic: &str, payload: &[u8]) -> Result<()> {
     for partition in 0..PARTITIONS {
         let record =
             BaseRecord::with_opaque_to(topic, Box::new(Instant::now())).payload(payload).key("warm-up");
@@ -426,9 +444,15 @@ fn measure(broker: &Broker, args: &KafkaArgs, half_rate: Option<f64>) -> Result<
     let rate = half_rate.unwrap_or(full.messages_per_s / 2.0);
     let paced_count = ((rate * if args.quick { 3.0 } else { 10.0 }) as u64).max(1000);
     create_topic(broker.address, "paced")?;
+    let before = crate::report::cpu_ticks();
     let paced = produce(broker.address, &[], "paced", paced_count, args.size, Some(rate))?;
+    let steal = crate::report::steal_percent(before, crate::report::cpu_ticks());
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e3;
     eprintln!("{}: paced tail: {}", broker.name, stalls(&paced));
+    if let Some(steal) = steal {
+        eprintln!("{}: paced run: the hypervisor stole {steal:.1}% of the CPU time", broker.name);
+    }
+    dump_timeline(broker.name, &paced.timeline);
     eprintln!(
         "{}: produce {:.0} msg/s ({:.0} MB/s), consume {:.0} msg/s; at {:.0} msg/s produce p50 {:.2} ms p99 {:.2} ms",
         broker.name,
@@ -757,8 +781,14 @@ fn soak(base: &Path, args: &KafkaArgs, seconds: f64) -> Result<Vec<Figure>> {
     create_topic(corelog.address, "paced")?;
     let count = (rate * seconds) as u64;
     eprintln!("corelog: soak, {count} messages at {rate:.0} msg/s for {seconds:.0} s (open loop, acks=all)");
+    let before = crate::report::cpu_ticks();
     let paced = produce(corelog.address, &[], "paced", count, args.size, Some(rate))?;
+    let steal = crate::report::steal_percent(before, crate::report::cpu_ticks());
     eprintln!("corelog: paced tail: {}", stalls(&paced));
+    if let Some(steal) = steal {
+        eprintln!("corelog: paced run: the hypervisor stole {steal:.1}% of the CPU time");
+    }
+    dump_timeline("corelog-soak", &paced.timeline);
     let scenario = format!("kafka-produce-at-{:.0}k", rate / 1e3);
     let mut figures = Vec::new();
     for (name, q) in [("p50", 0.5), ("p99", 0.99), ("p999", 0.999)] {
