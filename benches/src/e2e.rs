@@ -218,7 +218,7 @@ fn offer(address: SocketAddr, decisions: &str, rate: f64, seconds: f64) -> Resul
     let stop = AtomicBool::new(false);
     let start = Instant::now() + Duration::from_millis(200);
     let total = (rate * seconds) as u64;
-    let cpu_before = crate::report::cpu_ticks();
+    let cpu_before = crate::steal::ticks();
     let (sent, received) = std::thread::scope(|scope| -> Result<_> {
         let reader = scope.spawn(|| -> Result<HashMap<(u32, i64), u64>> {
             let mut seen = HashMap::new();
@@ -302,7 +302,7 @@ fn offer(address: SocketAddr, decisions: &str, rate: f64, seconds: f64) -> Resul
             matched += 1;
         }
     }
-    let steal_percent = crate::report::steal_percent(cpu_before, crate::report::cpu_ticks());
+    let steal_percent = crate::steal::percent(cpu_before, crate::steal::ticks());
     Ok(Run { latency_us, samples, expected: expected.len(), received: matched, achieved_rate, steal_percent })
 }
 

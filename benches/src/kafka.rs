@@ -27,6 +27,11 @@
 //! full-speed produce throughput over TLS against the plaintext run of the same bench
 //! (`kafka-produce-sasl-ssl`).
 //!
+//! The paced producer wakes once per [`PACE_TICK`] and sends what is due; deliveries
+//! are timed on the producer's own thread (`ThreadedProducer`). The paced run prints
+//! the share of CPU time the hypervisor stole while it ran (`steal`), and
+//! `CORELOG_BENCH_TIMELINE=PATH` writes its deliveries to `PATH.corelog`.
+//!
 //! `CORELOG_BENCH_SERVE_ARGS` adds flags to the `corelog serve` command line (for
 //! investigations, e.g. `--metrics 127.0.0.1:9464` to read the broker's own request
 //! and fsync latency histograms while the bench runs).
@@ -444,9 +449,9 @@ fn measure(broker: &Broker, args: &KafkaArgs, half_rate: Option<f64>) -> Result<
     let rate = half_rate.unwrap_or(full.messages_per_s / 2.0);
     let paced_count = ((rate * if args.quick { 3.0 } else { 10.0 }) as u64).max(1000);
     create_topic(broker.address, "paced")?;
-    let before = crate::report::cpu_ticks();
+    let before = crate::steal::ticks();
     let paced = produce(broker.address, &[], "paced", paced_count, args.size, Some(rate))?;
-    let steal = crate::report::steal_percent(before, crate::report::cpu_ticks());
+    let steal = crate::steal::percent(before, crate::steal::ticks());
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e3;
     eprintln!("{}: paced tail: {}", broker.name, stalls(&paced));
     if let Some(steal) = steal {
@@ -781,9 +786,9 @@ fn soak(base: &Path, args: &KafkaArgs, seconds: f64) -> Result<Vec<Figure>> {
     create_topic(corelog.address, "paced")?;
     let count = (rate * seconds) as u64;
     eprintln!("corelog: soak, {count} messages at {rate:.0} msg/s for {seconds:.0} s (open loop, acks=all)");
-    let before = crate::report::cpu_ticks();
+    let before = crate::steal::ticks();
     let paced = produce(corelog.address, &[], "paced", count, args.size, Some(rate))?;
-    let steal = crate::report::steal_percent(before, crate::report::cpu_ticks());
+    let steal = crate::steal::percent(before, crate::steal::ticks());
     eprintln!("corelog: paced tail: {}", stalls(&paced));
     if let Some(steal) = steal {
         eprintln!("corelog: paced run: the hypervisor stole {steal:.1}% of the CPU time");

@@ -18,6 +18,7 @@ mod land;
 mod nats;
 mod report;
 mod soak;
+mod steal;
 
 use clap::{Parser, Subcommand};
 

@@ -143,25 +143,3 @@ mod tests {
         assert_eq!(alone.line(), "RESULT append-1p throughput=1450MB/s ref=none");
     }
 }
-
-/// The machine's CPU time so far from `/proc/stat`: (all, stolen by the hypervisor),
-/// in clock ticks; `None` where there is no such file.
-pub fn cpu_ticks() -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let fields: Vec<u64> =
-        stat.lines().next()?.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
-    // user nice system idle iowait irq softirq steal guest guest_nice: guest time is
-    // already counted in user and nice.
-    let all = fields.iter().take(8).sum();
-    Some((all, *fields.get(7)?))
-}
-
-/// The share (percent) of CPU time the hypervisor stole between two [`cpu_ticks`]
-/// readings. On a VM whose host enforces a CPU quota, a busy guest is throttled for the
-/// rest of each quota period; that shows up here, and in latency as stalls of
-/// milliseconds that no disk measurement explains (docs/ENGINE.md).
-pub fn steal_percent(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
-    let ((all0, steal0), (all1, steal1)) = (before?, after?);
-    let all = all1.checked_sub(all0).filter(|&all| all > 0)?;
-    Some(100.0 * steal1.saturating_sub(steal0) as f64 / all as f64)
-}
