@@ -13,6 +13,7 @@ mod append;
 mod batch;
 mod e2e;
 mod fio;
+mod floor;
 mod kafka;
 mod land;
 mod nats;
