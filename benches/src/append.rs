@@ -54,13 +54,6 @@ impl AppendArgs {
     }
 }
 
-/// Flushes dirty pages and lets the disk settle, so one run's writeback does not
-/// land in the next run's figure.
-fn quiesce() {
-    std::process::Command::new("sync").status().ok();
-    std::thread::sleep(std::time::Duration::from_millis(1000));
-}
-
 struct Run {
     bytes_per_s: f64,
     records_per_s: f64,
@@ -147,7 +140,7 @@ pub fn bench(args: &AppendArgs) -> Result<Vec<Figure>> {
     std::fs::create_dir_all(&base)?;
     let total_bytes: u64 = if args.quick { 1 << 30 } else { 4 << 30 };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    quiesce();
+    crate::report::quiesce();
     let reference = if fio::available() {
         let fio_bytes = if args.quick { 512 << 20 } else { 2 << 30 };
         match fio::measure(
@@ -189,7 +182,7 @@ pub fn bench(args: &AppendArgs) -> Result<Vec<Figure>> {
             continue;
         }
         let (work, records) = batches(1024, BATCH_BYTES, total_bytes);
-        quiesce();
+        crate::report::quiesce();
         let result = run(
             &data,
             (args.cache_window_bytes, args.preallocate),
@@ -214,7 +207,7 @@ pub fn bench(args: &AppendArgs) -> Result<Vec<Figure>> {
                 continue; // 1p-1k-group was measured above
             }
             let (work, records) = batches(record_bytes, BATCH_BYTES, total_bytes);
-            quiesce();
+            crate::report::quiesce();
             let on_disk_record_bytes = work[0].len() as f64 / records as f64;
             let result = run(
                 &data,
@@ -254,7 +247,7 @@ pub fn bench(args: &AppendArgs) -> Result<Vec<Figure>> {
     }
     let (work, records) =
         batches(1024, LATENCY_BATCH_BYTES, latency_appends(args) * LATENCY_BATCH_BYTES as u64);
-    quiesce();
+    crate::report::quiesce();
     let result =
         run(&data, (args.cache_window_bytes, args.preallocate), FlushMode::Group, 1, 1, work, records)?;
     for (name, quantile, fio_ns) in [

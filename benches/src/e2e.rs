@@ -212,6 +212,8 @@ impl Run {
 /// Offers `rate` payments/s for `seconds` to `address` and times the decisions that
 /// appear on `decisions`.
 fn offer(address: SocketAddr, decisions: &str, rate: f64, seconds: f64) -> Result<Run> {
+    // Before the schedule's clock starts: the previous run's writeback settles first.
+    crate::report::quiesce();
     let producer = producer(address)?;
     let consumer = consumer(address, decisions, "corelog-bench-e2e")?;
     let denied: std::collections::HashSet<String> = denied_cards().into_iter().collect();
@@ -450,6 +452,8 @@ pub fn bench(args: &E2eArgs) -> Result<Vec<Figure>> {
             best_ref = rate;
         }
         let scenario = format!("e2e-{}k", rate as u64 / 1000);
+        crate::kafka::dump_timeline(&format!("{scenario}-corelog"), &ours.samples);
+        crate::kafka::dump_timeline(&format!("{scenario}-external"), &reference.samples);
         let mut figures = figures(&scenario, &ours, &reference);
         if args.seconds.is_some() {
             figures.extend(crate::soak::report("corelog", &scenario, &ours.samples)?);

@@ -30,7 +30,8 @@
 //! The paced producer wakes once per [`PACE_TICK`] and sends what is due; deliveries
 //! are timed on the producer's own thread (`ThreadedProducer`). The paced run prints
 //! the share of CPU time the hypervisor stole while it ran (`steal`), and
-//! `CORELOG_BENCH_TIMELINE=PATH` writes its deliveries to `PATH.corelog`.
+//! `CORELOG_BENCH_TIMELINE=PATH` writes its deliveries to `PATH.corelog` (and `e2e`
+//! its decisions to `PATH.e2e-10k-corelog`, `PATH.e2e-10k-external`, ...).
 //!
 //! `CORELOG_BENCH_SERVE_ARGS` adds flags to the `corelog serve` command line (for
 //! investigations, e.g. `--metrics 127.0.0.1:9464` to read the broker's own request
@@ -452,6 +453,7 @@ fn measure(broker: &Broker, args: &KafkaArgs, half_rate: Option<f64>) -> Result<
     let rate = half_rate.unwrap_or(full.messages_per_s / 2.0);
     let paced_count = ((rate * if args.quick { 3.0 } else { 10.0 }) as u64).max(1000);
     create_topic(broker.address, "paced")?;
+    crate::report::quiesce();
     let before = crate::steal::ticks();
     let paced = produce(broker.address, &[], "paced", paced_count, args.size, Some(rate))?;
     let steal = crate::steal::percent(before, crate::steal::ticks());
@@ -491,6 +493,7 @@ fn disk_floor(base: &Path, args: &KafkaArgs, rate: f64) -> Option<(f64, f64)> {
     if !crate::fio::available() {
         return None;
     }
+    crate::report::quiesce();
     let bytes_per_s = (rate * args.size as f64 / PARTITIONS as f64) as u64;
     let block_bytes = ((bytes_per_s / 1000) as usize).next_multiple_of(4096).max(4096);
     let seconds = if args.quick { 3 } else { 10 };
@@ -518,6 +521,7 @@ fn disk_floor(base: &Path, args: &KafkaArgs, rate: f64) -> Option<(f64, f64)> {
 fn open_loop_floor(base: &Path, args: &KafkaArgs, rate: f64) -> Option<(f64, f64)> {
     let seconds = if args.quick { 3.0 } else { 10.0 };
     let per_file = rate / PARTITIONS as f64;
+    crate::report::quiesce();
     match crate::floor::open_loop_sync(&base.join("floor"), PARTITIONS as usize, per_file, args.size, seconds)
     {
         Ok(latency_us) => {
@@ -829,6 +833,7 @@ fn soak(base: &Path, args: &KafkaArgs, seconds: f64) -> Result<Vec<Figure>> {
         }
     };
     create_topic(corelog.address, "paced")?;
+    crate::report::quiesce();
     let count = (rate * seconds) as u64;
     eprintln!("corelog: soak, {count} messages at {rate:.0} msg/s for {seconds:.0} s (open loop, acks=all)");
     let before = crate::steal::ticks();

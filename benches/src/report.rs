@@ -3,7 +3,8 @@
 //! Every figure is printed as one machine-readable line,
 //! `RESULT <scenario> <figure>=<value><unit> ref=<reference>:<value><unit> ratio=<figure/ref>`,
 //! and collected into `target/bench/<scenario-group>.json`. A figure whose reference
-//! could not be measured (a peer tool missing) prints `ref=none` and no ratio.
+//! could not be measured (a peer tool missing) prints `ref=none` and no ratio. Also the
+//! quiet start every measured phase gets ([`quiesce`]).
 
 use serde_json::json;
 use std::path::PathBuf;
@@ -50,6 +51,15 @@ fn format_value(value: f64) -> String {
     } else {
         format!("{value:.2}")
     }
+}
+
+/// Flushes dirty pages and lets the disk settle, so one phase's writeback does not
+/// land in the next phase's figure. Every measured phase after a write-heavy one starts
+/// with it: on the development VM a paced run started right after a full-speed one
+/// saw stalls of ~100 ms every 2 s for its first seconds (docs/ENGINE.md).
+pub fn quiesce() {
+    std::process::Command::new("sync").status().ok();
+    std::thread::sleep(std::time::Duration::from_millis(1000));
 }
 
 /// Where results go: `$CARGO_TARGET_DIR/bench` or `target/bench`.
