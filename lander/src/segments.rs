@@ -17,6 +17,9 @@
 //!   fails is the tail still being written and is retried on the next read (with a
 //!   fresh look at the file's length), unless the next segment already starts past it
 //!   and the stop persists for [`CORRUPTION_GRACE_MS`], which is corruption and an error;
+//!   so is a sealed segment whose data (before its end of file or its zeros) ends short
+//!   of its successor's base offset for that long: offsets are missing, and the reader
+//!   says so instead of waiting for them;
 //! * the reader moves to the next segment only when it starts exactly at the offset
 //!   after the last batch read (a segment is sealed once its successor exists, but its
 //!   last write may still be in flight when the successor appears);
@@ -106,6 +109,8 @@ pub struct SegmentSource {
     /// The incarnation each partition's records were handed out from.
     incarnations: HashMap<(String, u32), TopicId>,
     quarantined: Vec<Quarantined>,
+    /// How long a stop before a successor's base may last ([`CORRUPTION_GRACE_MS`]).
+    corruption_grace: Duration,
 }
 
 impl SegmentSource {
@@ -122,7 +127,15 @@ impl SegmentSource {
             cursors: HashMap::new(),
             incarnations: HashMap::new(),
             quarantined: Vec::new(),
+            corruption_grace: Duration::from_millis(CORRUPTION_GRACE_MS),
         })
+    }
+
+    /// The same source with another grace period before a sealed segment that stops
+    /// short of its successor is reported corrupt (tests use a short one).
+    pub fn with_corruption_grace(mut self, grace: Duration) -> Self {
+        self.corruption_grace = grace;
+        self
     }
 
     fn open_cursor(&self, topic: &str, partition: u32, base: i64) -> Result<Cursor, SourceError> {
@@ -353,10 +366,12 @@ impl Source for SegmentSource {
                     }
                     *cursor = next;
                 }
-                Some(base) if base > cursor.next_offset && stalled.is_some() => {
-                    // Either the segment's last write is still landing (it can be in
-                    // flight when the engine rolls) or the sealed segment is corrupt:
-                    // only a stop that persists at one position is corruption.
+                Some(base) if base > cursor.next_offset && (stalled.is_some() || cursor.position >= end) => {
+                    // The sealed segment stops (at a batch that does not check, or where
+                    // its data ends: end of file or zeros) short of its successor's base.
+                    // Either its last write is still landing (it can be in flight when
+                    // the engine rolls) or offsets are missing: only a stop that
+                    // persists at one position is corruption, never a silent wait.
                     let since = match cursor.stuck_since {
                         Some((position, since)) if position == cursor.position => since,
                         _ => {
@@ -364,18 +379,20 @@ impl Source for SegmentSource {
                             return Ok(ReadOutcome { next_offset, caught_up: true, skipped, topic_id });
                         }
                     };
-                    if since.elapsed() < Duration::from_millis(CORRUPTION_GRACE_MS) {
+                    if since.elapsed() < self.corruption_grace {
                         return Ok(ReadOutcome { next_offset, caught_up: true, skipped, topic_id });
                     }
+                    let why = stalled.unwrap_or_else(|| {
+                        format!("its data ends there, before offset {base} where the next segment starts")
+                    });
                     return Err(SourceError::Corrupt {
                         topic: topic.to_string(),
                         partition,
                         offset: cursor.next_offset,
                         reason: format!(
-                            "sealed segment {} stops at position {}: {}",
+                            "sealed segment {} stops at position {}: {why}",
                             cursor.segment.path().display(),
                             cursor.position,
-                            stalled.unwrap_or_default()
                         ),
                     });
                 }

@@ -347,13 +347,20 @@ fn batch(base: i64, count: usize) -> bytes::BytesMut {
     bytes
 }
 
+/// A temporary data directory holding an empty partition directory `t-0` (the
+/// directory guard first: the files go when it drops).
+fn data_dir_with_t0() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("t-0")).unwrap();
+    (dir, data)
+}
+
 #[test]
 fn given_a_batch_still_being_written_when_read_again_then_it_is_read_once_complete() {
     use lander::Source;
     use std::io::Write;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(data.join("t-0")).unwrap();
+    let (_dir, data) = data_dir_with_t0();
     let (first, second) = (batch(0, 3), batch(3, 2));
     let path = data.join("t-0/00000000000000000000.log");
     let mut file = std::fs::File::create(&path).unwrap();
@@ -375,10 +382,7 @@ fn given_a_batch_still_being_written_when_read_again_then_it_is_read_once_comple
 fn given_zeros_filled_past_the_data_when_read_then_they_end_each_segment_and_batches_written_over_them_are_read(
 ) {
     use lander::Source;
-    use std::os::unix::fs::FileExt;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(data.join("t-0")).unwrap();
+    let (_dir, data) = data_dir_with_t0();
     // A sealed segment 0..5 and an active one from 5, each with zeros past its data.
     let sealed = data.join("t-0/00000000000000000000.log");
     let active = data.join("t-0/00000000000000000005.log");
@@ -390,10 +394,7 @@ fn given_zeros_filled_past_the_data_when_read_then_they_end_each_segment_and_bat
     let outcome = source.read("t", 0, 0, 1 << 20, &mut records).unwrap();
     assert_eq!((records.len(), outcome.next_offset, outcome.caught_up), (8, 8, true), "{outcome:?}");
     // A write over the zeros (the file's length does not change) is read.
-    let file = std::fs::OpenOptions::new().write(true).open(&active).unwrap();
-    file.write_all_at(&batch(8, 4), second.len() as u64).unwrap();
-    records.clear();
-    let outcome = source.read("t", 0, 8, 1 << 20, &mut records).unwrap();
+    let outcome = write_at_and_read(&mut source, &active, second.len() as u64, &batch(8, 4), 8, &mut records);
     assert_eq!((records.len(), outcome.next_offset), (4, 12), "{outcome:?}");
     assert_eq!(records[3].value.as_deref(), Some(&b"v11"[..]));
     assert_eq!(source.end_offset("t", 0).unwrap(), 12);
@@ -409,6 +410,74 @@ fn given_zeros_filled_past_the_data_when_read_then_they_end_each_segment_and_bat
     }
     let expected: Vec<String> = (4..12).map(|n| format!("v{n}")).collect();
     assert_eq!((offset, values), (12, expected));
+}
+
+#[test]
+fn given_a_sealed_segment_whose_data_ends_short_of_its_successor_then_the_lander_reports_it_instead_of_waiting(
+) {
+    use lander::{Source, SourceError};
+    use std::time::{Duration, Instant};
+    // Its data ends at its end of file, or where zeros begin; either way offsets 3 and 4
+    // are in no segment.
+    for zeros in [0usize, 8192] {
+        let (_dir, data) = data_dir_with_t0();
+        let sealed = data.join("t-0/00000000000000000000.log");
+        std::fs::write(&sealed, [&batch(0, 3)[..], &vec![0u8; zeros][..]].concat()).unwrap();
+        std::fs::write(data.join("t-0/00000000000000000005.log"), batch(5, 2)).unwrap();
+        let mut source = SegmentSource::new(&data).unwrap().with_corruption_grace(Duration::from_millis(50));
+        let mut records = Vec::new();
+        let outcome = source.read("t", 0, 0, 1 << 20, &mut records).unwrap();
+        assert_eq!((records.len(), outcome.next_offset, outcome.caught_up), (3, 3, true), "{outcome:?}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let error = loop {
+            records.clear();
+            match source.read("t", 0, 3, 1 << 20, &mut records) {
+                Err(error) => break error,
+                Ok(outcome) => assert_eq!((records.len(), outcome.next_offset), (0, 3), "{outcome:?}"),
+            }
+            assert!(Instant::now() < deadline, "still waiting after 10 s ({zeros} zeros)");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let text = error.to_string();
+        assert!(matches!(error, SourceError::Corrupt { offset: 3, .. }), "{text}");
+        assert!(text.contains("before offset 5"), "{text}");
+    }
+}
+
+#[test]
+fn given_a_sealed_segments_last_write_landing_after_its_successor_appeared_then_it_is_read_and_the_reader_moves_on(
+) {
+    use lander::Source;
+    let (_dir, data) = data_dir_with_t0();
+    let sealed = data.join("t-0/00000000000000000000.log");
+    let first = batch(0, 3);
+    std::fs::write(&sealed, [&first[..], &[0u8; 8192]].concat()).unwrap();
+    std::fs::write(data.join("t-0/00000000000000000005.log"), batch(5, 2)).unwrap();
+    // The default grace (seconds): the write lands well within it.
+    let mut source = SegmentSource::new(&data).unwrap();
+    let mut records = Vec::new();
+    let outcome = source.read("t", 0, 0, 1 << 20, &mut records).unwrap();
+    assert_eq!((records.len(), outcome.next_offset), (3, 3), "{outcome:?}");
+    let outcome = write_at_and_read(&mut source, &sealed, first.len() as u64, &batch(3, 2), 3, &mut records);
+    assert_eq!((records.len(), outcome.next_offset), (4, 7), "{outcome:?}");
+    assert_eq!(records[3].value.as_deref(), Some(&b"v6"[..]));
+}
+
+/// Writes `batch` into the file at `path` at `at` (over zeros: the file's length does
+/// not change) and reads partition `t-0` from `from` into `records` (cleared first).
+fn write_at_and_read(
+    source: &mut SegmentSource,
+    path: &Path,
+    at: u64,
+    batch: &[u8],
+    from: i64,
+    records: &mut Vec<lander::LandRecord>,
+) -> lander::ReadOutcome {
+    use lander::Source;
+    use std::os::unix::fs::FileExt;
+    std::fs::OpenOptions::new().write(true).open(path).unwrap().write_all_at(batch, at).unwrap();
+    records.clear();
+    source.read("t", 0, from, 1 << 20, records).unwrap()
 }
 
 /// Writes `batches` as one segment file of `dir` (offsets stamped in order).
