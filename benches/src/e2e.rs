@@ -452,8 +452,8 @@ pub fn bench(args: &E2eArgs) -> Result<Vec<Figure>> {
             best_ref = rate;
         }
         let scenario = format!("e2e-{}k", rate as u64 / 1000);
-        crate::kafka::dump_timeline(&format!("{scenario}-corelog"), &ours.samples);
-        crate::kafka::dump_timeline(&format!("{scenario}-external"), &reference.samples);
+        crate::soak::dump_timeline(&format!("{scenario}-corelog"), &ours.samples);
+        crate::soak::dump_timeline(&format!("{scenario}-external"), &reference.samples);
         let mut figures = figures(&scenario, &ours, &reference);
         if args.seconds.is_some() {
             figures.extend(crate::soak::report("corelog", &scenario, &ours.samples)?);

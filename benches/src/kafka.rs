@@ -303,18 +303,6 @@ fn stalls(run: &ProduceRun) -> String {
     )
 }
 
-/// Writes a paced run's deliveries (seconds from the start to the scheduled send,
-/// latency in µs), one per line, to `$CORELOG_BENCH_TIMELINE.NAME` when that variable is
-/// set: for looking at the shape of a stall, not a figure.
-pub(crate) fn dump_timeline(name: &str, timeline: &[(f64, u64)]) {
-    let Some(base) = std::env::var_os("CORELOG_BENCH_TIMELINE") else { return };
-    let path = format!("{}.{name}", base.to_string_lossy());
-    let text: String = timeline.iter().map(|(at, micros)| format!("{at:.6} {micros}\n")).collect();
-    if let Err(error) = std::fs::write(&path, text) {
-        eprintln!("note: writing the timeline to {path} failed: {error}");
-    }
-}
-
 /// Produces `count` messages, paced at `rate` messages/s when given (open loop).
 fn produce(
     address: SocketAddr,
@@ -462,7 +450,7 @@ fn measure(broker: &Broker, args: &KafkaArgs, half_rate: Option<f64>) -> Result<
     if let Some(steal) = steal {
         eprintln!("{}: paced run: the hypervisor stole {steal:.1}% of the CPU time", broker.name);
     }
-    dump_timeline(broker.name, &paced.timeline);
+    crate::soak::dump_timeline(broker.name, &paced.timeline);
     eprintln!(
         "{}: produce {:.0} msg/s ({:.0} MB/s), consume {:.0} msg/s; at {:.0} msg/s produce p50 {:.2} ms p99 {:.2} ms",
         broker.name,
@@ -843,7 +831,7 @@ fn soak(base: &Path, args: &KafkaArgs, seconds: f64) -> Result<Vec<Figure>> {
     if let Some(steal) = steal {
         eprintln!("corelog: paced run: the hypervisor stole {steal:.1}% of the CPU time");
     }
-    dump_timeline("corelog-soak", &paced.timeline);
+    crate::soak::dump_timeline("corelog-soak", &paced.timeline);
     let scenario = format!("kafka-produce-at-{:.0}k", rate / 1e3);
     let mut figures = Vec::new();
     for (name, q) in [("p50", 0.5), ("p99", 0.99), ("p999", 0.999)] {

@@ -4,7 +4,8 @@
 //! `kafka --seconds S` and `e2e --seconds S` feed their per-event samples (when the
 //! event was due, its latency) here; the table goes to stderr, the worst interval
 //! (highest p99.9, then max) is named, and its p99.9 and max become RESULT figures
-//! against the whole run's.
+//! against the whole run's. [`dump_timeline`] writes the raw samples of any paced run
+//! (kafka, e2e, soak or not) to a file for looking at a stall's shape.
 
 use crate::report::Figure;
 use anyhow::Result;
@@ -101,6 +102,18 @@ pub fn report(name: &str, scenario: &str, samples: &[(f64, u64)]) -> Result<Vec<
         ),
         figure("worst_10s_max", worst.max_ms, ("whole-run-p99", whole.value_at_quantile(0.99) as f64 / 1e3)),
     ])
+}
+
+/// Writes a paced run's samples (seconds from the start to when the event was due,
+/// latency in µs), one per line, to `$CORELOG_BENCH_TIMELINE.NAME` when that variable is
+/// set: for looking at the shape of a stall, not a figure.
+pub fn dump_timeline(name: &str, timeline: &[(f64, u64)]) {
+    let Some(base) = std::env::var_os("CORELOG_BENCH_TIMELINE") else { return };
+    let path = format!("{}.{name}", base.to_string_lossy());
+    let text: String = timeline.iter().map(|(at, micros)| format!("{at:.6} {micros}\n")).collect();
+    if let Err(error) = std::fs::write(&path, text) {
+        eprintln!("note: writing the timeline to {path} failed: {error}");
+    }
 }
 
 #[cfg(test)]
