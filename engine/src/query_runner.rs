@@ -24,6 +24,9 @@
 //! replay: after a restart they follow the list loaded then.
 //!
 //! Invariants: the runner only touches its source partition's state on this thread;
+//! it reads only below the source's high watermark, so every output derives from
+//! durable events and a sink never needs cutting after a crash (the output contract
+//! in `docs/QUERIES.md`, which also says why decisions do not share the event's sync);
 //! a checkpoint never claims outputs that are not durable; a failed output append
 //! restarts the runner from its checkpoint.
 
