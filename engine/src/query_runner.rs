@@ -5,7 +5,10 @@
 //! the new batches straight from the mapped segment (`Bytes`, no copy), extracts the
 //! query's JSON fields in place, feeds the [`Operator`], and appends what it emits to
 //! partition `p` of `<query>.agg` and `<query>.decisions` (same partition number as the
-//! source; those partitions are written by this runner only), decisions first. It
+//! source; those partitions are written by this runner only), decisions first. The
+//! operator defers window closes: a close's results (one per key) go out
+//! [`CLOSE_DRAIN_RECORDS`] per round, after that round's decisions, and no checkpoint
+//! is written while some wait. It
 //! reads on while up to [`ROUNDS_IN_FLIGHT_MAX`] rounds of outputs are being made
 //! durable; appends to one partition are placed in order and a failed one fails every
 //! later one (the partition turns read-only), so a sink never has a gap.
@@ -61,6 +64,10 @@ pub const ROUNDS_IN_FLIGHT_MAX: usize = 4;
 pub const FIELDS_MAX: usize = 4 + crate::query::RULES_MAX;
 /// Records per output batch at most.
 pub const OUTPUT_BATCH_RECORDS_MAX: usize = 4096;
+/// Results of closed windows taken per round (see [`Operator::deferring_close`]): a
+/// window close emits one per key, and encoding tens of thousands at once held the
+/// decisions behind it for over 100 ms (`docs/ENGINE.md`).
+pub const CLOSE_DRAIN_RECORDS: usize = 512;
 
 /// A query as the engine runs it: its definition, its deny-list slot and how far it
 /// got in each source partition.
@@ -329,7 +336,7 @@ async fn run_once(
     let mut decisions =
         Sink::open(shard, def.decisions_topic(), tp.partition, checkpoint.decision_seq).await?;
     let partition = shard.partition(tp)?;
-    let mut operator = Operator::resume(def.clone(), checkpoint.max_time_ms);
+    let mut operator = Operator::resume(def.clone(), checkpoint.max_time_ms).deferring_close();
     let mut offset = checkpoint.replay_from;
     let mut deny = DenyReader::new(query.deny.clone());
     let fields = EventFields::new(&def);
@@ -366,7 +373,7 @@ async fn run_once(
             }
             Err(error) => return Err(EngineError::Read(error)),
         };
-        if fetched.bytes.is_empty() {
+        if fetched.bytes.is_empty() && operator.pending_trigger().is_none() {
             settle(&mut in_flight, query, tp, 0).await?;
             query.set_processed(tp.partition, offset);
             checkpointer.maybe(&operator, offset, &agg, &decisions).await;
@@ -402,6 +409,9 @@ async fn run_once(
                 bad += u64::from(view.record_count());
             }
         });
+        // A window close queues its results; a few go out per round, after the
+        // round's own decisions, so a close never holds up the events behind it.
+        operator.drain_closed(CLOSE_DRAIN_RECORDS, &mut outputs);
         let chunk_end = fetched.next_offset;
         // Decisions go out first (they are what someone waits for), then window
         // results; every batch is submitted before any is awaited. Appends to one
@@ -431,7 +441,9 @@ async fn run_once(
             }
         }
         appends.extend(agg.flush(shard));
-        in_flight.push_back((chunk_end, appends));
+        // Events from a pending close's trigger on are not complete until it drained.
+        let complete = operator.pending_trigger().map_or(chunk_end, |trigger| trigger.min(chunk_end));
+        in_flight.push_back((complete, appends));
         offset = chunk_end;
         settle(&mut in_flight, query, tp, ROUNDS_IN_FLIGHT_MAX).await?;
         if checkpointer.due() {
@@ -447,6 +459,10 @@ async fn run_once(
         metrics::counter!("corelog_query_bad_events_total", &labels).increment(bad);
         metrics::gauge!("corelog_query_lag_offsets", &labels).set((fetched.high_watermark - offset) as f64);
         reported = stats;
+        if operator.pending_trigger().is_some() {
+            tokio::task::yield_now().await; // let appends and other runners in between chunks
+            continue;
+        }
         if !in_flight.is_empty() {
             continue;
         }
@@ -496,9 +512,11 @@ impl Checkpointer {
     }
 
     /// Writes a checkpoint at `offset` if one is due and progress was made. Every
-    /// output of events below `offset` must be durable.
+    /// output of events below `offset` must be durable. Never while closed windows
+    /// wait to be drained: their trigger is below `offset`, so a restart from that
+    /// checkpoint would take them for emitted.
     async fn maybe(&mut self, operator: &Operator, offset: i64, agg: &Sink, decisions: &Sink) {
-        if !self.due() || offset == self.written.next_offset {
+        if !self.due() || offset == self.written.next_offset || operator.pending_trigger().is_some() {
             return;
         }
         let (replay_from, max_time_ms) = operator.replay_point().unwrap_or((offset, operator.max_time_ms()));
