@@ -446,8 +446,10 @@ async fn run_once(
         in_flight.push_back((complete, appends));
         offset = chunk_end;
         settle(&mut in_flight, query, tp, ROUNDS_IN_FLIGHT_MAX).await?;
-        if checkpointer.due() {
-            settle(&mut in_flight, query, tp, 0).await?; // a checkpoint claims only durable outputs
+        // A checkpoint claims only durable outputs, and none is written while a close
+        // drains (waiting for every output each round would then only slow the drain).
+        if checkpointer.due() && operator.pending_trigger().is_none() {
+            settle(&mut in_flight, query, tp, 0).await?;
         }
         let stats = operator.stats();
         metrics::counter!("corelog_query_events_total", &labels).increment(stats.events - reported.events);
