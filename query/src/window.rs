@@ -199,12 +199,13 @@ pub struct Operator {
     windows: BTreeMap<i64, HashMap<Box<str>, WindowAgg>>,
     max_time_ms: i64,
     stats: OperatorStats,
-    /// Closed windows not yet drained, in close order (only when deferring).
+    /// Closed windows not yet drained, in close order (a plain operator drains each
+    /// close before `process` returns).
     closing: std::collections::VecDeque<Closed>,
     defer_close: bool,
 }
 
-/// A closed window whose results are still to be emitted (deferred close).
+/// A closed window whose results are still to be emitted.
 #[derive(Debug)]
 struct Closed {
     start_ms: i64,
@@ -400,30 +401,17 @@ impl Operator {
             let mut keys: Vec<(Box<str>, WindowAgg)> = entry.remove().into_iter().collect();
             keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             self.stats.windows += keys.len() as u64;
-            if self.defer_close {
-                self.closing.push_back(Closed {
-                    start_ms: start,
-                    end_ms: start + size_ms,
-                    trigger_offset: trigger.offset,
-                    trigger_time_ms: trigger.time_ms,
-                    keys: keys.into_iter(),
-                });
-                continue;
-            }
-            out.extend(keys.into_iter().map(|(key, agg)| {
-                Output::Window(WindowResult {
-                    key,
-                    start_ms: start,
-                    end_ms: start + size_ms,
-                    count: agg.count,
-                    sum: agg.sum,
-                    min: agg.min,
-                    max: agg.max,
-                    distinct: agg.distinct.estimate() as u64,
-                    trigger_offset: trigger.offset,
-                    trigger_time_ms: trigger.time_ms,
-                })
-            }));
+            self.closing.push_back(Closed {
+                start_ms: start,
+                end_ms: start + size_ms,
+                trigger_offset: trigger.offset,
+                trigger_time_ms: trigger.time_ms,
+                keys: keys.into_iter(),
+            });
+        }
+        if !self.defer_close {
+            // One path for both: a plain operator drains what it closed right away.
+            self.drain_closed(usize::MAX, out);
         }
     }
 }
@@ -517,18 +505,23 @@ mod tests {
         reference
     }
 
+    /// Feeds generated event `i` (its distinct value also checked against `deny`).
+    fn feed(operator: &mut Operator, i: usize, e: &Generated, deny: &DenySet, out: &mut Vec<Output>) {
+        let event = Event {
+            offset: i as i64,
+            key: &e.key,
+            time_ms: e.time_ms,
+            value: e.value,
+            distinct: Some(&e.distinct),
+        };
+        operator.process(&event, &[Some(&e.distinct)], deny, out);
+    }
+
     fn run(def: &Arc<QueryDef>, events: &[Generated], deny: &DenySet) -> (Vec<Output>, Operator) {
         let mut operator = Operator::new(def.clone());
         let mut out = Vec::new();
         for (i, e) in events.iter().enumerate() {
-            let event = Event {
-                offset: i as i64,
-                key: &e.key,
-                time_ms: e.time_ms,
-                value: e.value,
-                distinct: Some(&e.distinct),
-            };
-            operator.process(&event, &[Some(&e.distinct)], deny, &mut out);
+            feed(&mut operator, i, e, deny, &mut out);
         }
         (out, operator)
     }
@@ -609,14 +602,7 @@ mod tests {
             let mut out = Vec::new();
             let mut pending_seen = false;
             for (i, e) in events.iter().enumerate() {
-                let event = Event {
-                    offset: i as i64,
-                    key: &e.key,
-                    time_ms: e.time_ms,
-                    value: e.value,
-                    distinct: Some(&e.distinct),
-                };
-                deferring.process(&event, &[Some(&e.distinct)], &DenySet::default(), &mut out);
+                feed(&mut deferring, i, e, &DenySet::default(), &mut out);
                 if let Some(trigger) = deferring.pending_trigger() {
                     pending_seen = true;
                     assert!(trigger <= i as i64, "seed {seed}: pending under a future trigger");
