@@ -6,12 +6,12 @@
 //! query's JSON fields in place, feeds the [`Operator`], and appends what it emits to
 //! partition `p` of `<query>.agg` and `<query>.decisions` (same partition number as the
 //! source; those partitions are written by this runner only), decisions first. The
-//! operator defers window closes: a close's results (one per key) go out
-//! [`CLOSE_DRAIN_RECORDS`] per round, after that round's decisions, and no checkpoint
-//! is written while some wait. It
-//! reads on while up to [`ROUNDS_IN_FLIGHT_MAX`] rounds of outputs are being made
-//! durable; appends to one partition are placed in order and a failed one fails every
-//! later one (the partition turns read-only), so a sink never has a gap.
+//! operator defers window closes: a close's results (one per key) go out `close_drain`
+//! ([`crate::query::CLOSE_DRAIN_DEFAULT`]) per round, after that round's decisions, and
+//! no checkpoint is written while some wait. It reads on while up to
+//! [`ROUNDS_IN_FLIGHT_MAX`] rounds of outputs are being made durable; appends to one
+//! partition are placed in order and a failed one fails every later one (the partition
+//! turns read-only), so a sink never has a gap.
 //!
 //! **Checkpoints and restart** (format in `docs/FORMATS.md`). Every
 //! `checkpoint_interval` the runner writes, after its outputs are durable,
@@ -64,10 +64,6 @@ pub const ROUNDS_IN_FLIGHT_MAX: usize = 4;
 pub const FIELDS_MAX: usize = 4 + crate::query::RULES_MAX;
 /// Records per output batch at most.
 pub const OUTPUT_BATCH_RECORDS_MAX: usize = 4096;
-/// Results of closed windows taken per round (see [`Operator::deferring_close`]): a
-/// window close emits one per key, and encoding tens of thousands at once held the
-/// decisions behind it for over 100 ms (`docs/ENGINE.md`).
-pub const CLOSE_DRAIN_RECORDS: usize = 512;
 
 /// A query as the engine runs it: its definition, its deny-list slot and how far it
 /// got in each source partition.
@@ -411,7 +407,7 @@ async fn run_once(
         });
         // A window close queues its results; a few go out per round, after the
         // round's own decisions, so a close never holds up the events behind it.
-        operator.drain_closed(CLOSE_DRAIN_RECORDS, &mut outputs);
+        operator.drain_closed(def.close_drain, &mut outputs);
         let chunk_end = fetched.next_offset;
         // Decisions go out first (they are what someone waits for), then window
         // results; every batch is submitted before any is awaited. Appends to one

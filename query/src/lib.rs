@@ -55,6 +55,12 @@ pub const RULES_MAX: usize = 16;
 pub const WINDOWS_PER_EVENT_MAX: i64 = 64;
 /// Default interval between checkpoints.
 pub const CHECKPOINT_INTERVAL_MS_DEFAULT: i64 = 1_000;
+/// Default results of a closing window emitted per round (`close_drain`): a window
+/// close emits one result per key, and encoding tens of thousands at once held the
+/// decisions behind it for over 100 ms (`docs/ENGINE.md`).
+pub const CLOSE_DRAIN_DEFAULT: usize = 512;
+/// Largest `close_drain` accepted.
+pub const CLOSE_DRAIN_MAX: usize = 65_536;
 /// Suffix of the window-results topic.
 pub const AGG_SUFFIX: &str = ".agg";
 /// Suffix of the decisions topic.
@@ -201,6 +207,9 @@ pub struct QueryDef {
     pub deny_list: Option<DenySource>,
     /// How often progress is checkpointed.
     pub checkpoint_interval_ms: i64,
+    /// Results of a closing window emitted per round, between the decisions of the
+    /// events behind it (1..=[`CLOSE_DRAIN_MAX`]).
+    pub close_drain: usize,
 }
 
 #[derive(Deserialize)]
@@ -215,6 +224,7 @@ struct RawQuery {
     window: RawWindow,
     deny_list: Option<RawDeny>,
     checkpoint_interval: Option<String>,
+    close_drain: Option<usize>,
     #[serde(default, rename = "rule")]
     rules: Vec<RawRule>,
 }
@@ -304,7 +314,11 @@ impl QueryDef {
                 .as_deref()
                 .map_or(Ok(CHECKPOINT_INTERVAL_MS_DEFAULT), duration)?
                 .max(1),
+            close_drain: raw.close_drain.unwrap_or(CLOSE_DRAIN_DEFAULT),
         };
+        if !(1..=CLOSE_DRAIN_MAX).contains(&def.close_drain) {
+            return Err(error(format!("close_drain {}: between 1 and {CLOSE_DRAIN_MAX}", def.close_drain)));
+        }
         if raw.rules.len() > RULES_MAX {
             return Err(error(format!("at most {RULES_MAX} rules")));
         }
@@ -525,6 +539,9 @@ mod tests {
         assert_eq!(def.deny_list, Some(DenySource::Topic("denylist".into())));
         assert_eq!(def.agg_topic(), "fraud.agg");
         assert_eq!(def.decisions_topic(), "fraud.decisions");
+        assert_eq!(def.close_drain, CLOSE_DRAIN_DEFAULT);
+        let def = QueryDef::parse(&FRAUD.replace("key = ", "close_drain = 7\nkey = "), "f.toml").unwrap();
+        assert_eq!(def.close_drain, 7);
     }
 
     #[test]
@@ -540,6 +557,8 @@ mod tests {
             ),
             (FRAUD.replace("name = \"fraud\"", "name = \"a b\""), "letters, digits"),
             (FRAUD.replace("key = ", "color = \"x\"\nkey = "), "unknown field"),
+            (FRAUD.replace("key = ", "close_drain = 0\nkey = "), "close_drain 0: between 1 and"),
+            (FRAUD.replace("key = ", "close_drain = 65537\nkey = "), "close_drain 65537: between 1 and"),
         ];
         for (text, expected) in cases {
             let error = QueryDef::parse(&text, "q.toml").unwrap_err().to_string();
