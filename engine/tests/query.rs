@@ -1,10 +1,11 @@
 //! Stream queries run by the engine: outputs equal the operator's over the same
 //! events, restarts (clean, without checkpoints, and SIGKILL of a real process)
-//! leave the output topics identical to an uninterrupted run, and a deny-list topic
-//! is reloaded without a restart.
+//! leave the output topics identical to an uninterrupted run (also when killed while a
+//! window close with thousands of keys drains), and a deny-list topic is reloaded
+//! without a restart.
 //!
-//! The killed child is this test binary re-executed with `CORELOG_QUERY_CHILD` set.
-//! Replay a failure with `CORELOG_QUERY_SEED=<seed>`.
+//! The killed child is this test binary re-executed with `CORELOG_QUERY_CHILD` (or
+//! `CORELOG_QUERY_WIDE_CHILD`) set. Replay a failure with `CORELOG_QUERY_SEED=<seed>`.
 
 use bytes::BytesMut;
 use engine::batch::{BatchBuilder, BatchView};
@@ -477,4 +478,82 @@ fn given_a_shutdown_while_a_wide_window_close_drains_when_restarted_then_every_r
         }
     }
     panic!("the shutdown never landed while the close was draining ({caught_mid_drain} of 10)");
+}
+
+const WIDE_CHILD_ENV: &str = "CORELOG_QUERY_WIDE_CHILD";
+
+/// The child of the wide-close kill test: appends the wide window once (unless a
+/// killed predecessor did), then prints how many results the sink holds, over and
+/// over, until the parent kills it.
+#[test]
+fn wide_child_process() {
+    use std::io::Write;
+    let Ok(dir) = std::env::var(WIDE_CHILD_ENV) else { return };
+    let engine = Engine::open(wide_config(Path::new(&dir))).unwrap();
+    if engine.partition_info(SOURCE, 0).wait().unwrap().next_offset == 0 {
+        append_wide(&engine, 0);
+    }
+    let mut stdout = std::io::stdout();
+    loop {
+        writeln!(stdout, "results {}", wide_results(&engine, 0).len()).unwrap();
+        stdout.flush().unwrap();
+        std::thread::yield_now();
+    }
+}
+
+/// A process SIGKILLed again and again while a window close with thousands of keys
+/// drains (each kill after a further part of it is out), then restarted: the sink
+/// holds every result once, in key order, numbered without a gap.
+#[test]
+fn given_a_process_killed_repeatedly_while_a_wide_close_drains_then_every_result_is_there_once() {
+    use std::io::BufRead;
+    let seed: u64 =
+        std::env::var("CORELOG_QUERY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    eprintln!("reproduce with CORELOG_QUERY_SEED={seed}");
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut targets: Vec<usize> = (0..5).map(|_| rng.gen_range(1..WIDE_USERS)).collect();
+    targets.sort_unstable();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let mut killed_mid_drain = 0;
+    for target in targets {
+        let mut child = std::process::Command::new(&exe)
+            .args(["--exact", "wide_child_process", "--nocapture"])
+            .env(WIDE_CHILD_ENV, dir.path())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut seen = 0;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for line in lines {
+            let line = line.unwrap();
+            let Some(count) = line.strip_prefix("results ") else { continue };
+            seen = count.parse().unwrap();
+            if seen >= target || Instant::now() > deadline {
+                break;
+            }
+        }
+        if seen < target {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("{target} results were never out (the child saw {seen}; seed {seed})");
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        killed_mid_drain += usize::from(seen < WIDE_USERS);
+        eprintln!("killed with {seen} of {WIDE_USERS} results out");
+    }
+    assert!(killed_mid_drain >= 3, "only {killed_mid_drain} of 5 kills landed while the close drained");
+    let engine = Engine::open(wide_config(dir.path())).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while wide_results(&engine, 0).len() < WIDE_USERS {
+        assert!(Instant::now() < deadline, "the close never finished after the last restart");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(100)); // nothing more may come
+    let expected: Vec<(u64, String, u64)> =
+        (0..WIDE_USERS).map(|user| (user as u64 + 1, format!("u{user:05}"), user as u64)).collect();
+    assert_eq!(wide_results(&engine, 0), expected, "seed {seed}");
+    engine.shutdown().unwrap();
 }
