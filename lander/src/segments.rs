@@ -321,7 +321,7 @@ impl Source for SegmentSource {
                 let (next, last) = (view.next_offset(), view.last_offset());
                 if last >= from {
                     let batch = cursor.segment.slice(cursor.position, cursor.position + len as u64);
-                    if let Err(reason) = decode_checked(topic, partition, batch.clone(), from, out) {
+                    if let Err(reason) = decode_checked(topic, partition, &view, batch.clone(), from, out) {
                         self.quarantined.push(Quarantined {
                             topic: topic.to_string(),
                             partition,

@@ -133,32 +133,33 @@ pub struct Quarantined {
 
 /// Checks one stored batch with the engine's record rules, then decodes it into `out`
 /// ([`decode_batch`]); on failure nothing is added to `out` and the reason is returned.
+/// `view` is `batch` already parsed (its CRC checked) by the caller.
 pub fn decode_checked(
     topic: &str,
     partition: u32,
+    view: &engine::batch::BatchView<'_>,
     batch: Bytes,
     from: i64,
     out: &mut Vec<LandRecord>,
 ) -> Result<(), String> {
-    let view = engine::batch::BatchView::parse(&batch).map_err(|e| e.to_string())?;
-    engine::batch::validate_records(&view).map_err(|e| e.to_string())?;
+    engine::batch::validate_records(view).map_err(|e| e.to_string())?;
     let before = out.len();
-    decode_batch(topic, partition, batch, from, out).map_err(|e| {
+    decode_batch(topic, partition, view.base_offset(), batch, from, out).map_err(|e| {
         out.truncate(before);
         e.to_string()
     })
 }
 
-/// Decodes one stored RecordBatch v2 (any codec) into `out`, keeping records at or past
-/// `from` and dropping control records.
+/// Decodes one stored RecordBatch v2 (any codec) at `base_offset` into `out`, keeping
+/// records at or past `from` and dropping control records.
 pub fn decode_batch(
     topic: &str,
     partition: u32,
+    base_offset: i64,
     mut batch: Bytes,
     from: i64,
     out: &mut Vec<LandRecord>,
 ) -> Result<(), SourceError> {
-    let base_offset = engine::batch::BatchView::parse(&batch).map(|v| v.base_offset()).unwrap_or(-1);
     let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut batch).map_err(|error| {
         SourceError::Corrupt {
             topic: topic.to_string(),
