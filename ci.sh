@@ -11,11 +11,12 @@ step "toolchain components"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
 
-step "interop clients (kcat, librdkafka's CLI) and the openssl CLI (test certificates)"
-if ! command -v kcat >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1; then
+step "interop clients (kcat, librdkafka's CLI), the openssl CLI (test certificates), OpenSSL's headers (rdkafka links the system's)"
+if ! command -v kcat >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1 \
+  || ! command -v pkg-config >/dev/null 2>&1 || ! pkg-config --exists openssl; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq kcat openssl >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq kcat openssl libssl-dev pkg-config >/dev/null
 fi
 kcat -V | head -1
 openssl version

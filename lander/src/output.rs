@@ -99,6 +99,9 @@ impl Output {
             });
         }
         let parsed = parsed.expect("non-local outputs are URLs");
+        // reqwest's TLS takes the process's rustls provider: ring, as everywhere in
+        // corelog (an error only says one is installed already).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let options: Vec<(String, String)> = std::env::vars().collect();
         let (store, prefix) =
             object_store::parse_url_opts(&parsed, options).map_err(|e| bad(e.to_string()))?;
