@@ -232,12 +232,17 @@ fn query_child_process() {
     std::thread::sleep(Duration::from_secs(30));
 }
 
-#[test]
-fn given_a_process_killed_at_random_moments_when_restarted_then_outputs_equal_an_uninterrupted_run() {
+/// The seed of a randomized test (`CORELOG_QUERY_SEED`, else random; printed) and its rng.
+fn seeded_rng() -> (u64, SmallRng) {
     let seed: u64 =
         std::env::var("CORELOG_QUERY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
     eprintln!("reproduce with CORELOG_QUERY_SEED={seed}");
-    let mut rng = SmallRng::seed_from_u64(seed);
+    (seed, SmallRng::seed_from_u64(seed))
+}
+
+#[test]
+fn given_a_process_killed_at_random_moments_when_restarted_then_outputs_equal_an_uninterrupted_run() {
+    let (seed, mut rng) = seeded_rng();
     let expected = uninterrupted("20ms");
     let dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
@@ -433,14 +438,27 @@ fn wide_results(engine: &Engine, partition: u32) -> Vec<(u64, String, u64)> {
         .collect()
 }
 
+/// Waits (30 s at most) until the wide close is out in partition 0, then checks that
+/// it holds every result once, in key order, numbered without a gap, and that nothing
+/// more comes.
+fn assert_wide_close_complete(engine: &Engine, context: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while wide_results(engine, 0).len() < WIDE_USERS {
+        assert!(Instant::now() < deadline, "{context}: the close never finished after the restart");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(100)); // nothing more may come
+    let expected: Vec<(u64, String, u64)> =
+        (0..WIDE_USERS).map(|user| (user as u64 + 1, format!("u{user:05}"), user as u64)).collect();
+    assert_eq!(wide_results(engine, 0), expected, "{context}");
+}
+
 /// A window close with thousands of keys drains over many rounds; an engine shut down
 /// in the middle of it (with checkpoints every 5 ms) must, after the restart, hold every
 /// result once, in key order, numbered without a gap: no checkpoint may claim a close
 /// whose results were not all out.
 #[test]
 fn given_a_shutdown_while_a_wide_window_close_drains_when_restarted_then_every_result_is_there_once() {
-    let expected: Vec<(u64, String, u64)> =
-        (0..WIDE_USERS).map(|user| (user as u64 + 1, format!("u{user:05}"), user as u64)).collect();
     let mut caught_mid_drain = 0;
     for attempt in 0..10 {
         let dir = tempfile::tempdir().unwrap();
@@ -462,16 +480,7 @@ fn given_a_shutdown_while_a_wide_window_close_drains_when_restarted_then_every_r
         let partial = wide_results(&engine, 0).len();
         assert!(partial >= before);
         caught_mid_drain += usize::from(partial < WIDE_USERS);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while wide_results(&engine, 0).len() < WIDE_USERS {
-            assert!(
-                Instant::now() < deadline,
-                "attempt {attempt}: the close never finished after the restart"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        std::thread::sleep(Duration::from_millis(100)); // nothing more may come
-        assert_eq!(wide_results(&engine, 0), expected, "attempt {attempt}");
+        assert_wide_close_complete(&engine, &format!("attempt {attempt}"));
         engine.shutdown().unwrap();
         if caught_mid_drain >= 2 {
             return;
@@ -507,10 +516,7 @@ fn wide_child_process() {
 #[test]
 fn given_a_process_killed_repeatedly_while_a_wide_close_drains_then_every_result_is_there_once() {
     use std::io::BufRead;
-    let seed: u64 =
-        std::env::var("CORELOG_QUERY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
-    eprintln!("reproduce with CORELOG_QUERY_SEED={seed}");
-    let mut rng = SmallRng::seed_from_u64(seed);
+    let (seed, mut rng) = seeded_rng();
     let mut targets: Vec<usize> = (0..5).map(|_| rng.gen_range(1..WIDE_USERS)).collect();
     targets.sort_unstable();
     let dir = tempfile::tempdir().unwrap();
@@ -546,14 +552,6 @@ fn given_a_process_killed_repeatedly_while_a_wide_close_drains_then_every_result
     }
     assert!(killed_mid_drain >= 3, "only {killed_mid_drain} of 5 kills landed while the close drained");
     let engine = Engine::open(wide_config(dir.path())).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while wide_results(&engine, 0).len() < WIDE_USERS {
-        assert!(Instant::now() < deadline, "the close never finished after the last restart");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    std::thread::sleep(Duration::from_millis(100)); // nothing more may come
-    let expected: Vec<(u64, String, u64)> =
-        (0..WIDE_USERS).map(|user| (user as u64 + 1, format!("u{user:05}"), user as u64)).collect();
-    assert_eq!(wide_results(&engine, 0), expected, "seed {seed}");
+    assert_wide_close_complete(&engine, &format!("seed {seed}"));
     engine.shutdown().unwrap();
 }
