@@ -78,8 +78,13 @@ pub const REPLACED_DIR: &str = "_replaced";
 /// Milliseconds in an hour.
 pub const HOUR_MS: i64 = 3_600_000;
 /// A partition commits once its oldest buffered record has waited this fraction of
-/// `max_lag`, leaving the rest for the commit itself (encode, fsynced puts).
+/// `max_lag`, less what the commits its worker runs in a row took last time (see
+/// [`commit_after`]), leaving the rest for the commit itself (encode, fsynced puts).
 pub const LAG_COMMIT_FRACTION: f64 = 0.9;
+/// However long its worker's commits take, a partition's rows wait at least this
+/// fraction of `max_lag` before they commit on age, so slow commits make files at most
+/// four times as frequent, not one per step.
+pub const LAG_COMMIT_FLOOR_FRACTION: f64 = 0.25;
 /// Default `--max-lag`.
 pub const MAX_LAG_MS_DEFAULT: u64 = 60_000;
 /// Default size at which a part file is closed.
@@ -208,8 +213,15 @@ struct PartitionState {
     open: BTreeMap<i64, PartBuilder>,
     /// Latest event-time hour seen since the lander started.
     hour_max: Option<i64>,
-    /// When the oldest open row was read.
+    /// Since when the oldest open row may have been waiting: the start of the read
+    /// before the one that found it (it was appended after that read looked, or it was
+    /// already waiting then), so a slow step counts against the row's lag too.
     buffered_since: Option<Instant>,
+    /// When the last read of this partition started, and the time between the last two.
+    read_at: Option<Instant>,
+    read_gap: Duration,
+    /// How long this partition's last commit took (encode and puts).
+    commit_cost: Duration,
     /// Record timestamp of the oldest open row.
     oldest_open_ms: Option<i64>,
     caught_up: bool,
@@ -229,6 +241,9 @@ impl PartitionState {
             open: BTreeMap::new(),
             hour_max: None,
             buffered_since: None,
+            read_at: None,
+            read_gap: Duration::ZERO,
+            commit_cost: Duration::ZERO,
             oldest_open_ms: None,
             caught_up: false,
             end_offset: 0,
@@ -388,6 +403,8 @@ impl<S: Source + Send> Lander<S> {
         let (source, output, config, schemas) = (&self.source, &self.output, &self.config, &self.schemas);
         let run_group = |mut group: Vec<((String, u32), PartitionState)>| {
             let mut worker = Worker::new(source, output, config, schemas);
+            // This worker's commits run one after another: a row waits for all of them.
+            worker.commit_queue = group.iter().map(|(_, state)| state.commit_cost).sum();
             let mut result = Ok(());
             for (_, state) in &mut group {
                 // One partition's failure stops only that partition: it is reported,
@@ -523,6 +540,8 @@ struct Worker<'a, S> {
     schemas: &'a HashMap<String, (TopicSchema, SchemaRef)>,
     /// What this worker did (merged into the lander's totals).
     progress: Progress,
+    /// What the last commits of this worker's partitions took, together.
+    commit_queue: Duration,
     typed: Vec<Value>,
     records: Vec<LandRecord>,
 }
@@ -540,15 +559,21 @@ impl<'a, S: Source> Worker<'a, S> {
             config,
             schemas,
             progress: Progress::default(),
+            commit_queue: Duration::ZERO,
             typed: Vec::new(),
             records: Vec::new(),
         }
     }
 
     fn land_partition(&mut self, state: &mut PartitionState, finish: bool) -> Result<(), LandError> {
-        for _ in 0..READS_PER_STEP_MAX {
+        for read in 0..READS_PER_STEP_MAX {
             let mut records = std::mem::take(&mut self.records);
             records.clear();
+            let read_at = Instant::now();
+            let waiting_since = state.read_at.replace(read_at).unwrap_or(read_at);
+            if read == 0 {
+                state.read_gap = read_at - waiting_since; // from one step to the next
+            }
             // The batches this read passed over are taken under the same lock, so a
             // worker only ever quarantines its own partition's (before its commit).
             let (outcome, quarantined) = {
@@ -590,7 +615,7 @@ impl<'a, S: Source> Worker<'a, S> {
                 self.progress.skipped_offsets += (to - from).max(0) as u64;
                 metrics::counter!("lander_skipped_offsets").increment((to - from).max(0) as u64);
             }
-            let result = self.push_records(state, &records);
+            let result = self.push_records(state, &records, waiting_since);
             self.records = records;
             result?;
             assert!(outcome.next_offset >= state.read_next, "a source never moves backwards");
@@ -600,9 +625,11 @@ impl<'a, S: Source> Worker<'a, S> {
                 break;
             }
         }
-        let lagging = state.buffered_since.is_some_and(|t| {
-            t.elapsed() >= Duration::from_millis(self.config.max_lag_ms).mul_f64(LAG_COMMIT_FRACTION)
-        });
+        let max_lag = Duration::from_millis(self.config.max_lag_ms);
+        // The next look at this partition comes about one gap later, after every
+        // commit queued on this worker: commit now if waiting until then would be late.
+        let ahead = self.commit_queue.max(state.read_gap);
+        let lagging = state.buffered_since.is_some_and(|t| t.elapsed() >= commit_after(max_lag, ahead));
         let unrecorded =
             state.read_next > state.manifest.next_offset && state.open.is_empty() && state.caught_up;
         if lagging || ((finish || unrecorded) && state.read_next > state.manifest.next_offset) {
@@ -688,7 +715,14 @@ impl<'a, S: Source> Worker<'a, S> {
         Ok(())
     }
 
-    fn push_records(&mut self, state: &mut PartitionState, records: &[LandRecord]) -> Result<(), LandError> {
+    /// Adds `records` to the partition's open parts; `waiting_since` is how long they
+    /// may have waited in the source (see `PartitionState::buffered_since`).
+    fn push_records(
+        &mut self,
+        state: &mut PartitionState,
+        records: &[LandRecord],
+        waiting_since: Instant,
+    ) -> Result<(), LandError> {
         let (schema, arrow) = self.schemas.get(&state.topic).expect("schema loaded at discovery");
         let (schema, arrow) = (schema.clone(), arrow.clone());
         let event_time = schema.event_time_index();
@@ -710,7 +744,7 @@ impl<'a, S: Source> Worker<'a, S> {
             }
             state.hour_max = Some(state.hour_max.map_or(hour, |max| max.max(hour)));
             if state.open.is_empty() {
-                state.buffered_since = Some(Instant::now());
+                state.buffered_since = Some(waiting_since);
                 state.oldest_open_ms = Some(record.timestamp_ms);
             }
             let part = match state.open.entry(hour) {
@@ -734,6 +768,7 @@ impl<'a, S: Source> Worker<'a, S> {
     /// Finishes and puts every open part, then advances the manifest to `next_offset`.
     fn commit(&mut self, state: &mut PartitionState, next_offset: i64) -> Result<(), LandError> {
         assert!(next_offset >= state.manifest.next_offset, "a manifest only moves forward");
+        let started = Instant::now();
         let mut records = 0;
         let mut files = 0;
         for (_, part) in std::mem::take(&mut state.open) {
@@ -763,12 +798,23 @@ impl<'a, S: Source> Worker<'a, S> {
         self.output.put(&manifest_path, state.manifest.encode().into())?;
         state.buffered_since = None;
         state.oldest_open_ms = None;
+        state.commit_cost = started.elapsed();
         self.progress.records += records;
         self.progress.files += files;
         metrics::counter!("lander_records").increment(records);
         metrics::counter!("lander_files").increment(files);
         Ok(())
     }
+}
+
+/// How long a partition's oldest buffered row waits before its partition commits on
+/// age: [`LAG_COMMIT_FRACTION`] of `max_lag` less `queue`, the time until the
+/// partition's next chance to commit (the longer of the gap between its last two
+/// reads and what the last commits of every partition on the same worker took: they
+/// run in a row), but at least [`LAG_COMMIT_FLOOR_FRACTION`] of `max_lag`.
+pub fn commit_after(max_lag: Duration, queue: Duration) -> Duration {
+    let floor = max_lag.mul_f64(LAG_COMMIT_FLOOR_FRACTION);
+    max_lag.mul_f64(LAG_COMMIT_FRACTION).saturating_sub(queue).max(floor)
 }
 
 /// The lander id used in the retention registration for an output URL: stable across
@@ -795,5 +841,15 @@ mod tests {
         assert_eq!(parse_part_name(path.rsplit('/').next().unwrap()), Some((3, 17, 4242)));
         assert_eq!(parse_part_name("part-3-17-4242.parquet"), None);
         assert_eq!(parse_part_name("part-3-00000000000000000017-00000000000000004242.parquet#1"), None);
+    }
+
+    #[test]
+    fn given_slow_commits_on_a_worker_when_rows_wait_then_they_commit_earlier_but_not_before_the_floor() {
+        let max_lag = Duration::from_secs(5);
+        let ms = |ms| Duration::from_millis(ms);
+        assert_eq!(commit_after(max_lag, Duration::ZERO), ms(4500), "nothing queued: 90% of max_lag");
+        assert_eq!(commit_after(max_lag, ms(2400)), ms(2100), "eight commits of 300 ms ahead");
+        assert_eq!(commit_after(max_lag, ms(4000)), ms(1250), "never before a quarter of max_lag");
+        assert_eq!(commit_after(max_lag, Duration::from_secs(60)), ms(1250));
     }
 }

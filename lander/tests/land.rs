@@ -297,6 +297,27 @@ fn given_a_quiet_partition_when_max_lag_passes_then_it_lands_without_a_flush() {
 }
 
 #[test]
+fn given_a_record_appended_long_after_the_last_read_when_read_then_its_wait_counts_from_that_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, out) = (dir.path().join("data"), dir.path().join("out"));
+    let engine = open_engine(&data);
+    engine.create_topic("late", 1).unwrap();
+    let config = LanderConfig { max_lag_ms: 200, ..LanderConfig::default() };
+    let mut lander =
+        Lander::new(SegmentSource::new(&data).unwrap(), Output::open(out.to_str().unwrap()).unwrap(), config);
+    assert!(lander.step(false).unwrap(), "an empty partition is caught up");
+    // The step that would have read this record came late (a slow step elsewhere, or
+    // an idle poll): the record may have waited since the read before it.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let mut batch = BatchBuilder::default();
+    batch.push(engine::now_ms(), None, Some(b"late"));
+    engine.append("late", 0, batch.finish()).wait().unwrap();
+    lander.step(false).unwrap();
+    assert_eq!(lander.progress().records, 1, "read 200 ms after the last read: past 90% of max-lag");
+    engine.shutdown().unwrap();
+}
+
+#[test]
 fn given_retain_until_landed_when_retention_runs_then_only_landed_segments_are_deleted() {
     let dir = tempfile::tempdir().unwrap();
     let (data, out) = (dir.path().join("data"), dir.path().join("out"));
