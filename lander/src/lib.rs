@@ -28,9 +28,10 @@
 //! A commit happens when a record's event-time hour is later than every hour seen so
 //! far in the partition (the hour boundary; late records go to a part of their own
 //! hour, a new file, never a rewrite), when a part reaches `file_bytes_max`, when the
-//! oldest buffered record has waited 90% of `max_lag` (so quiet partitions land, and the
-//! commit itself fits in the rest), and at the
-//! end of `--once` or a clean stop.
+//! oldest buffered record has waited 90% of `max_lag` less the time until the
+//! partition's next chance to commit ([`commit_after`]; its wait counts from the read
+//! before the one that found it), so quiet partitions land and lag stays within
+//! `max_lag` plus a poll, and at the end of `--once` or a clean stop.
 //!
 //! ## A topic deleted and created again
 //! A topic that is deleted and created under the same name is a new topic: its offsets
