@@ -79,7 +79,7 @@ pub const REPLACED_DIR: &str = "_replaced";
 /// Milliseconds in an hour.
 pub const HOUR_MS: i64 = 3_600_000;
 /// A partition commits once its oldest buffered record has waited this fraction of
-/// `max_lag`, less what the commits its worker runs in a row took last time (see
+/// `max_lag`, less the time until the partition's next chance to commit (see
 /// [`commit_after`]), leaving the rest for the commit itself (encode, fsynced puts).
 pub const LAG_COMMIT_FRACTION: f64 = 0.9;
 /// However long its worker's commits take, a partition's rows wait at least this
