@@ -203,6 +203,14 @@ struct Deliveries {
     timeline: Vec<(Instant, u64)>,
 }
 
+impl Deliveries {
+    /// Forgets what was recorded (after an uncounted warm-up).
+    fn clear(&mut self) {
+        self.latency_us.reset();
+        self.timeline.clear();
+    }
+}
+
 impl ClientContext for LatencyContext {}
 
 impl ProducerContext for LatencyContext {
@@ -350,8 +358,7 @@ fn produce(
             micros(0.99),
             micros(1.0)
         );
-        deliveries.latency_us.reset();
-        deliveries.timeline.clear();
+        deliveries.clear();
     }
     let started = Instant::now();
     send(&producer, topic, &payload, count, rate)?;
@@ -422,9 +429,7 @@ fn warm_up(producer: &ThreadedProducer<LatencyContext>, topic: &str, payload: &[
     }
     producer.flush(Duration::from_secs(30)).context("warm-up flush")?;
     let context = producer.context();
-    let mut deliveries = context.deliveries.lock().expect("deliveries lock");
-    deliveries.latency_us = Histogram::new(3)?;
-    deliveries.timeline.clear();
+    context.deliveries.lock().expect("deliveries lock").clear();
     Ok(())
 }
 

@@ -105,6 +105,11 @@ fn payment(ts: i64, amount: i64) -> Vec<u8> {
     format!(r#"{{"ts":{ts},"amount_cents":{amount},"country":"FR","user_id":"u{amount}"}}"#).into_bytes()
 }
 
+/// A lander over the segment files in `data`, landing into the directory `out`.
+fn lander_over(data: &Path, out: &Path, config: LanderConfig) -> Lander<SegmentSource> {
+    Lander::new(SegmentSource::new(data).unwrap(), Output::open(out.to_str().unwrap()).unwrap(), config)
+}
+
 fn land_all(data: &Path, out: &Path, schemas: Option<&Path>, max_lag_ms: u64) -> Lander<SegmentSource> {
     let config = LanderConfig {
         schemas_dir: schemas.map(Path::to_path_buf),
@@ -112,8 +117,7 @@ fn land_all(data: &Path, out: &Path, schemas: Option<&Path>, max_lag_ms: u64) ->
         registration: Some((data.to_path_buf(), "test".into())),
         ..LanderConfig::default()
     };
-    let mut lander =
-        Lander::new(SegmentSource::new(data).unwrap(), Output::open(out.to_str().unwrap()).unwrap(), config);
+    let mut lander = lander_over(data, out, config);
     while !lander.step(false).unwrap() {}
     lander.flush().unwrap();
     lander
@@ -284,8 +288,7 @@ fn given_a_quiet_partition_when_max_lag_passes_then_it_lands_without_a_flush() {
     batch.push(engine::now_ms(), None, Some(b"only"));
     engine.append("quiet", 0, batch.finish()).wait().unwrap();
     let config = LanderConfig { max_lag_ms: 50, ..LanderConfig::default() };
-    let mut lander =
-        Lander::new(SegmentSource::new(&data).unwrap(), Output::open(out.to_str().unwrap()).unwrap(), config);
+    let mut lander = lander_over(&data, &out, config);
     assert!(lander.step(false).unwrap());
     assert_eq!(lander.progress().records, 0, "within max-lag nothing lands yet");
     std::thread::sleep(std::time::Duration::from_millis(60));
@@ -303,8 +306,7 @@ fn given_a_record_appended_long_after_the_last_read_when_read_then_its_wait_coun
     let engine = open_engine(&data);
     engine.create_topic("late", 1).unwrap();
     let config = LanderConfig { max_lag_ms: 200, ..LanderConfig::default() };
-    let mut lander =
-        Lander::new(SegmentSource::new(&data).unwrap(), Output::open(out.to_str().unwrap()).unwrap(), config);
+    let mut lander = lander_over(&data, &out, config);
     assert!(lander.step(false).unwrap(), "an empty partition is caught up");
     // The step that would have read this record came late (a slow step elsewhere, or
     // an idle poll): the record may have waited since the read before it.
@@ -590,8 +592,7 @@ fn given_a_topic_re_created_shorter_than_what_landed_then_the_lander_says_so_ins
     std::fs::remove_dir_all(data.join("pay-0")).unwrap();
     write_segment(&data.join("pay-0"), &[batch(4)]);
     let config = LanderConfig { max_lag_ms: 60_000, ..LanderConfig::default() };
-    let mut lander =
-        Lander::new(SegmentSource::new(&data).unwrap(), Output::open(out.to_str().unwrap()).unwrap(), config);
+    let mut lander = lander_over(&data, &out, config);
     lander.step(false).unwrap();
     let progress = lander.progress();
     assert_eq!(progress.partition_errors, 1, "the partition reports the problem: {progress:?}");
