@@ -6,6 +6,11 @@
 //! reference is `fio` on the same file system in the same run: sequential O_DIRECT
 //! io_uring writes of the same block size for bandwidth, and `psync` writes with
 //! `fdatasync=1` for sync latency.
+//!
+//! `--retention-bytes` runs the engine with size retention, so segments are deleted
+//! while the appends run (the latency run then prints its slowest append), and
+//! `CORELOG_BENCH_TIMELINE=PATH` writes the latency run's appends (start, latency) to
+//! `PATH.append-latency`.
 
 use crate::fio::{self, FioReference};
 use crate::report::Figure;
@@ -46,6 +51,11 @@ pub struct AppendArgs {
     /// (`--preallocate` of `corelog serve`).
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     pub preallocate: bool,
+    /// Size retention per partition (`--retention-bytes` of `corelog serve`; none by
+    /// default): with it the runs also delete old segments while they append, and the
+    /// latency run prints its slowest append.
+    #[arg(long)]
+    pub retention_bytes: Option<u64>,
 }
 
 impl AppendArgs {
@@ -58,6 +68,8 @@ struct Run {
     bytes_per_s: f64,
     records_per_s: f64,
     latency_ns: Histogram<u64>,
+    /// Each append's submission (seconds from the start) and latency (µs), in order.
+    timeline: Vec<(f64, u64)>,
 }
 
 /// `total_bytes` of copies of one batch, carved out of a single allocation so that no
@@ -80,7 +92,7 @@ fn batches(record_bytes: usize, batch_bytes: usize, total_bytes: u64) -> (Vec<By
 
 fn run(
     dir: &Path,
-    (cache_window_bytes, preallocate): (u64, bool),
+    args: &AppendArgs,
     flush: FlushMode,
     partitions: u32,
     in_flight: usize,
@@ -89,30 +101,37 @@ fn run(
 ) -> Result<Run> {
     let _ = std::fs::remove_dir_all(dir);
     let mut config = EngineConfig { flush, ..EngineConfig::new(dir) };
-    config.log.cache_window_bytes = cache_window_bytes;
-    config.log.preallocate = preallocate;
+    config.log.cache_window_bytes = args.cache_window_bytes;
+    config.log.preallocate = args.preallocate;
+    config.log.retention_bytes = args.retention_bytes;
     let engine = Engine::open(config).context("opening the engine")?;
     engine.create_topic("bench", partitions)?;
     let total_bytes: u64 = work.iter().map(|b| b.len() as u64).sum();
     let batches = work.len();
     let mut latency_ns = Histogram::<u64>::new(3)?;
+    let mut timeline = Vec::with_capacity(batches);
     let mut windows: Vec<VecDeque<(Instant, engine::Pending<engine::AppendResult>)>> =
         (0..partitions).map(|_| VecDeque::new()).collect();
     let started = Instant::now();
+    let mut finish = |submitted: Instant, pending: engine::Pending<engine::AppendResult>| -> Result<()> {
+        pending.wait()?;
+        let nanos = submitted.elapsed().as_nanos() as u64;
+        latency_ns.record(nanos)?;
+        timeline.push(((submitted - started).as_secs_f64(), nanos / 1_000));
+        Ok(())
+    };
     for (i, batch) in work.into_iter().enumerate() {
         let partition = (i % partitions as usize) as u32;
         let window = &mut windows[partition as usize];
         if window.len() >= in_flight {
             let (submitted, pending) = window.pop_front().expect("non-empty");
-            pending.wait()?;
-            latency_ns.record(submitted.elapsed().as_nanos() as u64)?;
+            finish(submitted, pending)?;
         }
         window.push_back((Instant::now(), engine.append("bench", partition, batch)));
     }
     for window in &mut windows {
         while let Some((submitted, pending)) = window.pop_front() {
-            pending.wait()?;
-            latency_ns.record(submitted.elapsed().as_nanos() as u64)?;
+            finish(submitted, pending)?;
         }
     }
     let seconds = started.elapsed().as_secs_f64();
@@ -122,6 +141,7 @@ fn run(
         bytes_per_s: total_bytes as f64 / seconds,
         records_per_s: (batches * records_per_batch) as f64 / seconds,
         latency_ns,
+        timeline,
     })
 }
 
@@ -183,15 +203,7 @@ pub fn bench(args: &AppendArgs) -> Result<Vec<Figure>> {
         }
         let (work, records) = batches(1024, BATCH_BYTES, total_bytes);
         crate::report::quiesce();
-        let result = run(
-            &data,
-            (args.cache_window_bytes, args.preallocate),
-            flush,
-            1,
-            IN_FLIGHT_PER_PARTITION,
-            work,
-            records,
-        )?;
+        let result = run(&data, args, flush, 1, IN_FLIGHT_PER_PARTITION, work, records)?;
         emit(Figure {
             scenario: format!("append-1p-1k-{flush}"),
             name: "throughput".into(),
@@ -209,15 +221,8 @@ pub fn bench(args: &AppendArgs) -> Result<Vec<Figure>> {
             let (work, records) = batches(record_bytes, BATCH_BYTES, total_bytes);
             crate::report::quiesce();
             let on_disk_record_bytes = work[0].len() as f64 / records as f64;
-            let result = run(
-                &data,
-                (args.cache_window_bytes, args.preallocate),
-                FlushMode::Group,
-                partitions,
-                IN_FLIGHT_PER_PARTITION,
-                work,
-                records,
-            )?;
+            let result =
+                run(&data, args, FlushMode::Group, partitions, IN_FLIGHT_PER_PARTITION, work, records)?;
             emit(Figure {
                 scenario: scenario.clone(),
                 name: "throughput".into(),
@@ -248,8 +253,15 @@ pub fn bench(args: &AppendArgs) -> Result<Vec<Figure>> {
     let (work, records) =
         batches(1024, LATENCY_BATCH_BYTES, latency_appends(args) * LATENCY_BATCH_BYTES as u64);
     crate::report::quiesce();
-    let result =
-        run(&data, (args.cache_window_bytes, args.preallocate), FlushMode::Group, 1, 1, work, records)?;
+    let result = run(&data, args, FlushMode::Group, 1, 1, work, records)?;
+    crate::soak::dump_timeline("append-latency", &result.timeline);
+    if args.retention_bytes.is_some() {
+        eprintln!(
+            "append-latency-group with retention: p99.9 {:.2} ms, max {:.2} ms",
+            result.latency_ns.value_at_quantile(0.999) as f64 / 1e6,
+            result.latency_ns.max() as f64 / 1e6
+        );
+    }
     for (name, quantile, fio_ns) in [
         ("p50", 0.5, reference.map(|r| r.fdatasync_p50_ns)),
         ("p99", 0.99, reference.map(|r| r.fdatasync_p99_ns)),

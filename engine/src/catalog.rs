@@ -232,15 +232,17 @@ pub fn parse_partition_dir(name: &str) -> Option<TopicPartition> {
 }
 
 /// Deletes a partition's directory and everything keyed by it beside (query
-/// checkpoints), durably. The directory is first renamed to a name no partition has, so a
-/// crash part-way leaves either the whole partition or an orphan the next open removes.
+/// checkpoints), durably. The directory is first renamed to a name no partition has
+/// and that rename synced, so a crash part-way leaves either the whole partition or an
+/// orphan the next open removes; its files are then unlinked on the deletion helper
+/// thread ([`crate::io::delete_in_background`]: unlinking can take hundreds of ms).
 pub(crate) fn remove_partition_files(data_dir: &Path, tp: &TopicPartition) -> std::io::Result<()> {
     let dir = data_dir.join(tp.dir_name());
     if dir.exists() {
         let doomed = data_dir.join(format!(".deleting-{}-{}", tp.dir_name(), now_ms()));
         std::fs::rename(&dir, &doomed)?;
         std::fs::File::open(data_dir)?.sync_all()?;
-        std::fs::remove_dir_all(&doomed)?;
+        crate::io::delete_in_background(crate::io::Doomed::Dir(doomed));
     }
     if let Ok(queries) = std::fs::read_dir(data_dir.join(crate::query::QUERIES_DIR)) {
         for query in queries.flatten() {

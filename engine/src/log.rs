@@ -20,7 +20,7 @@
 
 use crate::batch::{BatchError, BatchHeader, BatchView};
 use crate::disk::{Disk, DiskFile, OsDisk};
-use crate::segment::{self, CacheAdvice, CacheHint, OpenMode, Segment, SegmentError};
+use crate::segment::{self, CacheAdvice, CacheHint, OpenMode, Retired, Segment, SegmentError};
 use crate::watermark::HighWatermark;
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
@@ -273,12 +273,18 @@ impl PartitionLog {
         assert!(config.segment_bytes > 0 && config.segment_bytes <= segment::SEGMENT_BYTES_MAX);
         let dir_error = |source| SegmentError::Io { path: dir.to_path_buf(), source };
         disk.create_dir_all(dir).map_err(dir_error)?;
-        let mut bases: Vec<i64> = disk
-            .list(dir)
-            .map_err(dir_error)?
-            .iter()
-            .filter_map(|path| segment::parse_log_name(path))
-            .collect();
+        let listed = disk.list(dir).map_err(dir_error)?;
+        // Files of segments retention retired before a crash let them be unlinked:
+        // they are no longer part of the log.
+        for path in listed.iter().filter(|path| segment::is_retired_name(path)) {
+            match disk.remove(path) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(SegmentError::Io { path: path.clone(), source: error })
+                }
+                _ => tracing::info!(path = %path.display(), "removed a retired segment's file a crash left"),
+            }
+        }
+        let mut bases: Vec<i64> = listed.iter().filter_map(|path| segment::parse_log_name(path)).collect();
         bases.sort_unstable();
         let mut report = RecoveryReport::default();
         let mut segments: VecDeque<Segment> = VecDeque::new();
@@ -789,10 +795,12 @@ impl PartitionLog {
         Some((offset, timestamp))
     }
 
-    /// Deletes whole sealed segments past retention (time, size), never the active
+    /// Retires whole sealed segments past retention (time, size), never the active
     /// one, never one holding offsets at or past the high watermark or the retain
-    /// floor. Returns the base offsets deleted.
-    pub fn apply_retention(&mut self, now_ms: i64) -> Result<Vec<i64>, SegmentError> {
+    /// floor: their files are renamed out of the log (durably: the directory is synced)
+    /// and returned for the caller to unlink ([`Retired::delete`]), off the thread that
+    /// appends when unlinking is slow (see [`Retired`]).
+    pub fn apply_retention(&mut self, now_ms: i64) -> Result<Vec<Retired>, SegmentError> {
         let mut deleted = Vec::new();
         let mut total = self.size_bytes();
         while self.segments.len() > 1 {
@@ -806,8 +814,7 @@ impl PartitionLog {
             }
             let oldest = self.segments.pop_front().expect("len > 1");
             total -= oldest.size();
-            deleted.push(oldest.base_offset());
-            oldest.delete()?;
+            deleted.push(oldest.retire()?);
         }
         if !deleted.is_empty() {
             segment::sync_dir_on(&*self.disk, &self.dir)?;

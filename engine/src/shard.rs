@@ -39,6 +39,7 @@ use crate::log::{AppendError, Fetched, LogConfig, PartitionLog, ReadError, Recov
 use crate::prealloc::{Fill, Preallocation};
 use crate::producers::{ProducerStates, Sequenced};
 use crate::ring::{mpsc, spsc, Doorbell};
+use crate::segment::Retired;
 use crate::types::{AppendResult, FlushMode, TopicPartition};
 use bytes::BytesMut;
 use std::cell::{Cell, RefCell};
@@ -790,8 +791,12 @@ impl Partition {
             Err(error) => tracing::warn!(partition = %self.tp, "time-based roll failed: {error}"),
         }
         match log.apply_retention(now_ms) {
-            Ok(deleted) if !deleted.is_empty() => {
-                tracing::info!(partition = %self.tp, ?deleted, "retention deleted segments")
+            Ok(retired) if !retired.is_empty() => {
+                let deleted: Vec<i64> = retired.iter().map(Retired::base_offset).collect();
+                tracing::info!(partition = %self.tp, ?deleted, "retention deleted segments");
+                retired
+                    .into_iter()
+                    .for_each(|r| crate::io::delete_in_background(crate::io::Doomed::Segment(Box::new(r))));
             }
             Ok(_) => {}
             Err(error) => tracing::warn!(partition = %self.tp, "retention failed: {error}"),

@@ -242,6 +242,12 @@ fn given_segment_age_and_retention_when_the_shard_maintains_then_old_segments_ro
     assert_eq!(info.log_start_offset, 1, "the aged segment rolled and was deleted: {info:?}");
     assert_eq!((info.high_watermark, info.segments), (1, 1));
     assert!(!dir.path().join("aged-0").join(format!("{:020}.log", 0)).exists());
+    // Its renamed files are unlinked by the deletion thread, not the shard.
+    let renamed = dir.path().join("aged-0").join(format!("{:020}.log.deleted", 0));
+    while renamed.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(!renamed.exists(), "the deletion thread unlinked the retired segment");
     let mut builder = BatchBuilder::default();
     builder.push(engine::now_ms(), None, Some(b"new"));
     assert_eq!(engine.append("aged", 0, builder.finish()).wait().unwrap().base_offset, 1);

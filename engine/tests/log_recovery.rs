@@ -243,16 +243,19 @@ fn given_size_and_time_retention_then_whole_old_segments_are_deleted() {
         log.append_sync(batch(2, 100, NOW_MS + i), NOW_MS).unwrap();
     }
     let before = log.segment_count();
-    let deleted = log.apply_retention(NOW_MS).unwrap();
-    assert!(!deleted.is_empty());
-    assert_eq!(log.segment_count(), before - deleted.len());
+    let retired = log.apply_retention(NOW_MS).unwrap();
+    assert!(!retired.is_empty());
+    assert_eq!(retired[0].base_offset(), 0, "the oldest segment goes first");
+    assert_eq!(log.segment_count(), before - retired.len());
     assert!(log.size_bytes() < 2500 + 1000, "size {}", log.size_bytes());
-    assert_eq!(
-        log.log_start_offset(),
-        *deleted.last().unwrap() + (log.log_start_offset() - deleted.last().unwrap())
-    );
-    assert!(!dir.path().join(format!("{:020}.log", 0)).exists());
+    assert!(log.log_start_offset() > retired.last().unwrap().base_offset());
+    // Renamed out of the log at once; unlinked when the caller deletes them.
+    let first = dir.path().join(format!("{:020}.log", 0));
+    let renamed = dir.path().join(format!("{:020}.log.deleted", 0));
+    assert!(!first.exists() && renamed.exists());
     assert!(matches!(log.read(0, 100), Err(ReadError::OffsetOutOfRange { .. })));
+    retired.into_iter().for_each(|r| r.delete().unwrap());
+    assert!(!renamed.exists());
     // Time: an hour later everything sealed is older than a minute; the active stays.
     log.set_retain_floor(Some(log.log_start_offset()));
     assert!(
@@ -264,6 +267,34 @@ fn given_size_and_time_retention_then_whole_old_segments_are_deleted() {
     assert_eq!(log.segment_count(), 1);
     assert_eq!(log.next_offset(), 40);
     assert_eq!(read_all(&log).len() as u64, log.size_bytes());
+}
+
+#[test]
+fn given_a_crash_between_retiring_and_unlinking_a_segment_when_reopened_then_its_files_go_and_the_log_is_whole(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let retained = LogConfig { segment_bytes: 1000, retention_bytes: Some(2500), ..config() };
+    let mut log = open(dir.path(), retained.clone(), false);
+    for i in 0..20 {
+        log.append_sync(batch(2, 100, NOW_MS + i), NOW_MS).unwrap();
+    }
+    let retired = log.apply_retention(NOW_MS).unwrap();
+    assert!(!retired.is_empty());
+    let (start, next, kept) = (log.log_start_offset(), log.next_offset(), read_all(&log));
+    drop(retired); // never unlinked: the process died first
+    drop(log);
+    let leftovers = || {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".deleted"))
+            .count()
+    };
+    assert!(leftovers() >= 2, "the retired log and index files are still there");
+    let log = open(dir.path(), retained, false);
+    assert_eq!(leftovers(), 0, "the open removed them");
+    assert_eq!((log.log_start_offset(), log.next_offset()), (start, next));
+    assert_eq!(read_all(&log), kept, "nothing retired came back");
 }
 
 #[test]

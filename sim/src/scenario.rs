@@ -44,7 +44,7 @@ use engine::groups::{code as group_code, Coordinator};
 use engine::log::{AppendError, LogConfig, PartitionLog, Recovery};
 use engine::prealloc::{Fill, Preallocation};
 use engine::producers::{ProducerStates, Sequenced};
-use engine::segment::{parse_log_name, scan_batches};
+use engine::segment::{is_retired_name, parse_log_name, scan_batches, Retired};
 use engine::{AppendResult, FlushMode, OPENED_SLACK_MS};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -135,6 +135,9 @@ struct Node {
     writes: Vec<InFlightWrite>,
     syncs: Vec<InFlightSync>,
     waiters: Vec<Waiter>,
+    /// Segments retention retired (renamed `*.deleted`) and not yet unlinked: the
+    /// engine's deletion thread unlinks them some time later, or a crash comes first.
+    retired: Vec<Retired>,
 }
 
 #[derive(Debug, Clone)]
@@ -294,7 +297,7 @@ impl Scenario {
     }
 
     fn one_step(&mut self) -> Check {
-        let weights: [(u32, Action); 12] = [
+        let weights: [(u32, Action); 13] = [
             (30, Self::append),
             (4, Self::resend),
             (20, Self::complete_write),
@@ -307,6 +310,7 @@ impl Scenario {
             (2, Self::toggle_storm),
             (2, Self::check_log),
             (3, Self::commit_offset),
+            (2, Self::unlink_retired),
         ];
         let total: u32 = weights.iter().map(|(w, _)| w).sum();
         let mut pick = self.rng.gen_range(0..total);
@@ -332,6 +336,10 @@ impl Scenario {
         let disk: Arc<dyn Disk> = self.disk.clone();
         let opened = PartitionLog::open_on(disk, &self.dir, self.config.clone(), recovery, self.clock_ms);
         let (log, report) = opened.map_err(|e| format!("the partition does not reopen: {e}"))?;
+        let listed = self.disk.list(&self.dir).map_err(|e| format!("listing the partition: {e}"))?;
+        if let Some(left) = listed.iter().find(|path| is_retired_name(path)) {
+            return Err(format!("a retired segment's file survives the open: {}", left.display()));
+        }
         if let Some(reason) = log.read_only_reason() {
             return Err(format!("the partition reopens read-only: {reason}"));
         }
@@ -362,6 +370,7 @@ impl Scenario {
             writes: Vec::new(),
             syncs: Vec::new(),
             waiters: Vec::new(),
+            retired: Vec::new(),
         });
         self.opened_ms = self.clock_ms;
         for client in &mut self.clients {
@@ -883,7 +892,11 @@ impl Scenario {
         }
         let node = self.node();
         match node.log.apply_retention(clock) {
-            Ok(deleted) if !deleted.is_empty() => self.say(format!("retention deleted {deleted:?}")),
+            Ok(retired) if !retired.is_empty() => {
+                let deleted: Vec<i64> = retired.iter().map(|r| r.base_offset()).collect();
+                node.retired.extend(retired);
+                self.say(format!("retention retired {deleted:?}"));
+            }
             Ok(_) => {}
             Err(error) => self.say(format!("retention failed: {error}")),
         }
@@ -893,6 +906,22 @@ impl Scenario {
             Ok(0) => {}
             Ok(cut) => self.say(format!("{cut} B of zeros cut past sealed segments' data")),
             Err(error) => self.say(format!("trimming failed: {error}")),
+        }
+        Ok(())
+    }
+
+    /// The deletion thread unlinks one retired segment (see `engine::io::Doomed`). A
+    /// failure leaves its files to the next open, as in the engine.
+    fn unlink_retired(&mut self) -> Check {
+        let Some(retired) =
+            take_any(&mut self.rng, &mut self.node.as_mut().expect("the node runs between steps").retired)
+        else {
+            return Ok(());
+        };
+        let base = retired.base_offset();
+        match retired.delete() {
+            Ok(()) => self.say(format!("retired segment {base} unlinked")),
+            Err(error) => self.say(format!("unlinking retired segment {base} failed: {error}")),
         }
         Ok(())
     }
