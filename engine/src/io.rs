@@ -164,26 +164,24 @@ pub enum Doomed {
     Dir(std::path::PathBuf),
 }
 
-static DELETIONS_PENDING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Deletions queued for the deletion thread at most; past it the caller deletes.
+pub const DELETIONS_QUEUED_MAX: usize = 1024;
 
 /// Unlinks `doomed` on a helper thread (`corelog-delete`, started on first use and
 /// living as long as the process), so a shard never blocks in `unlink`: on a file
 /// system mounted with online discard that call discards every freed block before it
 /// returns (210 ms for a 256 MiB segment on the development VM's ext4). Deletions run
 /// in the order handed over; one that fails is logged and left to the next open. When
-/// the thread cannot be started the caller's thread deletes.
+/// the thread cannot be started, or [`DELETIONS_QUEUED_MAX`] deletions already wait,
+/// the caller's thread deletes.
 pub fn delete_in_background(doomed: Doomed) {
-    use std::sync::atomic::Ordering;
-    use std::sync::mpsc::{channel, Sender};
+    use std::sync::mpsc::{sync_channel, SyncSender};
     use std::sync::OnceLock;
-    static HELPER: OnceLock<Option<Sender<Doomed>>> = OnceLock::new();
+    static HELPER: OnceLock<Option<SyncSender<Doomed>>> = OnceLock::new();
     let helper = HELPER.get_or_init(|| {
-        let (sender, receiver) = channel::<Doomed>();
+        let (sender, receiver) = sync_channel::<Doomed>(DELETIONS_QUEUED_MAX);
         let started = std::thread::Builder::new().name("corelog-delete".into()).spawn(move || {
-            for doomed in receiver {
-                delete_now(doomed);
-                DELETIONS_PENDING.fetch_sub(1, Ordering::Release);
-            }
+            receiver.into_iter().for_each(delete_now);
         });
         match started {
             Ok(_) => Some(sender),
@@ -193,20 +191,19 @@ pub fn delete_in_background(doomed: Doomed) {
             }
         }
     });
-    DELETIONS_PENDING.fetch_add(1, Ordering::AcqRel);
     let refused = match helper {
-        Some(sender) => sender.send(doomed).err().map(|e| e.0),
+        Some(sender) => match sender.try_send(doomed) {
+            Ok(()) => None,
+            Err(
+                std::sync::mpsc::TrySendError::Full(doomed)
+                | std::sync::mpsc::TrySendError::Disconnected(doomed),
+            ) => Some(doomed),
+        },
         None => Some(doomed),
     };
     if let Some(doomed) = refused {
         delete_now(doomed);
-        DELETIONS_PENDING.fetch_sub(1, Ordering::Release);
     }
-}
-
-/// Deletions handed to [`delete_in_background`] that have not finished yet.
-pub fn deletions_pending() -> usize {
-    DELETIONS_PENDING.load(std::sync::atomic::Ordering::Acquire)
 }
 
 fn delete_now(doomed: Doomed) {
