@@ -45,7 +45,12 @@ fn batch_for(round: u32, partition: u32, sequence: u64) -> BytesMut {
     builder.finish()
 }
 
-fn engine_config(dir: &Path, flush: FlushMode) -> EngineConfig {
+/// Size retention per partition in the retention variant: a few 64 KiB segments, so
+/// maintenance retires segments (renames them `*.deleted`, the deletion thread unlinks
+/// them) among the kills.
+const RETENTION_BYTES: u64 = 128 << 10;
+
+fn engine_config(dir: &Path, flush: FlushMode, retention_bytes: Option<u64>) -> EngineConfig {
     EngineConfig {
         shards: 2,
         flush,
@@ -55,6 +60,7 @@ fn engine_config(dir: &Path, flush: FlushMode) -> EngineConfig {
         log: engine::log::LogConfig {
             segment_bytes: 64 << 10,
             retention_ms: None,
+            retention_bytes,
             preallocate: true,
             ..Default::default()
         },
@@ -65,8 +71,8 @@ fn engine_config(dir: &Path, flush: FlushMode) -> EngineConfig {
 /// Child: appends forever from two threads, `in_flight` appends each, printing `ack
 /// round partition sequence base next`, and `fills N` (the zero fills so far) every
 /// 64 acknowledgements.
-fn child(dir: &Path, round: u32, flush: FlushMode, in_flight_max: usize) {
-    let engine = Engine::open(engine_config(dir, flush)).expect("child opens the engine");
+fn child(dir: &Path, round: u32, flush: FlushMode, in_flight_max: usize, retention_bytes: Option<u64>) {
+    let engine = Engine::open(engine_config(dir, flush, retention_bytes)).expect("child opens the engine");
     if engine.partition_count(TOPIC).is_none() {
         engine.create_topic(TOPIC, PARTITIONS).expect("create topic");
     }
@@ -108,7 +114,8 @@ fn crash_child_entry_point() {
     {
         let flush = std::env::var("CORELOG_CRASH_FLUSH").unwrap().parse().unwrap();
         let in_flight = std::env::var("CORELOG_CRASH_IN_FLIGHT").unwrap().parse().unwrap();
-        child(Path::new(&dir), round.parse().unwrap(), flush, in_flight);
+        let retention = std::env::var("CORELOG_CRASH_RETENTION").ok().map(|b| b.parse().unwrap());
+        child(Path::new(&dir), round.parse().unwrap(), flush, in_flight, retention);
     }
 }
 
@@ -127,6 +134,7 @@ fn run_child_and_kill(
     round: u32,
     flush: FlushMode,
     in_flight: usize,
+    retention_bytes: Option<u64>,
     kill_after: Duration,
 ) -> (Vec<Ack>, u64) {
     let mut child = Command::new(std::env::current_exe().unwrap())
@@ -135,6 +143,7 @@ fn run_child_and_kill(
         .env("CORELOG_CRASH_ROUND", round.to_string())
         .env("CORELOG_CRASH_FLUSH", flush.to_string())
         .env("CORELOG_CRASH_IN_FLIGHT", in_flight.to_string())
+        .envs(retention_bytes.map(|bytes| ("CORELOG_CRASH_RETENTION", bytes.to_string())))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -187,12 +196,37 @@ fn seed() -> u64 {
     seed
 }
 
-/// Opens the directory as a restart would and checks every acknowledged batch, that
-/// every partition reads to its high watermark and takes an append.
-fn verify(dir: &Path, flush: FlushMode, all_acks: &mut Vec<Ack>, seed: u64, round: u32) -> Engine {
+/// Opens the directory as a restart would and checks every acknowledged batch (those
+/// retention has not deleted), that every partition reads from its log start to its
+/// high watermark and takes an append.
+fn verify(
+    dir: &Path,
+    (flush, retention_bytes): (FlushMode, Option<u64>),
+    all_acks: &mut Vec<Ack>,
+    seed: u64,
+    round: u32,
+) -> (Engine, Vec<i64>) {
     let context = format!("seed {seed}, flush {flush}, after kill {round}");
-    let engine = Engine::open(engine_config(dir, flush)).unwrap_or_else(|e| panic!("{context}: reopen: {e}"));
-    for ack in all_acks.iter() {
+    // The checking open runs no retention of its own, so what it reads stays put.
+    let engine =
+        Engine::open(engine_config(dir, flush, None)).unwrap_or_else(|e| panic!("{context}: reopen: {e}"));
+    for partition in 0..PARTITIONS {
+        let files = std::fs::read_dir(dir.join(format!("{TOPIC}-{partition}"))).unwrap();
+        let left: Vec<_> = files
+            .flatten()
+            .map(|e| e.file_name())
+            .filter(|n| n.to_string_lossy().ends_with(".deleted"))
+            .collect();
+        assert!(left.is_empty(), "{context}: the open removes retired segments' files: {left:?}");
+    }
+    let log_starts: Vec<i64> = (0..PARTITIONS)
+        .map(|partition| engine.partition_info(TOPIC, partition).wait().unwrap().log_start_offset)
+        .collect();
+    assert!(
+        retention_bytes.is_some() || log_starts.iter().all(|&start| start == 0),
+        "{context}: nothing is deleted without retention"
+    );
+    for ack in all_acks.iter().filter(|ack| ack.base_offset >= log_starts[ack.partition as usize]) {
         let fetched = engine.read(TOPIC, ack.partition, ack.base_offset, 1).wait().unwrap_or_else(|e| {
             panic!("{context}: acknowledged batch at {}:{} missing: {e}", ack.partition, ack.base_offset)
         });
@@ -208,8 +242,9 @@ fn verify(dir: &Path, flush: FlushMode, all_acks: &mut Vec<Ack>, seed: u64, roun
         );
     }
     for partition in 0..PARTITIONS {
-        let high_watermark = engine.partition_info(TOPIC, partition).wait().unwrap().high_watermark;
-        let mut offset = 0;
+        let info = engine.partition_info(TOPIC, partition).wait().unwrap();
+        let high_watermark = info.high_watermark;
+        let mut offset = info.log_start_offset;
         while offset < high_watermark {
             let fetched = engine.read(TOPIC, partition, offset, 1 << 20).wait().unwrap();
             assert!(fetched.next_offset > offset, "{context}: progress");
@@ -230,26 +265,35 @@ fn verify(dir: &Path, flush: FlushMode, all_acks: &mut Vec<Ack>, seed: u64, roun
             next_offset: ack.next_offset,
         });
     }
-    engine
+    (engine, log_starts)
 }
 
-/// Kills children appending with `in_flight` appends per thread [`ROUNDS`] times;
-/// returns the zero fills the children reported.
-fn kill_repeatedly(flush: FlushMode, in_flight: usize) -> u64 {
+/// What [`kill_repeatedly`] saw: the zero fills the children reported, and each
+/// partition's log start at the last open.
+struct Killed {
+    fills: u64,
+    log_starts: Vec<i64>,
+}
+
+/// Kills children appending with `in_flight` appends per thread [`ROUNDS`] times.
+fn kill_repeatedly(flush: FlushMode, in_flight: usize, retention_bytes: Option<u64>) -> Killed {
     let seed = seed();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
     let mut all_acks = Vec::new();
     let mut fills = 0;
+    let mut log_starts = Vec::new();
     for round in 0..ROUNDS {
         let kill_after = Duration::from_millis(rng.gen_range(150..600));
-        let (acks, filled) = run_child_and_kill(dir.path(), round, flush, in_flight, kill_after);
+        let (acks, filled) =
+            run_child_and_kill(dir.path(), round, flush, in_flight, retention_bytes, kill_after);
         all_acks.extend(acks);
         fills += filled;
         // Half the time the next child recovers what this one left, so kills follow
         // kills with no clean open between them; always after the last one.
         if round + 1 == ROUNDS || rng.gen_bool(0.5) {
-            let engine = verify(dir.path(), flush, &mut all_acks, seed, round);
+            let engine;
+            (engine, log_starts) = verify(dir.path(), (flush, retention_bytes), &mut all_acks, seed, round);
             engine.shutdown().unwrap();
             // Leave the next round an unclean directory most of the time.
             if rng.gen_bool(0.7) {
@@ -257,36 +301,49 @@ fn kill_repeatedly(flush: FlushMode, in_flight: usize) -> u64 {
             }
         }
     }
-    let rolled = std::fs::read_dir(dir.path().join(format!("{TOPIC}-0")))
-        .unwrap()
-        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "log"))
-        .count();
-    assert!(rolled > ROUNDS as usize, "seed {seed}: kills landed among rolls ({rolled} segments)");
+    if retention_bytes.is_none() {
+        let rolled = std::fs::read_dir(dir.path().join(format!("{TOPIC}-0")))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "log"))
+            .count();
+        assert!(rolled > ROUNDS as usize, "seed {seed}: kills landed among rolls ({rolled} segments)");
+    }
     assert!(all_acks.len() > 100, "seed {seed}: the children made progress ({} acks)", all_acks.len());
     assert!(all_acks.iter().any(|a| a.round == ROUNDS - 1));
-    fills
+    Killed { fills, log_starts }
 }
 
 #[test]
 fn given_repeated_sigkills_during_rolls_with_group_flush_then_acknowledged_batches_survive_and_appends_resume(
 ) {
-    kill_repeatedly(FlushMode::Group, IN_FLIGHT_PER_THREAD);
+    kill_repeatedly(FlushMode::Group, IN_FLIGHT_PER_THREAD, None);
 }
 
 #[test]
 fn given_repeated_sigkills_while_zeros_are_filled_ahead_of_the_tail_then_acknowledged_batches_survive_and_appends_resume(
 ) {
-    let fills = kill_repeatedly(FlushMode::Group, 1);
+    let fills = kill_repeatedly(FlushMode::Group, 1, None).fills;
     assert!(fills > 0, "one append in flight takes the synced-write path, which fills ahead");
+}
+
+#[test]
+fn given_repeated_sigkills_while_retention_deletes_segments_then_retained_acknowledged_batches_survive_and_appends_resume(
+) {
+    let killed = kill_repeatedly(FlushMode::Group, IN_FLIGHT_PER_THREAD, Some(RETENTION_BYTES));
+    assert!(
+        killed.log_starts.iter().any(|&start| start > 0),
+        "retention deleted segments among the kills: log starts {:?}",
+        killed.log_starts
+    );
 }
 
 #[test]
 fn given_repeated_sigkills_during_rolls_with_always_flush_then_acknowledged_batches_survive_and_appends_resume(
 ) {
-    kill_repeatedly(FlushMode::Always, IN_FLIGHT_PER_THREAD);
+    kill_repeatedly(FlushMode::Always, IN_FLIGHT_PER_THREAD, None);
 }
 
 #[test]
 fn given_repeated_sigkills_during_rolls_with_os_flush_then_acknowledged_batches_survive_and_appends_resume() {
-    kill_repeatedly(FlushMode::Os, IN_FLIGHT_PER_THREAD);
+    kill_repeatedly(FlushMode::Os, IN_FLIGHT_PER_THREAD, None);
 }
