@@ -275,11 +275,12 @@ impl PartitionLog {
         disk.create_dir_all(dir).map_err(dir_error)?;
         let listed = disk.list(dir).map_err(dir_error)?;
         // Files of segments retention retired before a crash let them be unlinked:
-        // they are no longer part of the log.
+        // they are no longer part of the log. One that cannot be removed stays (it is
+        // never read as log) rather than keep the partition from opening.
         for path in listed.iter().filter(|path| segment::is_retired_name(path)) {
             match disk.remove(path) {
                 Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(SegmentError::Io { path: path.clone(), source: error })
+                    tracing::warn!(path = %path.display(), "a retired segment's file a crash left stays: {error}")
                 }
                 _ => tracing::info!(path = %path.display(), "removed a retired segment's file a crash left"),
             }
