@@ -30,7 +30,7 @@ target/py/bin/python -c "import confluent_kafka, kafka, duckdb, moto; print('con
 
 step "module cycles (none in any crate; ARCHITECTURE.md names the layers)"
 if [ -f ../shared/tools/module_cycles.py ]; then
-  for crate in engine lander batch query security sim tools; do python3 ../shared/tools/module_cycles.py "$crate/src"; done
+  for crate in engine lander batch query security sim tools benches; do python3 ../shared/tools/module_cycles.py "$crate/src"; done
 else
   echo "../shared/tools/module_cycles.py not on this machine: skipped"
 fi

@@ -82,8 +82,8 @@ pub fn measure(
 
 /// What the disk gives a broker that makes every write durable at a given load: `files`
 /// fio jobs, each writing `bytes_per_s` in `block_bytes` writes paced by the clock, every
-/// write followed by `fdatasync`, for `seconds` after a first uncounted
-/// [`crate::kafka::PACED_WARM_UP`] (as the broker's paced run). Returns fdatasync latency (p50, p99) in
+/// write followed by `fdatasync`, for `seconds` after a first uncounted `warm_up` (the
+/// broker's paced run has one too). Returns fdatasync latency (p50, p99) in
 /// ns: a floor for acks=all produce latency at that load on this machine, whatever the
 /// broker does above the file system.
 pub fn paced_sync(
@@ -91,7 +91,7 @@ pub fn paced_sync(
     files: usize,
     bytes_per_s: u64,
     block_bytes: usize,
-    seconds: u64,
+    (seconds, warm_up): (u64, std::time::Duration),
 ) -> Result<(f64, f64)> {
     assert!(files > 0 && block_bytes > 0 && seconds > 0);
     std::fs::create_dir_all(dir)?;
@@ -104,7 +104,7 @@ pub fn paced_sync(
         format!("--rate={bytes_per_s}"),
         format!("--size={}", bytes_per_s * seconds * 2),
         format!("--runtime={seconds}"),
-        format!("--ramp_time={}", crate::kafka::PACED_WARM_UP.as_secs()),
+        format!("--ramp_time={}", warm_up.as_secs()),
         "--time_based".into(),
         "--ioengine=psync".into(),
         "--fdatasync=1".into(),

@@ -26,19 +26,19 @@ pub const BATCH_BYTES_MAX: usize = 4 << 20;
 
 /// Message latency (µs, one sample per message) of `files` open-loop streams of
 /// `messages_per_s` messages of `message_bytes` each, for `seconds` after an uncounted
-/// [`crate::kafka::PACED_WARM_UP`] at the same rate, each message durable (written and
-/// fdatasynced) before it counts.
+/// `warm_up` at the same rate (the broker's paced run has one too), each message
+/// durable (written and fdatasynced) before it counts.
 pub fn open_loop_sync(
     dir: &Path,
     files: usize,
     messages_per_s: f64,
     message_bytes: usize,
-    seconds: f64,
+    (seconds, warm_up): (f64, Duration),
 ) -> Result<Histogram<u64>> {
     assert!(files > 0 && messages_per_s > 0.0 && message_bytes > 0 && seconds > 0.0);
     std::fs::create_dir_all(dir)?;
-    // Like the broker's paced run, the first second is sent but not counted.
-    let warm_up = (messages_per_s * crate::kafka::PACED_WARM_UP.as_secs_f64()) as u64;
+    // Like the broker's paced run, the warm-up is sent but not counted.
+    let warm_up = (messages_per_s * warm_up.as_secs_f64()) as u64;
     let total = warm_up + (messages_per_s * seconds) as u64;
     let start = Instant::now() + Duration::from_millis(10);
     let histograms = std::thread::scope(|scope| {
@@ -110,7 +110,7 @@ mod tests {
     #[test]
     fn every_message_after_the_warm_up_is_counted_and_none_is_faster_than_its_sync() {
         let dir = tempfile::tempdir().unwrap();
-        let histogram = open_loop_sync(dir.path(), 2, 2_000.0, 100, 0.25).unwrap();
+        let histogram = open_loop_sync(dir.path(), 2, 2_000.0, 100, (0.25, Duration::from_secs(1))).unwrap();
         assert_eq!(histogram.len(), 2 * 500, "one sample per message after the warm-up's 2 x 2,000");
         // A message is durable only after a write and an fdatasync: never instantly,
         // and on any disk within the second the test allows.

@@ -525,7 +525,13 @@ fn disk_floor(base: &Path, args: &KafkaArgs, rate: f64) -> Option<(f64, f64)> {
     let bytes_per_s = (rate * args.size as f64 / PARTITIONS as f64) as u64;
     let block_bytes = ((bytes_per_s / 1000) as usize).next_multiple_of(4096).max(4096);
     let seconds = if args.quick { 3 } else { 10 };
-    match crate::fio::paced_sync(&base.join("fio"), PARTITIONS as usize, bytes_per_s, block_bytes, seconds) {
+    match crate::fio::paced_sync(
+        &base.join("fio"),
+        PARTITIONS as usize,
+        bytes_per_s,
+        block_bytes,
+        (seconds, PACED_WARM_UP),
+    ) {
         Ok((p50_ns, p99_ns)) => {
             eprintln!(
                 "fio, {PARTITIONS} files at {:.1} MB/s each in {} KiB writes, each followed by fdatasync: sync p50 {:.2} ms p99 {:.2} ms",
@@ -550,8 +556,13 @@ fn open_loop_floor(base: &Path, args: &KafkaArgs, rate: f64) -> Option<(f64, f64
     let seconds = if args.quick { 3.0 } else { 10.0 };
     let per_file = rate / PARTITIONS as f64;
     crate::report::quiesce();
-    match crate::floor::open_loop_sync(&base.join("floor"), PARTITIONS as usize, per_file, args.size, seconds)
-    {
+    match crate::floor::open_loop_sync(
+        &base.join("floor"),
+        PARTITIONS as usize,
+        per_file,
+        args.size,
+        (seconds, PACED_WARM_UP),
+    ) {
         Ok(latency_us) => {
             let ms = |q: f64| latency_us.value_at_quantile(q) as f64 / 1e3;
             eprintln!(
