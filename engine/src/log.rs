@@ -278,11 +278,11 @@ impl PartitionLog {
         // they are no longer part of the log. One that cannot be removed stays (it is
         // never read as log) rather than keep the partition from opening.
         for path in listed.iter().filter(|path| segment::is_retired_name(path)) {
-            match disk.remove(path) {
-                Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
-                    tracing::warn!(path = %path.display(), "a retired segment's file a crash left stays: {error}")
+            match segment::remove_if_present(&*disk, path) {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "removed a retired segment's file a crash left")
                 }
-                _ => tracing::info!(path = %path.display(), "removed a retired segment's file a crash left"),
+                Err(error) => tracing::warn!("a retired segment's file a crash left stays: {error}"),
             }
         }
         let mut bases: Vec<i64> = listed.iter().filter_map(|path| segment::parse_log_name(path)).collect();

@@ -909,12 +909,7 @@ impl Retired {
     pub fn delete(self) -> Result<(), SegmentError> {
         let Self { segment, paths } = self;
         for path in paths {
-            match segment.disk.remove(&path) {
-                Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(SegmentError::Io { path, source: error })
-                }
-                _ => {}
-            }
+            remove_if_present(&*segment.disk, &path)?;
         }
         drop(segment);
         Ok(())
@@ -926,16 +921,18 @@ pub fn is_retired_name(path: &Path) -> bool {
     path.file_name().and_then(|name| name.to_str()).is_some_and(|name| name.ends_with(RETIRED_SUFFIX))
 }
 
+/// Removes the file at `path`; one that is already gone is fine.
+pub fn remove_if_present(disk: &dyn Disk, path: &Path) -> Result<(), SegmentError> {
+    match disk.remove(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(io_error(path)(error)),
+        _ => Ok(()),
+    }
+}
+
 /// Deletes segment `base_offset`'s files in `dir` (missing ones are fine).
 pub fn delete_files(disk: &dyn Disk, dir: &Path, base_offset: i64) -> Result<(), SegmentError> {
     for extension in ["log", "index", "timeindex"] {
-        let path = dir.join(format!("{}.{extension}", file_stem(base_offset)));
-        match disk.remove(&path) {
-            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
-                return Err(SegmentError::Io { path, source: error })
-            }
-            _ => {}
-        }
+        remove_if_present(disk, &dir.join(format!("{}.{extension}", file_stem(base_offset))))?;
     }
     Ok(())
 }
