@@ -1,5 +1,5 @@
 //! Kernel-facing I/O: the io_uring capability probe, the eventfd a shard parks on,
-//! thread pinning, the helper thread that applies page-cache hints
+//! thread pinning, the helper threads that apply page-cache hints
 //! ([`apply_cache_hints`]) off the shards, and the one that unlinks what retention
 //! and topic deletion retired ([`delete_in_background`]).
 //!
@@ -9,8 +9,9 @@
 //! fdatasyncs themselves go through each shard's `tokio-uring` runtime (see
 //! the `shard` module).
 //!
-//! Invariant: every `unsafe` block here is a plain libc call on a descriptor this
-//! module owns, with a `// SAFETY:` note.
+//! Invariants: every `unsafe` block here is a plain libc call on a descriptor this
+//! module owns (or on the calling thread), with a `// SAFETY:` note; every queue to a
+//! helper is bounded by a named limit.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
@@ -123,33 +124,117 @@ pub fn pin_to_core(core: usize) -> bool {
         .is_some_and(core_affinity::set_for_current)
 }
 
-/// Hands page-cache hints to a helper thread (`corelog-cache`, started on first use and
-/// living as long as the process) that applies them, so a shard never blocks in
-/// `posix_fadvise` or `madvise`. Hints are advisory: if the thread cannot be started
-/// they are dropped.
-pub fn apply_cache_hints(hints: Vec<crate::segment::CacheHint>) {
-    use std::sync::mpsc::{channel, Sender};
-    use std::sync::OnceLock;
-    static HELPER: OnceLock<Option<Sender<Vec<crate::segment::CacheHint>>>> = OnceLock::new();
-    let helper = HELPER.get_or_init(|| {
-        let (sender, receiver) = channel::<Vec<crate::segment::CacheHint>>();
-        let started = std::thread::Builder::new().name("corelog-cache".into()).spawn(move || {
+/// Bytes of page-cache hints the low-priority helper may have waiting before new hints
+/// go to the normal-priority one (so a helper starved of CPU never lets the cache grow
+/// past about this much more than the windows ask).
+pub const CACHE_HINT_IDLE_BACKLOG_BYTES: u64 = 16 << 20;
+/// Batches of page-cache hints either helper may have queued; past it a batch is
+/// dropped (the advice is only advice: its pages stay cached until the kernel reclaims
+/// them).
+pub const CACHE_HINT_BATCHES_QUEUED_MAX: usize = 1024;
+
+/// One page-cache helper thread: where its hints go and how many bytes they cover.
+struct CacheHelper {
+    sender: std::sync::mpsc::SyncSender<Vec<crate::segment::CacheHint>>,
+    backlog_bytes: std::sync::Arc<crate::sync::AtomicU64>,
+}
+
+impl CacheHelper {
+    /// Starts the thread; `idle` runs it under `SCHED_IDLE`.
+    fn start(name: &str, idle: bool) -> Option<Self> {
+        use crate::sync::{AtomicU64, Ordering};
+        let (sender, receiver) =
+            std::sync::mpsc::sync_channel::<Vec<crate::segment::CacheHint>>(CACHE_HINT_BATCHES_QUEUED_MAX);
+        let backlog_bytes = std::sync::Arc::new(AtomicU64::new(0));
+        let backlog = backlog_bytes.clone();
+        let started = std::thread::Builder::new().name(name.into()).spawn(move || {
+            if idle {
+                run_when_idle();
+            }
             for hints in receiver {
-                hints.iter().for_each(crate::segment::CacheHint::apply);
+                for hint in &hints {
+                    hint.apply();
+                    backlog.fetch_sub(hint.bytes(), Ordering::Relaxed);
+                }
             }
         });
         match started {
-            Ok(_) => Some(sender),
+            Ok(_) => Some(Self { sender, backlog_bytes }),
             Err(error) => {
-                tracing::warn!(
-                    "page-cache helper thread not started ({error}); the cache is left to the kernel"
-                );
+                tracing::warn!("page-cache helper thread {name} not started ({error})");
                 None
             }
         }
+    }
+
+    /// Queues `hints`; gives them back when the queue is full.
+    fn send(
+        &self,
+        hints: Vec<crate::segment::CacheHint>,
+        bytes: u64,
+    ) -> Result<(), Vec<crate::segment::CacheHint>> {
+        use crate::sync::Ordering;
+        self.backlog_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.sender.try_send(hints).map_err(|error| {
+            self.backlog_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            match error {
+                std::sync::mpsc::TrySendError::Full(hints)
+                | std::sync::mpsc::TrySendError::Disconnected(hints) => hints,
+            }
+        })
+    }
+
+    fn backlog_bytes(&self) -> u64 {
+        self.backlog_bytes.load(crate::sync::Ordering::Relaxed)
+    }
+}
+
+/// Moves the calling thread to `SCHED_IDLE`: it runs only on a core with nothing else
+/// to run, and any other thread that wakes there takes the core at the next point the
+/// kernel may switch (this kernel is built without preemption of kernel code, so a
+/// normal-priority helper inside a 2 ms `posix_fadvise` kept a shard that woke on its
+/// core waiting for all of it). Failing is harmless: the thread keeps its priority.
+fn run_when_idle() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param for the duration of the call; pid 0 is the
+    // calling thread.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+        tracing::info!(
+            "page-cache helper keeps its priority (SCHED_IDLE refused: {})",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Hands page-cache hints to helper threads, so a shard never blocks in
+/// `posix_fadvise` or `madvise`. Two helpers start on first use and live as long as the
+/// process. Drops (pages of clean data leaving the cache) go to `corelog-cache`, which
+/// runs under `SCHED_IDLE`, while less than [`CACHE_HINT_IDLE_BACKLOG_BYTES`] of hints
+/// wait for it; writeback starts (`--flush os` keeps its dirty pages bounded with them)
+/// and drops past that backlog (the cores are busy enough to starve it) go to
+/// `corelog-cache-2` at normal priority. Hints are advisory: when no helper can take
+/// them they are dropped, and their pages stay cached until the kernel reclaims them.
+pub fn apply_cache_hints(hints: Vec<crate::segment::CacheHint>) {
+    use std::sync::OnceLock;
+    static HELPERS: OnceLock<[Option<CacheHelper>; 2]> = OnceLock::new();
+    let [idle, busy] = HELPERS.get_or_init(|| {
+        [CacheHelper::start("corelog-cache", true), CacheHelper::start("corelog-cache-2", false)]
     });
-    if let Some(sender) = helper {
-        let _ = sender.send(hints);
+    let (drops, writebacks): (Vec<_>, Vec<_>) =
+        hints.into_iter().partition(crate::segment::CacheHint::drops_pages);
+    for (hints, may_idle) in [(drops, true), (writebacks, false)] {
+        if hints.is_empty() {
+            continue;
+        }
+        let bytes = hints.iter().map(crate::segment::CacheHint::bytes).sum();
+        let idle = idle.as_ref().filter(|h| may_idle && h.backlog_bytes() < CACHE_HINT_IDLE_BACKLOG_BYTES);
+        let mut hints = hints;
+        for helper in [idle, busy.as_ref()].into_iter().flatten() {
+            match helper.send(hints, bytes) {
+                Ok(()) => break,
+                Err(back) => hints = back,
+            }
+        }
     }
 }
 

@@ -150,6 +150,13 @@ fn given_an_engine_then_its_shards_apply_the_window_off_the_data_path() {
         resident = resident_pages(&path, 0, dropped_end);
     }
     assert!(resident <= 8, "{resident} pages more than the window behind the end are still cached");
+    // The helper that drops pages yields its core to any other thread (SCHED_IDLE), so
+    // a drop never keeps a shard that wakes on its core waiting.
+    assert_eq!(
+        helper_policy("corelog-cache"),
+        Some(SCHED_IDLE),
+        "the page-cache helper runs under SCHED_IDLE"
+    );
     // Everything still reads back, CRC-checked.
     let (mut offset, mut records) = (0, 0);
     while offset < 96 * 256 {
@@ -164,4 +171,23 @@ fn given_an_engine_then_its_shards_apply_the_window_off_the_data_path() {
     }
     assert_eq!(records, 96 * 256);
     engine.shutdown().unwrap();
+}
+
+/// Linux's number for the `SCHED_IDLE` policy (`sched(7)`).
+const SCHED_IDLE: u32 = 5;
+
+/// The scheduling policy of this process's thread named `name` (field 41 of its
+/// `/proc/self/task/TID/stat`), if there is one.
+fn helper_policy(name: &str) -> Option<u32> {
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+        // Fields after the command (which may hold spaces) start after its ')'.
+        let after = &stat[stat.rfind(')')? + 2..];
+        return after.split(' ').nth(41 - 3).and_then(|field| field.parse().ok());
+    }
+    None
 }
