@@ -133,9 +133,32 @@ pub const CACHE_HINT_IDLE_BACKLOG_BYTES: u64 = 16 << 20;
 /// them).
 pub const CACHE_HINT_BATCHES_QUEUED_MAX: usize = 1024;
 
+/// Starts a helper thread named `name` that runs `body` over a queue of at most
+/// `queued_max` items; returns the queue's sending end.
+fn spawn_helper<T: Send + 'static>(
+    name: &str,
+    queued_max: usize,
+    body: impl FnOnce(std::sync::mpsc::Receiver<T>) + Send + 'static,
+) -> std::io::Result<std::sync::mpsc::SyncSender<T>> {
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<T>(queued_max);
+    std::thread::Builder::new().name(name.into()).spawn(move || body(receiver))?;
+    Ok(sender)
+}
+
+/// Queues `item` for a helper without waiting; gives it back when the queue is full or
+/// the helper is gone.
+fn offer<T>(sender: &std::sync::mpsc::SyncSender<T>, item: T) -> Result<(), T> {
+    sender.try_send(item).map_err(|error| match error {
+        std::sync::mpsc::TrySendError::Full(item) | std::sync::mpsc::TrySendError::Disconnected(item) => item,
+    })
+}
+
+/// One batch of page-cache hints, as a shard hands it over.
+type Batch = Vec<crate::segment::CacheHint>;
+
 /// One page-cache helper thread: where its hints go and how many bytes they cover.
 struct CacheHelper {
-    sender: std::sync::mpsc::SyncSender<Vec<crate::segment::CacheHint>>,
+    sender: std::sync::mpsc::SyncSender<Batch>,
     backlog_bytes: std::sync::Arc<crate::sync::AtomicU64>,
 }
 
@@ -143,11 +166,10 @@ impl CacheHelper {
     /// Starts the thread; `idle` runs it under `SCHED_IDLE`.
     fn start(name: &str, idle: bool) -> Option<Self> {
         use crate::sync::{AtomicU64, Ordering};
-        let (sender, receiver) =
-            std::sync::mpsc::sync_channel::<Vec<crate::segment::CacheHint>>(CACHE_HINT_BATCHES_QUEUED_MAX);
+        use std::sync::mpsc::Receiver;
         let backlog_bytes = std::sync::Arc::new(AtomicU64::new(0));
         let backlog = backlog_bytes.clone();
-        let started = std::thread::Builder::new().name(name.into()).spawn(move || {
+        let started = spawn_helper(name, CACHE_HINT_BATCHES_QUEUED_MAX, move |receiver: Receiver<Batch>| {
             if idle {
                 run_when_idle();
             }
@@ -159,7 +181,7 @@ impl CacheHelper {
             }
         });
         match started {
-            Ok(_) => Some(Self { sender, backlog_bytes }),
+            Ok(sender) => Some(Self { sender, backlog_bytes }),
             Err(error) => {
                 tracing::warn!("page-cache helper thread {name} not started ({error})");
                 None
@@ -168,19 +190,11 @@ impl CacheHelper {
     }
 
     /// Queues `hints`; gives them back when the queue is full.
-    fn send(
-        &self,
-        hints: Vec<crate::segment::CacheHint>,
-        bytes: u64,
-    ) -> Result<(), Vec<crate::segment::CacheHint>> {
+    fn send(&self, hints: Batch, bytes: u64) -> Result<(), Batch> {
         use crate::sync::Ordering;
         self.backlog_bytes.fetch_add(bytes, Ordering::Relaxed);
-        self.sender.try_send(hints).map_err(|error| {
+        offer(&self.sender, hints).inspect_err(|_| {
             self.backlog_bytes.fetch_sub(bytes, Ordering::Relaxed);
-            match error {
-                std::sync::mpsc::TrySendError::Full(hints)
-                | std::sync::mpsc::TrySendError::Disconnected(hints) => hints,
-            }
         })
     }
 
@@ -260,30 +274,21 @@ pub const DELETIONS_QUEUED_MAX: usize = 1024;
 /// the thread cannot be started, or [`DELETIONS_QUEUED_MAX`] deletions already wait,
 /// the caller's thread deletes.
 pub fn delete_in_background(doomed: Doomed) {
-    use std::sync::mpsc::{sync_channel, SyncSender};
+    use std::sync::mpsc::SyncSender;
     use std::sync::OnceLock;
     static HELPER: OnceLock<Option<SyncSender<Doomed>>> = OnceLock::new();
     let helper = HELPER.get_or_init(|| {
-        let (sender, receiver) = sync_channel::<Doomed>(DELETIONS_QUEUED_MAX);
-        let started = std::thread::Builder::new().name("corelog-delete".into()).spawn(move || {
+        let started = spawn_helper("corelog-delete", DELETIONS_QUEUED_MAX, |receiver| {
             receiver.into_iter().for_each(delete_now);
         });
-        match started {
-            Ok(_) => Some(sender),
-            Err(error) => {
-                tracing::warn!("deletion helper thread not started ({error}); deleting in place");
-                None
-            }
-        }
+        started
+            .inspect_err(|error| {
+                tracing::warn!("deletion helper thread not started ({error}); deleting in place")
+            })
+            .ok()
     });
     let refused = match helper {
-        Some(sender) => match sender.try_send(doomed) {
-            Ok(()) => None,
-            Err(
-                std::sync::mpsc::TrySendError::Full(doomed)
-                | std::sync::mpsc::TrySendError::Disconnected(doomed),
-            ) => Some(doomed),
-        },
+        Some(sender) => offer(sender, doomed).err(),
         None => Some(doomed),
     };
     if let Some(doomed) = refused {
