@@ -10,7 +10,7 @@
 //! and whenever it is free writes every message already due in one `write` and
 //! `fdatasync`s it — group commit with nothing above the file system, one sync in
 //! flight per file — and records, for each message, the time from its due instant to
-//! the end of the sync that covered it.
+//! the end of the sync that covered it, and when it fell due (for `tail`).
 //!
 //! It never runs next to a broker (it would steal its disk), removes its files, and
 //! bounds its buffer by [`BATCH_BYTES_MAX`] per write call.
@@ -24,7 +24,17 @@ use std::time::{Duration, Instant};
 /// Largest single write; a longer batch is written in several calls before its sync.
 pub const BATCH_BYTES_MAX: usize = 4 << 20;
 
-/// Message latency (µs, one sample per message) of `files` open-loop streams of
+/// What the disk alone gave an open-loop stream: one sample per counted message.
+#[derive(Debug)]
+pub struct FloorRun {
+    /// Each message's latency (µs) from its due instant to the end of its sync.
+    pub latency_us: Histogram<u64>,
+    /// (seconds from the counted start to the message's due instant, latency in µs)
+    /// per message, in no particular order.
+    pub timeline: Vec<(f64, u64)>,
+}
+
+/// Message latency (one sample per message) of `files` open-loop streams of
 /// `messages_per_s` messages of `message_bytes` each, for `seconds` after an uncounted
 /// `warm_up` at the same rate (the broker's paced run has one too), each message
 /// durable (written and fdatasynced) before it counts.
@@ -34,14 +44,14 @@ pub fn open_loop_sync(
     messages_per_s: f64,
     message_bytes: usize,
     (seconds, warm_up): (f64, Duration),
-) -> Result<Histogram<u64>> {
+) -> Result<FloorRun> {
     assert!(files > 0 && messages_per_s > 0.0 && message_bytes > 0 && seconds > 0.0);
     std::fs::create_dir_all(dir)?;
     // Like the broker's paced run, the warm-up is sent but not counted.
     let warm_up = (messages_per_s * warm_up.as_secs_f64()) as u64;
     let total = warm_up + (messages_per_s * seconds) as u64;
     let start = Instant::now() + Duration::from_millis(10);
-    let histograms = std::thread::scope(|scope| {
+    let runs = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..files)
             .map(|n| {
                 let path = dir.join(format!("floor.{n}"));
@@ -53,9 +63,11 @@ pub fn open_loop_sync(
     for n in 0..files {
         let _ = std::fs::remove_file(dir.join(format!("floor.{n}")));
     }
-    let mut all = Histogram::new(3)?;
-    for histogram in histograms {
-        all.add(histogram?)?;
+    let mut all = FloorRun { latency_us: Histogram::new(3)?, timeline: Vec::new() };
+    for run in runs {
+        let run = run?;
+        all.latency_us.add(&run.latency_us)?;
+        all.timeline.extend(run.timeline);
     }
     Ok(all)
 }
@@ -67,7 +79,7 @@ fn stream(
     rate: f64,
     message_bytes: usize,
     start: Instant,
-) -> Result<Histogram<u64>> {
+) -> Result<FloorRun> {
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
@@ -76,7 +88,9 @@ fn stream(
         .with_context(|| format!("creating {}", path.display()))?;
     let buffer = vec![b'x'; BATCH_BYTES_MAX.max(message_bytes)];
     let due_at = |i: u64| start + Duration::from_secs_f64(i as f64 / rate);
+    let counted_start = due_at(counted_from);
     let mut latency_us = Histogram::new(3)?;
+    let mut timeline = Vec::with_capacity(total.saturating_sub(counted_from) as usize);
     let mut durable = 0u64;
     while durable < total {
         let now = Instant::now();
@@ -96,11 +110,13 @@ fn stream(
         file.sync_data()?;
         let done = Instant::now();
         for i in durable.max(counted_from)..batch_end {
-            latency_us.record((done.saturating_duration_since(due_at(i)).as_micros() as u64).max(1))?;
+            let micros = (done.saturating_duration_since(due_at(i)).as_micros() as u64).max(1);
+            latency_us.record(micros)?;
+            timeline.push(((due_at(i) - counted_start).as_secs_f64(), micros));
         }
         durable = batch_end;
     }
-    Ok(latency_us)
+    Ok(FloorRun { latency_us, timeline })
 }
 
 #[cfg(test)]
@@ -110,8 +126,12 @@ mod tests {
     #[test]
     fn every_message_after_the_warm_up_is_counted_and_none_is_faster_than_its_sync() {
         let dir = tempfile::tempdir().unwrap();
-        let histogram = open_loop_sync(dir.path(), 2, 2_000.0, 100, (0.25, Duration::from_secs(1))).unwrap();
+        let run = open_loop_sync(dir.path(), 2, 2_000.0, 100, (0.25, Duration::from_secs(1))).unwrap();
+        let histogram = &run.latency_us;
         assert_eq!(histogram.len(), 2 * 500, "one sample per message after the warm-up's 2 x 2,000");
+        assert_eq!(run.timeline.len(), 2 * 500, "one timeline entry per counted message");
+        // Due instants run from the counted start over the counted 0.25 s.
+        assert!(run.timeline.iter().all(|&(at, _)| (0.0..0.25).contains(&at)), "{:?}", &run.timeline[..4]);
         // A message is durable only after a write and an fdatasync: never instantly,
         // and on any disk within the second the test allows.
         assert!(histogram.min() >= 1 && histogram.max() < 1_000_000, "{histogram:?}");

@@ -15,9 +15,12 @@
 //! by the clock, latency runs from the scheduled send time, so a stall is counted), and
 //! consume throughput from the beginning.
 //!
-//! Each broker's paced run also reports where its tail sits in time (`paced tail`):
-//! the share of deliveries over p99 that fall in the worst 2% of 100 ms windows. A few
-//! stalls show a large share; queueing spread evenly over the run shows about 2%.
+//! Each broker's paced run also reports where its tail sits in time (`paced tail`,
+//! `tail`): the share of deliveries over p99 that fall in the worst 100 ms window
+//! (`worst_window_share`, issue 17 bounds it at 20%) and in the worst 2% of windows. A
+//! few stalls show a large share; queueing spread evenly over the run shows about 1%
+//! per window. The disk's open-loop floor (below) reports the same share, so a run
+//! shows how much of its stalls the disk alone has.
 //!
 //! Debian's NATS (2.9) cannot sync every write, so its figures are at page-cache
 //! durability; corelog then also runs with `--flush os` for one produce throughput at
@@ -47,6 +50,7 @@
 //! floor counted per message (`floor`).
 
 use crate::report::Figure;
+use crate::tail::Concentration;
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -199,7 +203,7 @@ struct LatencyContext {
 /// What the delivery callback records, behind one lock.
 struct Deliveries {
     latency_us: Histogram<u64>,
-    /// (scheduled send, latency in µs) of every delivery, for [`stalls`].
+    /// (scheduled send, latency in µs) of every delivery, for [`Concentration`].
     timeline: Vec<(Instant, u64)>,
 }
 
@@ -281,40 +285,6 @@ struct ProduceRun {
     latency_us: Histogram<u64>,
     /// (seconds from the start to the scheduled send, latency in µs) per delivery.
     timeline: Vec<(f64, u64)>,
-}
-
-/// Where the tail of a paced run sits in time: the share of deliveries over the run's
-/// p99 that fall in its worst 2% of 100 ms windows, and the three worst windows. A
-/// tail made of a few stalls shows a large share in few windows; one spread evenly
-/// (queueing on busy cores) shows about 2%.
-fn stalls(run: &ProduceRun) -> String {
-    const WINDOW_S: f64 = 0.1;
-    let p99 = run.latency_us.value_at_quantile(0.99);
-    let mut windows: std::collections::BTreeMap<u64, (u64, u64)> = std::collections::BTreeMap::new();
-    for &(at, micros) in &run.timeline {
-        let window = windows.entry((at / WINDOW_S) as u64).or_default();
-        window.0 = window.0.max(micros);
-        window.1 += u64::from(micros > p99);
-    }
-    let mut worst: Vec<(u64, (u64, u64))> = windows.into_iter().collect();
-    worst.sort_by_key(|(_, (max, over))| std::cmp::Reverse((*over, *max)));
-    let total_over: u64 = worst.iter().map(|(_, (_, over))| over).sum();
-    let top = worst.len().div_ceil(50);
-    let in_top: u64 = worst.iter().take(top).map(|(_, (_, over))| over).sum();
-    let listed: Vec<String> = worst
-        .iter()
-        .take(3)
-        .map(|(window, (max, over))| {
-            format!("{:.1} s: max {:.1} ms, {over} over p99", *window as f64 * WINDOW_S, *max as f64 / 1e3)
-        })
-        .collect();
-    format!(
-        "{:.0}% of the {total_over} deliveries over p99 ({:.1} ms) fall in the worst {top} of {} 100 ms windows; worst: {}",
-        100.0 * in_top as f64 / total_over.max(1) as f64,
-        p99 as f64 / 1e3,
-        worst.len(),
-        listed.join("; ")
-    )
 }
 
 /// Produces `count` messages, paced at `rate` messages/s when given (open loop).
@@ -469,6 +439,8 @@ struct Measured {
     produce_p99_ms_full: f64,
     half_rate_p50_ms: f64,
     half_rate_p99_ms: f64,
+    /// Where the paced run's tail sits in time (none for a peer without a timeline).
+    half_rate_tail: Option<Concentration>,
     consume_mb_per_s: f64,
 }
 
@@ -486,7 +458,8 @@ fn measure(broker: &Broker, args: &KafkaArgs, half_rate: Option<f64>) -> Result<
     let paced = produce(broker.address, &[], "paced", paced_count, args.size, Some(rate))?;
     let steal = crate::steal::percent(before, crate::steal::ticks());
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e3;
-    eprintln!("{}: paced tail: {}", broker.name, stalls(&paced));
+    let tail = Concentration::of(&paced.latency_us, &paced.timeline);
+    eprintln!("{}: paced tail: {tail}", broker.name);
     if let Some(steal) = steal {
         eprintln!("{}: paced run: the hypervisor stole {steal:.1}% of the CPU time", broker.name);
     }
@@ -508,6 +481,7 @@ fn measure(broker: &Broker, args: &KafkaArgs, half_rate: Option<f64>) -> Result<
             produce_p99_ms_full: ms(&full.latency_us, 0.99),
             half_rate_p50_ms: ms(&paced.latency_us, 0.5),
             half_rate_p99_ms: ms(&paced.latency_us, 0.99),
+            half_rate_tail: Some(tail),
             consume_mb_per_s: mb(consumed),
         },
         rate,
@@ -551,8 +525,8 @@ fn disk_floor(base: &Path, args: &KafkaArgs, rate: f64) -> Option<(f64, f64)> {
 
 /// Message latency (p50, p99 in ms) of the disk alone under the paced run's load,
 /// counted per message like the broker's run (`floor::open_loop_sync`): [`PARTITIONS`]
-/// files, each taking its share of `rate` messages/s.
-fn open_loop_floor(base: &Path, args: &KafkaArgs, rate: f64) -> Option<(f64, f64)> {
+/// files, each taking its share of `rate` messages/s; and where its tail sits in time.
+fn open_loop_floor(base: &Path, args: &KafkaArgs, rate: f64) -> Option<(f64, f64, Concentration)> {
     let seconds = if args.quick { 3.0 } else { 10.0 };
     let per_file = rate / PARTITIONS as f64;
     crate::report::quiesce();
@@ -563,7 +537,8 @@ fn open_loop_floor(base: &Path, args: &KafkaArgs, rate: f64) -> Option<(f64, f64
         args.size,
         (seconds, PACED_WARM_UP),
     ) {
-        Ok(latency_us) => {
+        Ok(run) => {
+            let latency_us = &run.latency_us;
             let ms = |q: f64| latency_us.value_at_quantile(q) as f64 / 1e3;
             eprintln!(
                 "open-loop floor, {PARTITIONS} files at {per_file:.0} msg/s each, every message written and fdatasynced before it counts: p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms max {:.2} ms",
@@ -572,7 +547,9 @@ fn open_loop_floor(base: &Path, args: &KafkaArgs, rate: f64) -> Option<(f64, f64
                 ms(0.999),
                 latency_us.max() as f64 / 1e3
             );
-            Some((ms(0.5), ms(0.99)))
+            let tail = Concentration::of(latency_us, &run.timeline);
+            eprintln!("open-loop floor: tail: {tail}");
+            Some((ms(0.5), ms(0.99), tail))
         }
         Err(error) => {
             eprintln!("note: the open-loop disk floor failed ({error:#}); no ratio");
@@ -640,6 +617,7 @@ pub fn bench(args: &KafkaArgs) -> Result<Vec<Figure>> {
                     produce_p99_ms_full: ms(&run.full_latency_us, 0.99),
                     half_rate_p50_ms: ms(&run.paced_latency_us, 0.5),
                     half_rate_p99_ms: ms(&run.paced_latency_us, 0.99),
+                    half_rate_tail: None,
                     consume_mb_per_s: mb(run.consumed_per_s),
                 });
             }
@@ -705,7 +683,7 @@ pub fn bench(args: &KafkaArgs) -> Result<Vec<Figure>> {
             Some(("fio-paced-fdatasync".into(), disk_p99_ms)),
         );
     }
-    if let Some((floor_p50_ms, floor_p99_ms)) = open_loop_floor(&base, args, rate) {
+    if let Some((floor_p50_ms, floor_p99_ms, floor_tail)) = open_loop_floor(&base, args, rate) {
         emit(
             &paced,
             "p50_vs_disk_open_loop",
@@ -720,6 +698,17 @@ pub fn bench(args: &KafkaArgs) -> Result<Vec<Figure>> {
             "ms",
             Some(("open-loop-fdatasync".into(), floor_p99_ms)),
         );
+        // The share of the over-p99 deliveries in the worst 100 ms window, against the
+        // disk's own under the same load (issue 17: at most 20%).
+        if let Some(tail) = &ours.half_rate_tail {
+            emit(
+                &paced,
+                "worst_window_share",
+                tail.worst_window_pct(),
+                "%",
+                Some(("open-loop-fdatasync".into(), floor_tail.worst_window_pct())),
+            );
+        }
     }
     emit("kafka-consume", "throughput", ours.consume_mb_per_s, "MB/s", best(|m| m.consume_mb_per_s, true));
     if let Some(mb_per_s) = over_tls {
@@ -878,7 +867,7 @@ fn soak(base: &Path, args: &KafkaArgs, seconds: f64) -> Result<Vec<Figure>> {
     let before = crate::steal::ticks();
     let paced = produce(corelog.address, &[], "paced", count, args.size, Some(rate))?;
     let steal = crate::steal::percent(before, crate::steal::ticks());
-    eprintln!("corelog: paced tail: {}", stalls(&paced));
+    eprintln!("corelog: paced tail: {}", Concentration::of(&paced.latency_us, &paced.timeline));
     if let Some(steal) = steal {
         eprintln!("corelog: paced run: the hypervisor stole {steal:.1}% of the CPU time");
     }

@@ -20,6 +20,7 @@ mod nats;
 mod report;
 mod soak;
 mod steal;
+mod tail;
 
 use clap::{Parser, Subcommand};
 
