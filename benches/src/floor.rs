@@ -29,9 +29,47 @@ pub const BATCH_BYTES_MAX: usize = 4 << 20;
 pub struct FloorRun {
     /// Each message's latency (µs) from its due instant to the end of its sync.
     pub latency_us: Histogram<u64>,
-    /// (seconds from the counted start to the message's due instant, latency in µs)
-    /// per message, in no particular order.
-    pub timeline: Vec<(f64, u64)>,
+    /// Per file, (seconds from the counted start to the message's due instant, latency
+    /// in µs) per message, in due order. Every file has the same start and rate, so due
+    /// instants compare across files.
+    pub files: Vec<Vec<(f64, u64)>>,
+}
+
+impl FloorRun {
+    /// Every message's (due instant, latency), file after file.
+    pub fn timeline(&self) -> Vec<(f64, u64)> {
+        self.files.concat()
+    }
+
+    /// The same syncs as one producer connection sees them: a Kafka request carries
+    /// every partition's messages of the last `linger.ms` and is answered only once all
+    /// of them are durable, and a connection's answers come in request order. So a
+    /// message counts as acknowledged only when, on every file, everything due by its
+    /// own due instant is durable: a stall on one file delays the messages of all. The
+    /// latency histogram (µs) and timeline of that view.
+    pub fn acknowledged_in_order(&self) -> Result<(Histogram<u64>, Vec<(f64, u64)>)> {
+        let mut latency_us = Histogram::new(3)?;
+        let mut timeline = Vec::with_capacity(self.files.iter().map(Vec::len).sum());
+        for file in &self.files {
+            for &(due_s, micros) in file {
+                let due_us = due_s * 1e6;
+                // Syncs of a file complete in due order, so the last message due by now
+                // on each file is durable no earlier than all before it.
+                let durable_everywhere_us = self
+                    .files
+                    .iter()
+                    .filter_map(|other| {
+                        let due_by_now = other.partition_point(|&(due, _)| due <= due_s);
+                        due_by_now.checked_sub(1).map(|i| other[i].0 * 1e6 + other[i].1 as f64)
+                    })
+                    .fold(due_us + micros as f64, f64::max);
+                let acknowledged = ((durable_everywhere_us - due_us).round() as u64).max(1);
+                latency_us.record(acknowledged)?;
+                timeline.push((due_s, acknowledged));
+            }
+        }
+        Ok((latency_us, timeline))
+    }
 }
 
 /// Message latency (one sample per message) of `files` open-loop streams of
@@ -63,11 +101,11 @@ pub fn open_loop_sync(
     for n in 0..files {
         let _ = std::fs::remove_file(dir.join(format!("floor.{n}")));
     }
-    let mut all = FloorRun { latency_us: Histogram::new(3)?, timeline: Vec::new() };
+    let mut all = FloorRun { latency_us: Histogram::new(3)?, files: Vec::with_capacity(files) };
     for run in runs {
-        let run = run?;
-        all.latency_us.add(&run.latency_us)?;
-        all.timeline.extend(run.timeline);
+        let (latency_us, timeline) = run?;
+        all.latency_us.add(&latency_us)?;
+        all.files.push(timeline);
     }
     Ok(all)
 }
@@ -79,7 +117,7 @@ fn stream(
     rate: f64,
     message_bytes: usize,
     start: Instant,
-) -> Result<FloorRun> {
+) -> Result<(Histogram<u64>, Vec<(f64, u64)>)> {
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
@@ -116,7 +154,7 @@ fn stream(
         }
         durable = batch_end;
     }
-    Ok(FloorRun { latency_us, timeline })
+    Ok((latency_us, timeline))
 }
 
 #[cfg(test)]
@@ -129,12 +167,50 @@ mod tests {
         let run = open_loop_sync(dir.path(), 2, 2_000.0, 100, (0.25, Duration::from_secs(1))).unwrap();
         let histogram = &run.latency_us;
         assert_eq!(histogram.len(), 2 * 500, "one sample per message after the warm-up's 2 x 2,000");
-        assert_eq!(run.timeline.len(), 2 * 500, "one timeline entry per counted message");
+        let timeline = run.timeline();
+        assert_eq!(timeline.len(), 2 * 500, "one timeline entry per counted message");
         // Due instants run from the counted start over the counted 0.25 s.
-        assert!(run.timeline.iter().all(|&(at, _)| (0.0..0.25).contains(&at)), "{:?}", &run.timeline[..4]);
+        assert!(timeline.iter().all(|&(at, _)| (0.0..0.25).contains(&at)), "{:?}", &timeline[..4]);
+        // Acknowledged in order, no message is earlier than its own sync.
+        let (in_order, _) = run.acknowledged_in_order().unwrap();
+        assert_eq!(in_order.len(), histogram.len());
+        assert!(in_order.min() >= histogram.min() && in_order.max() >= histogram.max());
         // A message is durable only after a write and an fdatasync: never instantly,
         // and on any disk within the second the test allows.
         assert!(histogram.min() >= 1 && histogram.max() < 1_000_000, "{histogram:?}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "files removed");
+    }
+
+    #[test]
+    fn acknowledged_in_order_a_stall_on_one_file_delays_the_messages_of_every_file() {
+        // Two files, a message every ms on each, each durable 1 ms after it is due,
+        // except on file 1: the sync of its messages due at 5..=7 ms stalls until 20 ms,
+        // and those due at 8 and 9 ms are synced after it, at 21 ms.
+        let file0: Vec<(f64, u64)> = (0..10u64).map(|ms| (ms as f64 / 1e3, 1_000)).collect();
+        let file1: Vec<(f64, u64)> = (0..10u64)
+            .map(|ms| {
+                let durable_ms = match ms {
+                    5..=7 => 20,
+                    8.. => 21,
+                    _ => ms + 1,
+                };
+                (ms as f64 / 1e3, (durable_ms - ms) * 1_000)
+            })
+            .collect();
+        let mut latency_us = Histogram::new(3).unwrap();
+        for &(_, micros) in file0.iter().chain(&file1) {
+            latency_us.record(micros).unwrap();
+        }
+        let run = FloorRun { latency_us, files: vec![file0, file1] };
+        let (in_order, timeline) = run.acknowledged_in_order().unwrap();
+        assert_eq!(in_order.len(), 20);
+        let acks = |file: std::ops::Range<usize>| {
+            timeline[file].iter().map(|&(_, micros)| micros).collect::<Vec<_>>()
+        };
+        // File 0's messages from 5 ms on wait for file 1's stall; before it, only for
+        // their own sync.
+        assert_eq!(acks(0..10), [1_000, 1_000, 1_000, 1_000, 1_000, 15_000, 14_000, 13_000, 13_000, 12_000]);
+        // File 1's own latencies are unchanged: file 0 was never slower.
+        assert_eq!(acks(10..20), run.files[1].iter().map(|&(_, micros)| micros).collect::<Vec<_>>());
     }
 }

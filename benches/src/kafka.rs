@@ -47,7 +47,9 @@
 //! only after an fdatasync can beat that floor on this machine. fio counts one sample
 //! per sync, the broker's run one per message, so a device stall weighs thousands of
 //! times more in the latter; `*_vs_disk_open_loop` sets the run against the disk's
-//! floor counted per message (`floor`).
+//! floor counted per message (`floor`), and `p99_vs_disk_in_order` against the same
+//! floor acknowledged as one connection sees it (a request answered once all its
+//! partitions are durable, answers in request order: a stall on one file delays all).
 
 use crate::report::Figure;
 use crate::tail::Concentration;
@@ -523,10 +525,21 @@ fn disk_floor(base: &Path, args: &KafkaArgs, rate: f64) -> Option<(f64, f64)> {
     }
 }
 
-/// Message latency (p50, p99 in ms) of the disk alone under the paced run's load,
-/// counted per message like the broker's run (`floor::open_loop_sync`): [`PARTITIONS`]
-/// files, each taking its share of `rate` messages/s; and where its tail sits in time.
-fn open_loop_floor(base: &Path, args: &KafkaArgs, rate: f64) -> Option<(f64, f64, Concentration)> {
+/// The disk alone under the paced run's load, counted per message like the broker's
+/// run (`floor::open_loop_sync`: [`PARTITIONS`] files, each taking its share of `rate`
+/// messages/s).
+struct Floor {
+    p50_ms: f64,
+    p99_ms: f64,
+    /// Where its tail sits in time.
+    tail: Concentration,
+    /// p99 (ms) of the same syncs acknowledged in order across the files, as one
+    /// producer connection sees them (`FloorRun::acknowledged_in_order`).
+    in_order_p99_ms: f64,
+}
+
+/// Runs the open-loop floor (see [`Floor`]); `None` when it fails.
+fn open_loop_floor(base: &Path, args: &KafkaArgs, rate: f64) -> Option<Floor> {
     let seconds = if args.quick { 3.0 } else { 10.0 };
     let per_file = rate / PARTITIONS as f64;
     crate::report::quiesce();
@@ -547,9 +560,25 @@ fn open_loop_floor(base: &Path, args: &KafkaArgs, rate: f64) -> Option<(f64, f64
                 ms(0.999),
                 latency_us.max() as f64 / 1e3
             );
-            let tail = Concentration::of(latency_us, &run.timeline);
+            let tail = Concentration::of(latency_us, &run.timeline());
             eprintln!("open-loop floor: tail: {tail}");
-            Some((ms(0.5), ms(0.99), tail))
+            let (in_order_us, in_order_timeline) = match run.acknowledged_in_order() {
+                Ok(in_order) => in_order,
+                Err(error) => {
+                    eprintln!("note: the open-loop floor's in-order view failed ({error:#})");
+                    return None;
+                }
+            };
+            let in_order_ms = |q: f64| in_order_us.value_at_quantile(q) as f64 / 1e3;
+            eprintln!(
+                "open-loop floor acknowledged in order across the {PARTITIONS} files (one connection): p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms max {:.2} ms; tail: {}",
+                in_order_ms(0.5),
+                in_order_ms(0.99),
+                in_order_ms(0.999),
+                in_order_us.max() as f64 / 1e3,
+                Concentration::of(&in_order_us, &in_order_timeline)
+            );
+            Some(Floor { p50_ms: ms(0.5), p99_ms: ms(0.99), tail, in_order_p99_ms: in_order_ms(0.99) })
         }
         Err(error) => {
             eprintln!("note: the open-loop disk floor failed ({error:#}); no ratio");
@@ -683,20 +712,27 @@ pub fn bench(args: &KafkaArgs) -> Result<Vec<Figure>> {
             Some(("fio-paced-fdatasync".into(), disk_p99_ms)),
         );
     }
-    if let Some((floor_p50_ms, floor_p99_ms, floor_tail)) = open_loop_floor(&base, args, rate) {
+    if let Some(floor) = open_loop_floor(&base, args, rate) {
         emit(
             &paced,
             "p50_vs_disk_open_loop",
             ours.half_rate_p50_ms,
             "ms",
-            Some(("open-loop-fdatasync".into(), floor_p50_ms)),
+            Some(("open-loop-fdatasync".into(), floor.p50_ms)),
         );
         emit(
             &paced,
             "p99_vs_disk_open_loop",
             ours.half_rate_p99_ms,
             "ms",
-            Some(("open-loop-fdatasync".into(), floor_p99_ms)),
+            Some(("open-loop-fdatasync".into(), floor.p99_ms)),
+        );
+        emit(
+            &paced,
+            "p99_vs_disk_in_order",
+            ours.half_rate_p99_ms,
+            "ms",
+            Some(("open-loop-fdatasync-in-order".into(), floor.in_order_p99_ms)),
         );
         // The share of the over-p99 deliveries in the worst 100 ms window, against the
         // disk's own under the same load (issue 17: at most 20%).
@@ -706,7 +742,7 @@ pub fn bench(args: &KafkaArgs) -> Result<Vec<Figure>> {
                 "worst_window_share",
                 tail.worst_window_pct(),
                 "%",
-                Some(("open-loop-fdatasync".into(), floor_tail.worst_window_pct())),
+                Some(("open-loop-fdatasync".into(), floor.tail.worst_window_pct())),
             );
         }
     }
