@@ -24,6 +24,10 @@ use std::time::{Duration, Instant};
 /// Largest single write; a longer batch is written in several calls before its sync.
 pub const BATCH_BYTES_MAX: usize = 4 << 20;
 
+/// Message latencies (µs) and their timeline: (seconds from the counted start to the
+/// message's due instant, latency in µs) per message.
+pub type Timed = (Histogram<u64>, Vec<(f64, u64)>);
+
 /// What the disk alone gave an open-loop stream: one sample per counted message.
 #[derive(Debug)]
 pub struct FloorRun {
@@ -47,7 +51,7 @@ impl FloorRun {
     /// message counts as acknowledged only when, on every file, everything due by its
     /// own due instant is durable: a stall on one file delays the messages of all. The
     /// latency histogram (µs) and timeline of that view.
-    pub fn acknowledged_in_order(&self) -> Result<(Histogram<u64>, Vec<(f64, u64)>)> {
+    pub fn acknowledged_in_order(&self) -> Result<Timed> {
         let mut latency_us = Histogram::new(3)?;
         let mut timeline = Vec::with_capacity(self.files.iter().map(Vec::len).sum());
         for file in &self.files {
@@ -117,7 +121,7 @@ fn stream(
     rate: f64,
     message_bytes: usize,
     start: Instant,
-) -> Result<(Histogram<u64>, Vec<(f64, u64)>)> {
+) -> Result<Timed> {
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
