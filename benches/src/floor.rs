@@ -132,7 +132,7 @@ fn stream(
     let due_at = |i: u64| start + Duration::from_secs_f64(i as f64 / rate);
     let counted_start = due_at(counted_from);
     let mut latency_us = Histogram::new(3)?;
-    let mut timeline = Vec::with_capacity(total.saturating_sub(counted_from) as usize);
+    let mut timeline = crate::soak::prefaulted(total.saturating_sub(counted_from) as usize, (0.0, 0));
     let mut durable = 0u64;
     while durable < total {
         let now = Instant::now();

@@ -301,7 +301,7 @@ fn produce(
     let context = LatencyContext {
         deliveries: Mutex::new(Deliveries {
             latency_us: Histogram::new(3)?,
-            timeline: Vec::with_capacity(count as usize),
+            timeline: crate::soak::prefaulted(count as usize, (Instant::now(), 0)),
         }),
         errors: Mutex::new(0),
     };

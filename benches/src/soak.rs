@@ -104,6 +104,20 @@ pub fn report(name: &str, scenario: &str, samples: &[(f64, u64)]) -> Result<Vec<
     ])
 }
 
+/// An empty vector with room for `capacity` samples whose pages are already faulted
+/// in (written once with `fill`, then cleared): a timeline that grows into fresh
+/// memory during a timed run makes the timing thread fault a page every few thousand
+/// samples (a whole 2 MiB huge page, zeroed, where the allocator asks for them), and
+/// that stall lands on the samples being timed.
+pub fn prefaulted<T: Copy>(capacity: usize, fill: T) -> Vec<T> {
+    // Not `vec![fill; capacity]`: for an all-zero `fill` that becomes a zeroed
+    // allocation, which fresh memory satisfies without touching a page.
+    let mut samples = Vec::with_capacity(capacity);
+    samples.resize(capacity, fill);
+    samples.clear();
+    samples
+}
+
 /// Writes a paced run's samples (seconds from the start to when the event was due,
 /// latency in µs), one per line, to `$CORELOG_BENCH_TIMELINE.NAME` when that variable is
 /// set: for looking at the shape of a stall, not a figure.
@@ -119,6 +133,29 @@ pub fn dump_timeline(name: &str, timeline: &[(f64, u64)]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Minor page faults of the calling thread so far (`/proc/thread-self/stat`).
+    fn minor_faults() -> u64 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        after_name.split_whitespace().nth(7).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn a_prefaulted_timeline_takes_its_samples_without_page_faults() {
+        const SAMPLES: usize = 1 << 20; // 16 MiB of (f64, u64)
+        let mut timeline = prefaulted(SAMPLES, (0.0, 0u64));
+        assert!(timeline.is_empty() && timeline.capacity() >= SAMPLES);
+        let before = minor_faults();
+        for i in 0..SAMPLES {
+            timeline.push((i as f64, i as u64));
+        }
+        let faults = minor_faults() - before;
+        // Growing into fresh memory instead faults at least 8 times (2 MiB pages) and
+        // 4,096 times with 4 KiB pages.
+        assert!(faults < 4, "{faults} page faults while filling a prefaulted timeline");
+        assert_eq!(timeline[SAMPLES - 1], ((SAMPLES - 1) as f64, (SAMPLES - 1) as u64));
+    }
 
     #[test]
     fn a_stall_shows_in_its_interval_not_only_in_the_whole_run() {
