@@ -1,8 +1,7 @@
 //! The embedded API: open an engine on a data directory, create topics, append, read,
 //! wait for data, shut down.
 //!
-//! [`Engine::open`] probes io_uring, turns transparent huge pages off for the process,
-//! locks the data directory, reads its metadata
+//! [`Engine::open`] probes io_uring, locks the data directory, reads its metadata
 //! (`corelog.meta`), checks the clean-shutdown marker, starts one shard thread per core
 //! and waits until every shard has recovered its partitions. Each call then becomes a
 //! [`Request`] on the submission ring of the shard that owns the partition
@@ -83,14 +82,9 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Opens (creating if needed) the data directory and starts the shards. Turns
-    /// transparent huge pages off for the process first
-    /// ([`io::disable_transparent_huge_pages`]).
+    /// Opens (creating if needed) the data directory and starts the shards.
     pub fn open(config: EngineConfig) -> Result<Self, EngineError> {
         io::probe()?;
-        if let Err(error) = io::disable_transparent_huge_pages() {
-            tracing::warn!("transparent huge pages stay on ({error}): page faults may stall the shards");
-        }
         assert!(config.shards > 0, "at least one shard");
         let data_dir = config.data_dir.clone();
         let dir_error = |reason: String| EngineError::DataDir { path: data_dir.clone(), reason };

@@ -1,6 +1,5 @@
 //! Kernel-facing I/O: the io_uring capability probe, the eventfd a shard parks on,
-//! thread pinning, transparent huge pages off for the process
-//! ([`disable_transparent_huge_pages`]), the helper threads that apply page-cache hints
+//! thread pinning, the helper threads that apply page-cache hints
 //! ([`apply_cache_hints`]) off the shards, and the one that unlinks what retention
 //! and topic deletion retired ([`delete_in_background`]).
 //!
@@ -123,35 +122,6 @@ pub fn pin_to_core(core: usize) -> bool {
     core_affinity::get_core_ids()
         .and_then(|ids| ids.get(core % ids.len().max(1)).copied())
         .is_some_and(core_affinity::set_for_current)
-}
-
-/// Turns transparent huge pages off for the whole process (`PR_SET_THP_DISABLE`; it
-/// holds for mappings that exist already and is inherited by children), as
-/// [`crate::Engine::open`] does. With them on, the allocator's arenas (mimalloc asks
-/// for huge pages) take a fresh 2 MiB page on a fault and the kernel zeroes all of it
-/// on the faulting thread: on a shard under produce load that was 2–3% of its CPU,
-/// arriving in bursts of 20–44 ms of zeroing within 50 ms, every message on the
-/// shard waiting behind it (docs/ENGINE.md, "Huge-page faults on the shards").
-pub fn disable_transparent_huge_pages() -> std::io::Result<()> {
-    // SAFETY: prctl with PR_SET_THP_DISABLE takes plain integers and touches no memory
-    // of ours.
-    let result = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1 as libc::c_ulong, 0, 0, 0) };
-    if result == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-/// Whether transparent huge pages are off for this process (`PR_GET_THP_DISABLE`).
-pub fn transparent_huge_pages_disabled() -> std::io::Result<bool> {
-    // SAFETY: as above; PR_GET_THP_DISABLE returns the flag and touches no memory.
-    let result = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) };
-    if result < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(result == 1)
-    }
 }
 
 /// Bytes of page-cache hints the low-priority helper may have waiting before new hints

@@ -23,18 +23,6 @@ fn config(dir: &std::path::Path, shards: usize, flush: FlushMode) -> EngineConfi
 }
 
 #[test]
-fn given_an_open_engine_then_its_process_runs_without_transparent_huge_pages() {
-    // cargo-nextest runs every test in a process of its own, so nothing else here
-    // turned them off.
-    let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(config(dir.path(), 1, FlushMode::Group)).unwrap();
-    assert!(engine::io::transparent_huge_pages_disabled().unwrap());
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    assert!(status.lines().any(|l| l.split_whitespace().eq(["THP_enabled:", "0"])), "{status}");
-    drop(engine);
-}
-
-#[test]
 fn given_an_engine_when_appending_and_reading_then_offsets_are_contiguous_and_bytes_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::open(config(dir.path(), 2, FlushMode::Group)).unwrap();

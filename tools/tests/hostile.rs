@@ -7,8 +7,7 @@
 //! connection is answered within [`SERVED_WITHIN`]; the partition the case aimed at
 //! takes an honest append; the broker's anonymous RSS is under [`RSS_ANON_BOUND`];
 //! and `corelog inspect` finds the data directory intact. At the end the broker
-//! stops cleanly, restarts, and still holds what was acknowledged. (And from the start,
-//! the broker runs without transparent huge pages.)
+//! stops cleanly, restarts, and still holds what was acknowledged.
 
 mod common;
 
@@ -129,9 +128,6 @@ impl Suite {
                 "0",
             ],
         );
-        // Its memory is in small pages: a fault zeroes 4 KiB on the faulting shard, not
-        // 2 MiB (docs/ENGINE.md, "Huge-page faults on the shards").
-        assert!(!server.transparent_huge_pages(), "the broker runs with transparent huge pages on");
         let suite = Self { server, data: data.to_path_buf(), cases: Vec::new(), rss_max: 0 };
         let mut wire = suite.wire();
         assert_eq!(wire.produce("hostile", 0, honest_batch(3)).0, NONE);

@@ -88,15 +88,6 @@ impl Server {
         line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
     }
 
-    /// Whether the kernel may back the broker's memory with transparent huge pages
-    /// (`THP_enabled` in its `/proc` status; 0 once it set `PR_SET_THP_DISABLE`).
-    pub fn transparent_huge_pages(&self) -> bool {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let line =
-            status.lines().find(|l| l.starts_with("THP_enabled:")).expect("THP_enabled in /proc status");
-        line.split_whitespace().nth(1) != Some("0")
-    }
-
     /// What the broker wrote to stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
