@@ -5,7 +5,9 @@
 //! event was due, its latency) here; the table goes to stderr, the worst interval
 //! (highest p99.9, then max) is named, and its p99.9 and max become RESULT figures
 //! against the whole run's. [`dump_timeline`] writes the raw samples of any paced run
-//! (kafka, e2e, soak or not) to a file for looking at a stall's shape.
+//! (kafka, e2e, soak or not) to a file for looking at a stall's shape, and
+//! [`prefaulted`] gives a paced run's timeline memory that takes no page fault while
+//! the clock runs.
 
 use crate::report::Figure;
 use anyhow::Result;
@@ -106,8 +108,8 @@ pub fn report(name: &str, scenario: &str, samples: &[(f64, u64)]) -> Result<Vec<
 
 /// An empty vector with room for `capacity` samples whose pages are already faulted
 /// in (written once with `fill`, then cleared): a timeline that grows into fresh
-/// memory during a timed run makes the timing thread fault a page every few thousand
-/// samples (a whole 2 MiB huge page, zeroed, where the allocator asks for them), and
+/// memory during a timed run makes the timing thread fault a page in every 4 KiB (or
+/// zero a whole 2 MiB huge page every 2 MiB, where the allocator asks for them), and
 /// that stall lands on the samples being timed.
 pub fn prefaulted<T: Copy>(capacity: usize, fill: T) -> Vec<T> {
     // Not `vec![fill; capacity]`: for an all-zero `fill` that becomes a zeroed
