@@ -64,6 +64,12 @@ pub const ROUNDS_IN_FLIGHT_MAX: usize = 4;
 pub const FIELDS_MAX: usize = 4 + crate::query::RULES_MAX;
 /// Records per output batch at most.
 pub const OUTPUT_BATCH_RECORDS_MAX: usize = 4096;
+/// An output batch is appended once it holds this many bytes: it then never outgrows
+/// the builder's first allocation (16 KiB), a size the shards ask for all the time and
+/// so find in warm memory. A window close's results in one batch of ~100 KB, grown by
+/// doubling into memory last touched a window earlier, faulted in fresh huge pages on
+/// the shard at every close (docs/ENGINE.md, "Warm memory for window closes").
+pub const OUTPUT_BATCH_BYTES_MAX: usize = 12 << 10;
 
 /// A query as the engine runs it: its definition, its deny-list slot and how far it
 /// got in each source partition.
@@ -265,6 +271,12 @@ impl Sink {
         self.batch.push(now_ms(), Some(key.as_bytes()), Some(&self.json));
     }
 
+    /// Whether the batch is as large as an output batch gets.
+    fn full(&self) -> bool {
+        self.batch.record_count() >= OUTPUT_BATCH_RECORDS_MAX
+            || self.batch.len_bytes() >= OUTPUT_BATCH_BYTES_MAX
+    }
+
     /// Appends what was pushed; resolves once durable.
     fn flush(&mut self, shard: &Rc<Shard>) -> Option<Answered<AppendResult>> {
         if self.batch.record_count() == 0 {
@@ -419,7 +431,7 @@ async fn run_once(
             if let Output::Decision(decision) = output {
                 if fresh(decision.trigger_offset) {
                     decisions.push(&decision.key, |seq, out| encode_decision(&def, tp, seq, decision, out));
-                    if decisions.batch.record_count() >= OUTPUT_BATCH_RECORDS_MAX {
+                    if decisions.full() {
                         appends.extend(decisions.flush(shard));
                     }
                 }
@@ -430,7 +442,7 @@ async fn run_once(
             if let Output::Window(window) = output {
                 if fresh(window.trigger_offset) {
                     agg.push(&window.key, |seq, out| encode_window(&def, tp, seq, &window, out));
-                    if agg.batch.record_count() >= OUTPUT_BATCH_RECORDS_MAX {
+                    if agg.full() {
                         appends.extend(agg.flush(shard));
                     }
                 }
@@ -659,6 +671,24 @@ fn encode_decision(def: &QueryDef, tp: &TopicPartition, seq: u64, decision: &Dec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_output_batch_is_full_before_it_outgrows_the_builders_first_allocation() {
+        let mut sink = Sink {
+            tp: TopicPartition::new("q.agg", 0),
+            seq: SinkSeq { next: 0, skip_through: 0 },
+            batch: BatchBuilder::default(),
+            json: Vec::new(),
+        };
+        let value = vec![b'v'; 300];
+        let mut pushed = 0;
+        while !sink.full() {
+            sink.push("user-42", |_, out| out.extend_from_slice(&value));
+            pushed += 1;
+        }
+        assert!(pushed < OUTPUT_BATCH_RECORDS_MAX, "{pushed} records");
+        assert!(sink.batch.len_bytes() <= 16 << 10, "{} bytes", sink.batch.len_bytes());
+    }
 
     #[test]
     fn given_a_checkpoint_when_encoded_then_it_decodes_to_itself_and_bad_text_is_refused() {

@@ -29,6 +29,17 @@
 //! are the same as without deferral; only when they come out changes. Closed windows
 //! not yet drained count for [`Operator::replay_point`], and
 //! [`Operator::pending_trigger`] names the trigger offset they wait under.
+//!
+//! **Warm memory.** A closed window's emptied table and its drained key buffer are
+//! kept ([`SPARES_MAX`] of each) and taken by the next windows to open and close, so a
+//! window that opens never grows its table from empty and a close never collects into
+//! fresh memory. Memory freed and asked for again one window later had been given back
+//! to the kernel by then (the allocator's purge runs within a second), and faulting it
+//! in again, whole huge pages zeroed, held a shard for 10–30 ms at every close on the
+//! 2-core VM (docs/ENGINE.md, "Warm memory for window closes"). A spare is dropped
+//! instead of kept when its capacity exceeds [`SPARE_SLACK`] times what its window
+//! used (at least [`SPARE_MIN_KEEP`] entries), so one outsized window is not held for
+//! good.
 
 use crate::deny::DenySet;
 use crate::{Aggregate, Comparison, Condition, QueryDef};
@@ -37,6 +48,17 @@ use std::collections::{BTreeMap, HashMap};
 
 /// Approximate distinct counter (exact up to a few hundred items, HyperLogLog after).
 pub type Distinct = CardinalityEstimator<str>;
+
+/// Emptied window tables (and, apart, drained close buffers) kept for reuse.
+pub const SPARES_MAX: usize = 2;
+/// A spare is kept only while its capacity is at most this many times the entries its
+/// window held ...
+pub const SPARE_SLACK: usize = 4;
+/// ... or this many entries, whichever is more.
+pub const SPARE_MIN_KEEP: usize = 1024;
+
+/// One window's aggregates by key.
+type Table = HashMap<Box<str>, WindowAgg>;
 
 /// One event as the operator sees it.
 #[derive(Debug, Clone, Copy)]
@@ -196,13 +218,17 @@ pub struct OperatorStats {
 pub struct Operator {
     def: std::sync::Arc<QueryDef>,
     /// Open windows by start, then key.
-    windows: BTreeMap<i64, HashMap<Box<str>, WindowAgg>>,
+    windows: BTreeMap<i64, Table>,
     max_time_ms: i64,
     stats: OperatorStats,
     /// Closed windows not yet drained, in close order (a plain operator drains each
     /// close before `process` returns).
     closing: std::collections::VecDeque<Closed>,
     defer_close: bool,
+    /// Emptied tables of closed windows, for the next windows to open (warm memory).
+    spare_tables: Vec<Table>,
+    /// Drained key buffers of closed windows, for the next closes.
+    spare_keys: Vec<Vec<(Box<str>, WindowAgg)>>,
 }
 
 /// A closed window whose results are still to be emitted.
@@ -212,8 +238,15 @@ struct Closed {
     end_ms: i64,
     trigger_offset: i64,
     trigger_time_ms: i64,
-    /// Keys in order, not yet emitted.
-    keys: std::vec::IntoIter<(Box<str>, WindowAgg)>,
+    /// Keys not yet emitted, in *descending* order: the next one is the last.
+    keys: Vec<(Box<str>, WindowAgg)>,
+    /// Entries the window held when it closed.
+    closed_with: usize,
+}
+
+/// Whether a spare of `capacity` that served `used` entries is worth keeping.
+fn worth_keeping(capacity: usize, used: usize) -> bool {
+    capacity <= SPARE_SLACK.saturating_mul(used).max(SPARE_MIN_KEEP)
 }
 
 impl Operator {
@@ -232,6 +265,8 @@ impl Operator {
             stats: OperatorStats::default(),
             closing: Default::default(),
             defer_close: false,
+            spare_tables: Vec::new(),
+            spare_keys: Vec::new(),
         }
     }
 
@@ -248,8 +283,8 @@ impl Operator {
         let mut emitted = 0;
         while emitted < max {
             let Some(closed) = self.closing.front_mut() else { break };
-            let Some((key, agg)) = closed.keys.next() else {
-                self.closing.pop_front();
+            let Some((key, agg)) = closed.keys.pop() else {
+                self.retire_front();
                 continue;
             };
             out.push(Output::Window(WindowResult {
@@ -266,10 +301,20 @@ impl Operator {
             }));
             emitted += 1;
         }
-        if self.closing.front().is_some_and(|closed| closed.keys.len() == 0) {
-            self.closing.pop_front();
+        if self.closing.front().is_some_and(|closed| closed.keys.is_empty()) {
+            self.retire_front();
         }
         emitted
+    }
+
+    /// Drops the fully drained front of the close queue, keeping its buffer warm.
+    fn retire_front(&mut self) {
+        if let Some(closed) = self.closing.pop_front() {
+            if self.spare_keys.len() < SPARES_MAX && worth_keeping(closed.keys.capacity(), closed.closed_with)
+            {
+                self.spare_keys.push(closed.keys);
+            }
+        }
     }
 
     /// The trigger offset of the oldest closed window not yet fully drained: its
@@ -308,8 +353,7 @@ impl Operator {
     /// when no window is open.
     pub fn replay_point(&self) -> Option<(i64, i64)> {
         let open = self.windows.values().flat_map(HashMap::values);
-        let closing =
-            self.closing.iter().flat_map(|closed| closed.keys.as_slice().iter().map(|(_, agg)| agg));
+        let closing = self.closing.iter().flat_map(|closed| closed.keys.iter().map(|(_, agg)| agg));
         open.chain(closing)
             .map(|agg| (agg.first_offset, agg.max_time_before_ms))
             .min_by_key(|(offset, _)| *offset)
@@ -335,7 +379,8 @@ impl Operator {
                 late = true;
                 continue;
             }
-            let keys = self.windows.entry(start).or_default();
+            let spares = &mut self.spare_tables;
+            let keys = self.windows.entry(start).or_insert_with(|| spares.pop().unwrap_or_default());
             let agg = match keys.get_mut(event.key) {
                 Some(agg) => agg,
                 None => {
@@ -398,15 +443,22 @@ impl Operator {
             if start.saturating_add(size_ms) > watermark {
                 break;
             }
-            let mut keys: Vec<(Box<str>, WindowAgg)> = entry.remove().into_iter().collect();
-            keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            let mut table = entry.remove();
+            let mut keys = self.spare_keys.pop().unwrap_or_default();
+            keys.extend(table.drain());
+            // Descending, so draining pops from the end in ascending key order.
+            keys.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+            if self.spare_tables.len() < SPARES_MAX && worth_keeping(table.capacity(), keys.len()) {
+                self.spare_tables.push(table);
+            }
             self.stats.windows += keys.len() as u64;
             self.closing.push_back(Closed {
                 start_ms: start,
                 end_ms: start + size_ms,
                 trigger_offset: trigger.offset,
                 trigger_time_ms: trigger.time_ms,
-                keys: keys.into_iter(),
+                closed_with: keys.len(),
+                keys,
             });
         }
         if !self.defer_close {
@@ -578,6 +630,66 @@ mod tests {
             assert!(!expected.is_empty(), "seed {seed}: no rule ever fires");
             assert_eq!(fired, expected, "threshold decisions, seed {seed}");
         }
+    }
+
+    /// Feeds `keys` distinct keys into the 100 ms window starting at `start`, with
+    /// offsets from `first_offset`, draining closed windows before each event: the
+    /// first event may close earlier windows, and what the last one closes stays queued.
+    fn fill_window(operator: &mut Operator, start: i64, keys: usize, first_offset: i64) {
+        let mut out = Vec::new();
+        for k in 0..keys {
+            operator.drain_closed(usize::MAX, &mut out);
+            let key = format!("k{k:06}");
+            let event = Event {
+                offset: first_offset + k as i64,
+                key: &key,
+                time_ms: start + 10,
+                value: 1,
+                distinct: None,
+            };
+            operator.process(&event, &[None], &DenySet::default(), &mut out);
+        }
+    }
+
+    #[test]
+    fn a_window_opens_on_the_table_a_closed_window_left_and_a_close_collects_into_the_last_ones_buffer() {
+        let mut operator = Operator::new(def(100, 100, 0, "count > 1000000")).deferring_close();
+        fill_window(&mut operator, 0, 5_000, 0);
+        // Window 100's first event closes window 0: its table becomes the spare.
+        fill_window(&mut operator, 100, 5_000, 10_000);
+        assert_eq!(operator.spare_tables.len(), 1);
+        let spare_keys = operator.spare_keys.first().map(|keys| (keys.as_ptr(), keys.capacity()));
+        assert!(spare_keys.is_some_and(|(_, capacity)| capacity >= 5_000), "the drained buffer is kept");
+        // Window 200 opens on window 0's table: no growth from empty.
+        fill_window(&mut operator, 200, 1, 20_000);
+        assert!(operator.windows[&200].capacity() >= 5_000, "{}", operator.windows[&200].capacity());
+        // That event closed window 100 into the buffer window 0's close left.
+        let closed = operator.closing.front().expect("window 100 waits to be drained");
+        assert_eq!(Some(closed.keys.as_ptr()), spare_keys.map(|(pointer, _)| pointer));
+        let mut out = Vec::new();
+        assert_eq!(operator.drain_closed(usize::MAX, &mut out), 5_000);
+        let keys: Vec<&str> =
+            out.iter().map(|o| if let Output::Window(w) = o { &*w.key } else { panic!("{o:?}") }).collect();
+        assert!(keys.windows(2).all(|pair| pair[0] < pair[1]), "ascending key order");
+    }
+
+    #[test]
+    fn a_spare_far_larger_than_its_last_window_is_dropped() {
+        let mut operator = Operator::new(def(100, 100, 0, "count > 1000000")).deferring_close();
+        let largest = |operator: &Operator| {
+            let tables = operator.spare_tables.iter().map(HashMap::capacity);
+            let buffers = operator.spare_keys.iter().map(Vec::capacity);
+            (tables.max().unwrap_or(0), buffers.max().unwrap_or(0))
+        };
+        fill_window(&mut operator, 0, 50_000, 0);
+        fill_window(&mut operator, 100, 10, 100_000); // closes 0: kept, it served 50,000
+        let (table, buffer) = largest(&operator);
+        assert!(table >= 50_000 && buffer >= 50_000, "{table} {buffer}");
+        fill_window(&mut operator, 200, 10, 200_000); // opens on that table, closes 100
+        fill_window(&mut operator, 300, 10, 300_000); // closes 200: 10 keys in 50,000 slots
+        operator.drain_closed(usize::MAX, &mut Vec::new());
+        let (table, buffer) = largest(&operator);
+        assert!(table <= 4 * SPARE_MIN_KEEP && buffer <= 4 * SPARE_MIN_KEEP, "{table} {buffer}");
     }
 
     #[test]
