@@ -649,15 +649,7 @@ impl Default for BatchBuilder {
 impl BatchBuilder {
     /// A builder whose buffer starts with `capacity_bytes`.
     pub fn with_capacity(capacity_bytes: usize) -> Self {
-        let mut builder = Self {
-            buffer: BytesMut::with_capacity(capacity_bytes.max(BATCH_HEADER_BYTES)),
-            base_timestamp: 0,
-            max_timestamp: 0,
-            record_count: 0,
-            producer: (-1, -1, -1),
-        };
-        builder.reset();
-        builder
+        Self::in_buffer(BytesMut::with_capacity(capacity_bytes.max(BATCH_HEADER_BYTES)))
     }
 
     fn reset(&mut self) {
@@ -722,9 +714,35 @@ impl BatchBuilder {
         self.push_with_headers(timestamp, key, value, &[]);
     }
 
+    /// A builder that builds in `buffer` (emptied first).
+    pub fn in_buffer(buffer: BytesMut) -> Self {
+        let mut builder =
+            Self { buffer, base_timestamp: 0, max_timestamp: 0, record_count: 0, producer: (-1, -1, -1) };
+        builder.reset();
+        builder
+    }
+
+    /// [`BatchBuilder::finish`], handing over the whole buffer (the batch owns its
+    /// allocation alone) and building on in `next`.
+    pub fn finish_swap(&mut self, next: BytesMut) -> BytesMut {
+        self.seal();
+        let batch = std::mem::replace(&mut self.buffer, next);
+        self.buffer.clear();
+        self.reset();
+        batch
+    }
+
     /// Writes the header and CRC and returns the finished batch (base offset 0).
     /// Panics if no record was pushed: an empty batch is not a valid frame.
     pub fn finish(&mut self) -> BytesMut {
+        self.seal();
+        let batch = self.buffer.split();
+        self.reset();
+        batch
+    }
+
+    /// Writes the header and CRC of the records pushed so far.
+    fn seal(&mut self) {
         assert!(self.record_count > 0, "a batch holds at least one record");
         let batch_length = (self.buffer.len() - BATCH_LOG_OVERHEAD_BYTES) as i32;
         let (producer_id, producer_epoch, base_sequence) = self.producer;
@@ -746,15 +764,33 @@ impl BatchBuilder {
         self.buffer[..BATCH_HEADER_BYTES].copy_from_slice(header.as_bytes());
         let crc = crc32c::crc32c(&self.buffer[CRC_START_BYTES..]);
         self.buffer[17..21].copy_from_slice(&crc.to_be_bytes());
-        let batch = self.buffer.split();
-        self.reset();
-        batch
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_finished_by_swapping_buffers_is_the_same_batch_in_the_whole_old_buffer() {
+        let records: [(i64, &[u8], &[u8]); 3] = [(5, b"a", b"one"), (9, b"b", b"two"), (7, b"c", b"three")];
+        let (mut split, mut swapped) =
+            (BatchBuilder::default(), BatchBuilder::in_buffer(BytesMut::with_capacity(4096)));
+        let mut bytes = Vec::new();
+        for round in 0..2 {
+            for (timestamp, key, value) in records {
+                split.push(timestamp + round, Some(key), Some(value));
+                swapped.push(timestamp + round, Some(key), Some(value));
+            }
+            let first = swapped.buffer.as_ptr();
+            let batch = swapped.finish_swap(BytesMut::with_capacity(4096));
+            assert_eq!(batch.as_ptr(), first, "the batch is the builder's old buffer");
+            assert_eq!(batch, split.finish());
+            BatchView::parse(&batch).expect("a valid batch");
+            bytes.push(batch);
+        }
+        assert_ne!(bytes[0], bytes[1], "the second batch was built afresh");
+    }
 
     #[test]
     fn varint_len_matches_encoding() {

@@ -47,6 +47,7 @@
 #![deny(clippy::await_holding_refcell_ref)]
 
 pub mod batch;
+pub mod buffers;
 mod catalog;
 pub mod commit;
 mod config;

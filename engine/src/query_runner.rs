@@ -65,10 +65,11 @@ pub const FIELDS_MAX: usize = 4 + crate::query::RULES_MAX;
 /// Records per output batch at most.
 pub const OUTPUT_BATCH_RECORDS_MAX: usize = 4096;
 /// An output batch is appended once it holds this many bytes: it then never outgrows
-/// the builder's first allocation (16 KiB), a size the shards ask for all the time and
-/// so find in warm memory. A window close's results in one batch of ~100 KB, grown by
-/// doubling into memory last touched a window earlier, faulted in fresh huge pages on
-/// the shard at every close (docs/ENGINE.md, "Warm memory for window closes").
+/// its buffer, one of the shard's pooled 16 KiB write buffers ([`crate::buffers`]),
+/// which stay warm between window closes. A window close's results in one batch of
+/// ~100 KB, grown by doubling into memory last touched a window earlier, faulted in
+/// fresh huge pages on the shard at every close (docs/ENGINE.md, "Warm memory for
+/// window closes").
 pub const OUTPUT_BATCH_BYTES_MAX: usize = 12 << 10;
 
 /// A query as the engine runs it: its definition, its deny-list slot and how far it
@@ -256,7 +257,7 @@ impl Sink {
         Ok(Self {
             tp,
             seq: SinkSeq { next: emitted, skip_through: last },
-            batch: BatchBuilder::default(),
+            batch: BatchBuilder::in_buffer(crate::buffers::take()),
             json: Vec::with_capacity(256),
         })
     }
@@ -282,7 +283,9 @@ impl Sink {
         if self.batch.record_count() == 0 {
             return None;
         }
-        let batch = self.batch.finish();
+        // The batch takes its buffer to the shard, which hands it back to the pool
+        // once written; the next batch builds in a warm one.
+        let batch = self.batch.finish_swap(crate::buffers::take());
         Some(shard.start(|answer| Request::Append {
             tp: self.tp.clone(),
             batch,
@@ -677,7 +680,7 @@ mod tests {
         let mut sink = Sink {
             tp: TopicPartition::new("q.agg", 0),
             seq: SinkSeq { next: 0, skip_through: 0 },
-            batch: BatchBuilder::default(),
+            batch: BatchBuilder::in_buffer(crate::buffers::take()),
             json: Vec::new(),
         };
         let value = vec![b'v'; 300];
@@ -687,7 +690,7 @@ mod tests {
             pushed += 1;
         }
         assert!(pushed < OUTPUT_BATCH_RECORDS_MAX, "{pushed} records");
-        assert!(sink.batch.len_bytes() <= 16 << 10, "{} bytes", sink.batch.len_bytes());
+        assert!(sink.batch.len_bytes() <= crate::buffers::BUFFER_BYTES, "{} bytes", sink.batch.len_bytes());
     }
 
     #[test]

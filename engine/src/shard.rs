@@ -444,7 +444,8 @@ impl Partition {
             self.flush.borrow_mut().write_ended();
             written?;
         } else {
-            let (written, _bytes) = crate::fault::write_all_at(&file, plan.bytes, plan.position).await;
+            let (written, bytes) = crate::fault::write_all_at(&file, plan.bytes, plan.position).await;
+            crate::buffers::give(bytes);
             self.flush.borrow_mut().write_ended();
             if let Err(error) = written {
                 return Err(self.fail(format!("write at {}: {error}", plan.position)));
@@ -515,7 +516,10 @@ impl Partition {
         self.flush.borrow_mut().sync_ended();
         let whole = match written {
             Err(error) => return Err(self.fail(format!("write at {}: {error}", plan.position))),
-            Ok(count) if count == length => true,
+            Ok(count) if count == length => {
+                crate::buffers::give(bytes);
+                true
+            }
             Ok(count) => {
                 let rest = { bytes }.split_off(count);
                 let (rest_written, _) =
