@@ -22,9 +22,12 @@
 //! per window. The disk's open-loop floor (below) reports the same share, so a run
 //! shows how much of its stalls the disk alone has.
 //!
-//! Debian's NATS (2.9) cannot sync every write, so its figures are at page-cache
-//! durability; corelog then also runs with `--flush os` for one produce throughput at
-//! equal durability (`kafka-produce-unsynced`).
+//! corelog also runs with `--flush os` (acknowledged before any sync): at full speed,
+//! for one produce throughput at equal durability with Debian's NATS (2.9 cannot sync
+//! every write, so its figures are at page-cache durability; `kafka-produce-unsynced`),
+//! and paced at the same rate, for the latency of everything on the path but the syncs
+//! (`p99_vs_unsynced`: the client's `linger.ms` and pacing tick, the two processes
+//! sharing the machine's cores, corelog's request path).
 //!
 //! corelog also runs once with only a SASL_SSL listener (TLS, SCRAM-SHA-512), for the
 //! full-speed produce throughput over TLS against the plaintext run of the same bench
@@ -653,18 +656,21 @@ pub fn bench(args: &KafkaArgs) -> Result<Vec<Figure>> {
             Err(error) => eprintln!("note: NATS JetStream run failed ({error:#}); no NATS ratio"),
         }
     }
-    // NATS 2.9 cannot sync every write, so its figures are at page-cache durability.
-    // For a ratio at equal durability, corelog runs once more the same way: `--flush os`
-    // (acknowledged once written, synced by the kernel's writeback).
-    let ours_unsynced = match &unsynced_peer {
-        Some(_) if args.flush != "os" => match unsynced_throughput(&base, args) {
-            Ok(mb_per_s) => Some(mb_per_s),
+    // The same broker acknowledging before it syncs (`--flush os`): its full-speed
+    // throughput is the ratio at equal durability for a peer measured at page-cache
+    // durability (NATS 2.9 cannot sync every write), and its paced run at the same rate
+    // is what this client, this machine and corelog's request path give with no sync at
+    // all (see `Unsynced`).
+    let unsynced = if args.flush != "os" {
+        match unsynced(&base, args, rate) {
+            Ok(run) => Some(run),
             Err(error) => {
-                eprintln!("note: corelog --flush os run failed ({error:#}); no page-cache ratio");
+                eprintln!("note: corelog --flush os run failed ({error:#}); no page-cache ratios");
                 None
             }
-        },
-        _ => None,
+        }
+    } else {
+        None
     };
     let best = |value: fn(&Measured) -> f64, higher_is_better: bool| {
         peers.iter().map(|p| (p.name.to_string(), value(p))).reduce(|a, b| {
@@ -746,27 +752,57 @@ pub fn bench(args: &KafkaArgs) -> Result<Vec<Figure>> {
             );
         }
     }
+    if let Some(run) = &unsynced {
+        // The durable run's p99 against the same paced load acknowledged with no sync:
+        // what the syncs add over everything else on the path.
+        let reference = ("corelog-flush-os-paced".to_string(), run.paced_p99_ms);
+        emit(&paced, "p99_vs_unsynced", ours.half_rate_p99_ms, "ms", Some(reference));
+    }
     emit("kafka-consume", "throughput", ours.consume_mb_per_s, "MB/s", best(|m| m.consume_mb_per_s, true));
     if let Some(mb_per_s) = over_tls {
         let plaintext = ("corelog-plaintext".to_string(), ours.produce_mb_per_s);
         emit("kafka-produce-sasl-ssl", "throughput", mb_per_s, "MB/s", Some(plaintext));
     }
-    if let Some(mb_per_s) = ours_unsynced {
-        emit("kafka-produce-unsynced", "throughput", mb_per_s, "MB/s", unsynced_peer);
+    if let Some((run, peer)) = unsynced.as_ref().zip(unsynced_peer) {
+        emit("kafka-produce-unsynced", "throughput", run.produce_mb_per_s, "MB/s", Some(peer));
     }
     Ok(figures)
 }
 
-/// Full-speed produce throughput (MB/s) of a fresh `corelog serve --flush os`: the
-/// durability of a peer that acknowledges before it syncs.
-fn unsynced_throughput(base: &Path, args: &KafkaArgs) -> Result<f64> {
+/// A fresh `corelog serve --flush os` (acknowledged once written, synced by the
+/// kernel's writeback) under the kafka scenario's two loads.
+struct Unsynced {
+    /// Full-speed produce throughput: the durability of a peer that acknowledges before
+    /// it syncs.
+    produce_mb_per_s: f64,
+    /// p99 (ms) of the paced run at the durable run's rate: everything on the path but
+    /// the syncs (the client's `linger.ms` and pacing tick, the two processes sharing
+    /// the machine's cores, corelog's request path). Not a strict floor: the kernel's
+    /// writeback of the unsynced bytes takes the syncs' place and may throttle the
+    /// broker's writes, or meet a device stall, when it lags (`p99_vs_unsynced` under 1).
+    paced_p99_ms: f64,
+}
+
+/// Runs [`Unsynced`]'s two loads against a fresh `--flush os` broker.
+fn unsynced(base: &Path, args: &KafkaArgs, rate: f64) -> Result<Unsynced> {
     let corelog = start_corelog(&base.join("unsynced"), "os")?;
     create_topic(corelog.address, "bench")?;
     let count: u64 = if args.quick { 200_000 } else { 1_000_000 };
     let run = produce(corelog.address, &[], "bench", count, args.size, None)?;
-    let mb_per_s = run.messages_per_s * args.size as f64 / 1e6;
-    eprintln!("corelog --flush os: produce {:.0} msg/s ({mb_per_s:.0} MB/s)", run.messages_per_s);
-    Ok(mb_per_s)
+    let produce_mb_per_s = run.messages_per_s * args.size as f64 / 1e6;
+    create_topic(corelog.address, "paced")?;
+    crate::report::quiesce();
+    let paced_count = ((rate * if args.quick { 3.0 } else { 10.0 }) as u64).max(1000);
+    let paced = produce(corelog.address, &[], "paced", paced_count, args.size, Some(rate))?;
+    let ms = |q: f64| paced.latency_us.value_at_quantile(q) as f64 / 1e3;
+    eprintln!(
+        "corelog --flush os: produce {:.0} msg/s ({produce_mb_per_s:.0} MB/s); at {rate:.0} msg/s produce p50 {:.2} ms p99 {:.2} ms max {:.2} ms",
+        run.messages_per_s,
+        ms(0.5),
+        ms(0.99),
+        ms(1.0)
+    );
+    Ok(Unsynced { produce_mb_per_s, paced_p99_ms: ms(0.99) })
 }
 
 /// Full-speed produce throughput (MB/s) of a fresh `corelog serve` whose only listener
