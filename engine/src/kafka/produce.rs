@@ -1,5 +1,12 @@
 //! Produce in two phases: batches submitted to their owners in request order (before
 //! the connection reads its next request), then the replies awaited.
+//!
+//! A request's record sets are handed to the log as writable views of the frame they
+//! arrived in, not copies ([`own_records`]): the log patches each batch's header in
+//! place, so a batch needs a buffer of its own, and the views are disjoint parts of
+//! one allocation that the frame's memory budget already covers until every reply is
+//! in. When the frame cannot be taken apart (something still shares it), each batch is
+//! copied out as before, and counted (`corelog_kafka_produce_copied_bytes_total`).
 
 use super::sasl::Session;
 use super::{authz, codes::*, topics::*};
@@ -13,7 +20,106 @@ use futures_util::future::join_all;
 use kafka_protocol::messages::{produce_response, ProduceRequest, ProduceResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use security::acl::{Operation, ResourceType};
+use std::ops::Range;
 use std::rc::Rc;
+
+/// One partition's record sets as [`own_records`] hands them on.
+pub(super) enum Records {
+    /// A writable view of the request frame: batches are split off it, never copied.
+    Owned(BytesMut),
+    /// Shared with the rest of the frame: each batch is copied out before it is sent.
+    Shared(Bytes),
+}
+
+/// Per topic, per partition (its index): a `T`.
+pub(super) type PerPartition<T> = Vec<(TopicName, Vec<(i32, T)>)>;
+
+/// What the produce path needs of a decoded request, holding nothing else of its frame.
+pub(super) struct ProduceParts {
+    pub(super) acks: i16,
+    /// Per topic (name in memory of its own), per partition: its record sets.
+    pub(super) topics: PerPartition<Option<Records>>,
+}
+
+/// Takes a decoded Produce request apart: the names and indexes are kept in memory of
+/// their own, everything else of the request is dropped, and then the frame it was
+/// decoded from (`frame`, the whole request as read) is split into one writable view
+/// per partition's record sets. That works when every record set lies inside `frame`,
+/// in order, and nothing else holds a reference to it any more (the caller drops its
+/// own copies first); otherwise each partition keeps a shared slice.
+pub(super) fn own_records(mut request: ProduceRequest, frame: Bytes) -> ProduceParts {
+    let (acks, topic_data) = (request.acks, std::mem::take(&mut request.topic_data));
+    drop(request); // its transactional id and tagged fields may be slices of `frame`
+    let base = frame.as_ptr() as usize;
+    let mut in_order = true;
+    let mut end = 0;
+    // Each partition's record sets, and where they lie in `frame`.
+    let mut topics: PerPartition<(Option<Bytes>, Option<Range<usize>>)> =
+        Vec::with_capacity(topic_data.len());
+    for topic in topic_data {
+        let name = TopicName(StrBytes::from_string(topic.name.0.to_string()));
+        let partitions = topic
+            .partition_data
+            .into_iter()
+            .map(|partition| {
+                let range = partition.records.as_ref().and_then(|records| {
+                    let start = (records.as_ptr() as usize).checked_sub(base)?;
+                    let inside = start >= end && records.len() <= frame.len().checked_sub(start)?;
+                    inside.then(|| start..start + records.len())
+                });
+                match (&partition.records, &range) {
+                    (Some(_), Some(range)) => end = range.end,
+                    (Some(_), None) => in_order = false,
+                    (None, _) => {}
+                }
+                (partition.index, (partition.records, range))
+            })
+            .collect();
+        topics.push((name, partitions));
+    }
+    let parts = |topics: PerPartition<Option<Records>>| ProduceParts { acks, topics };
+    if !in_order {
+        return parts(
+            topics
+                .into_iter()
+                .map(|(name, partitions)| {
+                    let partitions =
+                        partitions.into_iter().map(|(i, (r, _))| (i, r.map(Records::Shared))).collect();
+                    (name, partitions)
+                })
+                .collect(),
+        );
+    }
+    // Every record set is a range of `frame`: let go of the slices, then take it apart.
+    let topics: PerPartition<Option<Range<usize>>> = topics
+        .into_iter()
+        .map(|(name, partitions)| (name, partitions.into_iter().map(|(i, (_, range))| (i, range)).collect()))
+        .collect();
+    let mut whole = frame.try_into_mut();
+    let mut cursor = 0;
+    parts(
+        topics
+            .into_iter()
+            .map(|(name, partitions)| {
+                let partitions = partitions
+                    .into_iter()
+                    .map(|(index, range)| {
+                        let records = range.map(|range| match &mut whole {
+                            Ok(view) => {
+                                let _skipped = view.split_to(range.start - cursor);
+                                cursor = range.end;
+                                Records::Owned(view.split_to(range.len()))
+                            }
+                            Err(shared) => Records::Shared(shared.slice(range)),
+                        });
+                        (index, records)
+                    })
+                    .collect();
+                (name, partitions)
+            })
+            .collect(),
+    )
+}
 
 /// One partition of a produce request after its batches were submitted.
 pub(super) enum PartitionSubmitted {
@@ -29,13 +135,13 @@ pub(super) enum PartitionSubmitted {
 pub(super) async fn produce_submit(
     shard: &Rc<Shard>,
     session: &Session,
-    request: ProduceRequest,
+    request: ProduceParts,
 ) -> Vec<(TopicName, Vec<(i32, PartitionSubmitted)>)> {
     // acks=all (-1) waits for the flush mode's durability; acks=1 and acks=0 for the write.
     let ack = if request.acks == -1 { AckLevel::Durable } else { AckLevel::Written };
-    let mut topics = Vec::with_capacity(request.topic_data.len());
-    for topic in request.topic_data {
-        let name = topic.name.0.to_string();
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for (topic_name, partition_data) in request.topics {
+        let name = topic_name.0.to_string();
         let known = if shard.query_writing(&name).is_some() {
             // Only the query writes its sinks (one writer, no gap in `seq`).
             Err(code::TOPIC_AUTHORIZATION_FAILED)
@@ -46,27 +152,20 @@ pub(super) async fn produce_submit(
                 && authz::may_create_topic(shard, session, &name);
             ensure_topic(shard, &name, create).await
         };
-        let partitions = topic
-            .partition_data
+        let partitions = partition_data
             .into_iter()
-            .map(|partition| {
-                let index = partition.index;
+            .map(|(index, records)| {
                 let submitted = match known {
                     Err(code) => PartitionSubmitted::Refused(code),
                     Ok(count) if index < 0 || index as u32 >= count => {
                         PartitionSubmitted::Refused(code::UNKNOWN_TOPIC_OR_PARTITION)
                     }
-                    Ok(_) => submit_batches(
-                        shard,
-                        TopicPartition::new(&name, index as u32),
-                        partition.records,
-                        ack,
-                    ),
+                    Ok(_) => submit_batches(shard, TopicPartition::new(&name, index as u32), records, ack),
                 };
                 (index, submitted)
             })
             .collect();
-        topics.push((topic.name, partitions));
+        topics.push((topic_name, partitions));
     }
     topics
 }
@@ -76,25 +175,60 @@ pub(super) async fn produce_submit(
 pub(super) fn submit_batches(
     shard: &Rc<Shard>,
     tp: TopicPartition,
-    records: Option<Bytes>,
+    records: Option<Records>,
     ack: AckLevel,
 ) -> PartitionSubmitted {
-    let Some(mut rest) = records else { return PartitionSubmitted::Refused(code::CORRUPT_MESSAGE) };
+    let batches = match records {
+        None => return PartitionSubmitted::Refused(code::CORRUPT_MESSAGE),
+        Some(Records::Owned(rest)) => split_batches(rest),
+        Some(Records::Shared(rest)) => split_batches(rest).map(|frames| {
+            frames
+                .into_iter()
+                .map(|frame| {
+                    frame.try_into_mut().unwrap_or_else(|shared| {
+                        metrics::counter!("corelog_kafka_produce_copied_bytes_total")
+                            .increment(shared.len() as u64);
+                        BytesMut::from(&shared[..])
+                    })
+                })
+                .collect()
+        }),
+    };
+    let Some(batches) = batches else { return PartitionSubmitted::Refused(code::CORRUPT_MESSAGE) };
+    let sent = batches
+        .into_iter()
+        .map(|batch| shard.start(|answer| Request::Append { tp: tp.clone(), batch, ack, answer }))
+        .collect();
+    PartitionSubmitted::Sent(sent)
+}
+
+/// Splits record sets into their batches (each framed correctly, or `None`).
+fn split_batches<B: bytes::Buf + std::ops::Deref<Target = [u8]> + SplitTo>(mut rest: B) -> Option<Vec<B>> {
     let mut frames = Vec::new();
     while !rest.is_empty() {
         match batch::frame_len(&rest) {
-            Some(Ok(len)) if len <= rest.len() => frames.push(rest.split_to(len)),
-            _ => return PartitionSubmitted::Refused(code::CORRUPT_MESSAGE),
+            Some(Ok(len)) if len <= rest.len() => frames.push(rest.split_front(len)),
+            _ => return None,
         }
     }
-    let sent = frames
-        .into_iter()
-        .map(|frame| {
-            let batch = frame.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]));
-            shard.start(|answer| Request::Append { tp: tp.clone(), batch, ack, answer })
-        })
-        .collect();
-    PartitionSubmitted::Sent(sent)
+    Some(frames)
+}
+
+/// `split_to` of both buffer types, for [`split_batches`].
+trait SplitTo {
+    fn split_front(&mut self, at: usize) -> Self;
+}
+
+impl SplitTo for Bytes {
+    fn split_front(&mut self, at: usize) -> Self {
+        self.split_to(at)
+    }
+}
+
+impl SplitTo for BytesMut {
+    fn split_front(&mut self, at: usize) -> Self {
+        self.split_to(at)
+    }
 }
 
 /// Phase two: waits for every reply and builds the response (first base offset per
@@ -140,4 +274,148 @@ pub(super) async fn produce_finish(
         );
     }
     ProduceResponse::default().with_responses(responses)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::BatchBuilder;
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ApiKey, RequestHeader, TransactionalId};
+    use kafka_protocol::protocol::{Decodable, Encodable};
+
+    /// Two batches of `records` records each, as one partition's record sets.
+    fn record_sets(tag: u8, records: usize) -> Bytes {
+        let mut sets = BytesMut::new();
+        for batch in 0..2u8 {
+            let mut builder = BatchBuilder::default();
+            for n in 0..records {
+                builder.push(1_700_000_000_000, Some(&[tag, batch]), Some(&vec![tag ^ batch; 64 + n]));
+            }
+            sets.extend_from_slice(&builder.finish());
+        }
+        sets.freeze()
+    }
+
+    /// A Produce request of two topics of two partitions each, encoded the way a client
+    /// sends it (header and body, no size prefix), and each partition's record sets.
+    fn frame(version: i16) -> (BytesMut, Vec<Bytes>) {
+        let sets: Vec<Bytes> = (0..4).map(|n| record_sets(n as u8, 3 + n)).collect();
+        let topics = ["payments", "refunds"]
+            .iter()
+            .enumerate()
+            .map(|(t, name)| {
+                TopicProduceData::default()
+                    .with_name(TopicName(StrBytes::from_static_str(name)))
+                    .with_partition_data(
+                        (0..2)
+                            .map(|p| {
+                                PartitionProduceData::default()
+                                    .with_index(p as i32)
+                                    .with_records(Some(sets[t * 2 + p].clone()))
+                            })
+                            .collect(),
+                    )
+            })
+            .collect();
+        let request = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(30_000)
+            .with_transactional_id(Some(TransactionalId(StrBytes::from_static_str("tx"))))
+            .with_topic_data(topics);
+        let header = RequestHeader::default()
+            .with_request_api_key(ApiKey::Produce as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(7)
+            .with_client_id(Some(StrBytes::from_static_str("test")));
+        let mut bytes = BytesMut::new();
+        header.encode(&mut bytes, ApiKey::Produce.request_header_version(version)).unwrap();
+        request.encode(&mut bytes, version).unwrap();
+        (bytes, sets)
+    }
+
+    /// Decodes `frame` the way `net::read_requests` does and takes it apart; `hold`
+    /// keeps one more reference to the frame meanwhile.
+    fn taken_apart(frame: BytesMut, hold: bool) -> (ProduceParts, Option<Bytes>) {
+        let frame = frame.freeze();
+        let held = hold.then(|| frame.clone());
+        let mut rest = frame.clone();
+        let (_, version, header) = super::super::api::decode_header(&mut rest).unwrap();
+        let request = ProduceRequest::decode(&mut rest, version).unwrap();
+        drop((rest, header));
+        (own_records(request, frame), held)
+    }
+
+    fn names_and_indexes(parts: &ProduceParts) -> Vec<(String, i32)> {
+        parts.topics.iter().flat_map(|(n, ps)| ps.iter().map(move |(i, _)| (n.0.to_string(), *i))).collect()
+    }
+
+    #[test]
+    fn a_produce_frame_is_split_into_writable_views_of_itself_not_copied() {
+        for version in [3, 7, 9] {
+            let (bytes, sets) = frame(version);
+            let (start, end) = (bytes.as_ptr() as usize, bytes.as_ptr() as usize + bytes.len());
+            let (parts, _) = taken_apart(bytes, false);
+            assert_eq!(parts.acks, -1);
+            let expected: Vec<(String, i32)> =
+                [("payments", 0), ("payments", 1), ("refunds", 0), ("refunds", 1)]
+                    .map(|(n, i)| (n.into(), i))
+                    .into();
+            assert_eq!(names_and_indexes(&parts), expected, "v{version}");
+            let mut n = 0;
+            for (_, partitions) in parts.topics {
+                for (_, records) in partitions {
+                    let Some(Records::Owned(view)) = records else {
+                        panic!("v{version}: partition {n} not owned")
+                    };
+                    assert_eq!(&view[..], &sets[n][..], "v{version}: partition {n}'s bytes");
+                    let at = view.as_ptr() as usize;
+                    assert!(at >= start && at + view.len() <= end, "v{version}: partition {n} was copied");
+                    // Its batches are split off the same memory, each writable on its own.
+                    let batches = split_batches(view).expect("well framed");
+                    assert_eq!(batches.len(), 2);
+                    assert_eq!(batches[0].as_ptr() as usize, at);
+                    assert_eq!(batches[1].as_ptr() as usize, at + batches[0].len());
+                    n += 1;
+                }
+            }
+            assert_eq!(n, 4);
+        }
+    }
+
+    #[test]
+    fn a_frame_still_shared_hands_on_slices_with_the_same_bytes() {
+        let (bytes, sets) = frame(9);
+        let (parts, held) = taken_apart(bytes, true);
+        assert!(held.is_some());
+        let mut n = 0;
+        for (_, partitions) in parts.topics {
+            for (_, records) in partitions {
+                let Some(Records::Shared(slice)) = records else {
+                    panic!("partition {n} owned while shared")
+                };
+                assert_eq!(&slice[..], &sets[n][..]);
+                n += 1;
+            }
+        }
+        assert_eq!(n, 4);
+    }
+
+    #[test]
+    fn record_sets_from_outside_the_frame_stay_shared_and_missing_ones_stay_missing() {
+        // A request not decoded from `frame`: its record sets are not ranges of it.
+        let (bytes, sets) = frame(9);
+        let frame = bytes.freeze();
+        let request =
+            ProduceRequest::default().with_acks(1).with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str("payments")))
+                .with_partition_data(vec![
+                    PartitionProduceData::default().with_index(0).with_records(Some(sets[0].clone())),
+                    PartitionProduceData::default().with_index(1).with_records(None),
+                ])]);
+        let parts = own_records(request, frame);
+        let partitions = &parts.topics[0].1;
+        assert!(matches!(&partitions[0].1, Some(Records::Shared(s)) if s[..] == sets[0][..]));
+        assert!(partitions[1].1.is_none());
+    }
 }
