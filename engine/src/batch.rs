@@ -727,7 +727,6 @@ impl BatchBuilder {
     pub fn finish_swap(&mut self, next: BytesMut) -> BytesMut {
         self.seal();
         let batch = std::mem::replace(&mut self.buffer, next);
-        self.buffer.clear();
         self.reset();
         batch
     }

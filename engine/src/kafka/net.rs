@@ -242,11 +242,8 @@ pub(super) async fn read_requests<R: AsyncRead + Unpin>(
             in_flight_bytes.clone().acquire_many_owned(size as u32).await.map_err(|e| e.to_string())?;
         let (frame, memory) = read_frame(shard, &mut reader, size as usize).await?;
         let permit = (permit, memory);
-        // `frame` stays the whole request (a Produce hands it on to `own_records`);
-        // `rest` is what is still to decode.
-        let frame = frame.freeze();
-        let mut rest = frame.clone();
-        let (api_key, version, header) = decode_header(&mut rest)?;
+        let mut frame = frame.freeze();
+        let (api_key, version, header) = decode_header(&mut frame)?;
         let api = api_name(api_key);
         metrics::counter!("corelog_kafka_requests_total", "api" => api).increment(1);
         metrics::counter!("corelog_kafka_request_bytes_total", "api" => api).increment(size as u64 + 4);
@@ -254,11 +251,12 @@ pub(super) async fn read_requests<R: AsyncRead + Unpin>(
         let correlation_id = header.correlation_id;
         let responses_budget = response_bytes.clone();
         let task = if api_key == ApiKey::Produce {
-            let request = ProduceRequest::decode(&mut rest, version)
+            let body = frame.clone();
+            let request = ProduceRequest::decode(&mut frame, version)
                 .map_err(|e| format!("malformed Produce v{version}: {e:#}"))?;
-            // Nothing but the request may still share the frame (see `own_records`).
-            drop((rest, header));
-            let request = own_records(request, frame);
+            // Nothing but the request may still share the body (see `own_records`).
+            drop((frame, header));
+            let request = own_records(request, body);
             let acks = request.acks;
             let submitted = produce_submit(shard, &session, request).await;
             tokio_uring::spawn(async move {
@@ -288,7 +286,7 @@ pub(super) async fn read_requests<R: AsyncRead + Unpin>(
                     budget: &budget,
                     session: &session,
                 };
-                let answer = handle(&call, api_key, &mut rest).await?;
+                let answer = handle(&call, api_key, &mut frame).await?;
                 record_latency(api, started);
                 answer
                     .map(|(response_version, body, held)| {

@@ -42,83 +42,69 @@ pub(super) struct ProduceParts {
 }
 
 /// Takes a decoded Produce request apart: the names and indexes are kept in memory of
-/// their own, everything else of the request is dropped, and then the frame it was
-/// decoded from (`frame`, the whole request as read) is split into one writable view
-/// per partition's record sets. That works when every record set lies inside `frame`,
-/// in order, and nothing else holds a reference to it any more (the caller drops its
-/// own copies first); otherwise each partition keeps a shared slice.
-pub(super) fn own_records(mut request: ProduceRequest, frame: Bytes) -> ProduceParts {
+/// their own, everything else of the request is dropped, and then `body` (the request
+/// body it was decoded from) is split into one writable view per partition's record
+/// sets. That works when every record set lies inside `body`, in order, and nothing
+/// else holds a reference to it any more (the caller drops its own handles first);
+/// otherwise each partition keeps a shared slice.
+pub(super) fn own_records(mut request: ProduceRequest, body: Bytes) -> ProduceParts {
     let (acks, topic_data) = (request.acks, std::mem::take(&mut request.topic_data));
-    drop(request); // its transactional id and tagged fields may be slices of `frame`
-    let base = frame.as_ptr() as usize;
-    let mut in_order = true;
-    let mut end = 0;
-    // Each partition's record sets, and where they lie in `frame`.
-    let mut topics: PerPartition<(Option<Bytes>, Option<Range<usize>>)> =
-        Vec::with_capacity(topic_data.len());
-    for topic in topic_data {
-        let name = TopicName(StrBytes::from_string(topic.name.0.to_string()));
-        let partitions = topic
-            .partition_data
-            .into_iter()
-            .map(|partition| {
-                let range = partition.records.as_ref().and_then(|records| {
-                    let start = (records.as_ptr() as usize).checked_sub(base)?;
-                    let inside = start >= end && records.len() <= frame.len().checked_sub(start)?;
-                    inside.then(|| start..start + records.len())
-                });
-                match (&partition.records, &range) {
-                    (Some(_), Some(range)) => end = range.end,
-                    (Some(_), None) => in_order = false,
-                    (None, _) => {}
-                }
-                (partition.index, (partition.records, range))
-            })
-            .collect();
-        topics.push((name, partitions));
-    }
-    let parts = |topics: PerPartition<Option<Records>>| ProduceParts { acks, topics };
-    if !in_order {
-        return parts(
-            topics
-                .into_iter()
-                .map(|(name, partitions)| {
-                    let partitions =
-                        partitions.into_iter().map(|(i, (r, _))| (i, r.map(Records::Shared))).collect();
-                    (name, partitions)
-                })
-                .collect(),
-        );
-    }
-    // Every record set is a range of `frame`: let go of the slices, then take it apart.
-    let topics: PerPartition<Option<Range<usize>>> = topics
+    drop(request); // its transactional id and tagged fields may be slices of `body`
+    let base = body.as_ptr() as usize;
+    // Where the last record set ended in `body`; `None` once one is not the next range.
+    let mut end = Some(0);
+    let mut slices = Vec::new(); // every record set, in request order
+    let topics: PerPartition<Option<Range<usize>>> = topic_data
         .into_iter()
-        .map(|(name, partitions)| (name, partitions.into_iter().map(|(i, (_, range))| (i, range)).collect()))
+        .map(|topic| {
+            let name = TopicName(StrBytes::from_string(topic.name.0.to_string()));
+            let partitions = topic
+                .partition_data
+                .into_iter()
+                .map(|partition| {
+                    let range = partition.records.map(|records| {
+                        let start = (records.as_ptr() as usize).wrapping_sub(base);
+                        let range = start..start.saturating_add(records.len());
+                        let next = end.is_some_and(|end| end <= start) && range.end <= body.len();
+                        end = next.then_some(range.end);
+                        slices.push(records);
+                        range
+                    });
+                    (partition.index, range)
+                })
+                .collect();
+            (name, partitions)
+        })
         .collect();
-    let mut whole = frame.try_into_mut();
+    enum Source {
+        Frame(BytesMut),
+        SharedFrame(Bytes),
+        Slices(std::vec::IntoIter<Bytes>),
+    }
+    let mut source = if end.is_some() {
+        // Every record set is a range of `body`: let go of the slices, then take it apart.
+        drop(slices);
+        body.try_into_mut().map_or_else(Source::SharedFrame, Source::Frame)
+    } else {
+        Source::Slices(slices.into_iter())
+    };
     let mut cursor = 0;
-    parts(
-        topics
-            .into_iter()
-            .map(|(name, partitions)| {
-                let partitions = partitions
-                    .into_iter()
-                    .map(|(index, range)| {
-                        let records = range.map(|range| match &mut whole {
-                            Ok(view) => {
-                                let _skipped = view.split_to(range.start - cursor);
-                                cursor = range.end;
-                                Records::Owned(view.split_to(range.len()))
-                            }
-                            Err(shared) => Records::Shared(shared.slice(range)),
-                        });
-                        (index, records)
-                    })
-                    .collect();
-                (name, partitions)
-            })
-            .collect(),
-    )
+    let mut records = |range: Range<usize>| match &mut source {
+        Source::Frame(view) => {
+            let _skipped = view.split_to(range.start - cursor);
+            cursor = range.end;
+            Records::Owned(view.split_to(range.len()))
+        }
+        Source::SharedFrame(body) => Records::Shared(body.slice(range)),
+        Source::Slices(slices) => Records::Shared(slices.next().expect("one slice per record set")),
+    };
+    let topics = topics
+        .into_iter()
+        .map(|(name, partitions)| {
+            (name, partitions.into_iter().map(|(index, range)| (index, range.map(&mut records))).collect())
+        })
+        .collect();
+    ProduceParts { acks, topics }
 }
 
 /// One partition of a produce request after its batches were submitted.
@@ -337,13 +323,13 @@ mod tests {
     /// Decodes `frame` the way `net::read_requests` does and takes it apart; `hold`
     /// keeps one more reference to the frame meanwhile.
     fn taken_apart(frame: BytesMut, hold: bool) -> (ProduceParts, Option<Bytes>) {
-        let frame = frame.freeze();
+        let mut frame = frame.freeze();
         let held = hold.then(|| frame.clone());
-        let mut rest = frame.clone();
-        let (_, version, header) = super::super::api::decode_header(&mut rest).unwrap();
-        let request = ProduceRequest::decode(&mut rest, version).unwrap();
-        drop((rest, header));
-        (own_records(request, frame), held)
+        let (_, version, header) = super::super::api::decode_header(&mut frame).unwrap();
+        let body = frame.clone();
+        let request = ProduceRequest::decode(&mut frame, version).unwrap();
+        drop((frame, header));
+        (own_records(request, body), held)
     }
 
     fn names_and_indexes(parts: &ProduceParts) -> Vec<(String, i32)> {
