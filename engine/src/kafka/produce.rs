@@ -370,6 +370,34 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_whose_length_lies_under_a_valid_crc_refuses_its_partition_and_no_other() {
+        // The first batch of the first partition claims to run past its record sets
+        // (the length field is outside the CRC, which stays valid).
+        let (mut bytes, sets) = frame(9);
+        let at =
+            bytes.windows(sets[0].len()).position(|w| w == &sets[0][..]).expect("record sets in the frame");
+        let claimed = i32::from_be_bytes(bytes[at + 8..at + 12].try_into().unwrap()) + sets[0].len() as i32;
+        bytes[at + 8..at + 12].copy_from_slice(&claimed.to_be_bytes());
+        let (parts, _) = taken_apart(bytes, false);
+        let mut views =
+            parts.topics.into_iter().flat_map(|(_, partitions)| partitions).map(|(_, records)| {
+                let Some(Records::Owned(view)) = records else { panic!("not owned") };
+                view
+            });
+        let lying = views.next().unwrap();
+        assert_eq!(lying.len(), sets[0].len(), "the view ends where the request's record sets end");
+        assert!(split_batches(lying).is_none(), "the lying batch is refused");
+        for (n, view) in views.enumerate() {
+            assert_eq!(&view[..], &sets[n + 1][..], "partition {} untouched", n + 1);
+            let batches = split_batches(view).expect("well framed");
+            assert_eq!(batches.len(), 2);
+            for batch in batches {
+                crate::batch::BatchView::parse(&batch).expect("a valid batch");
+            }
+        }
+    }
+
+    #[test]
     fn a_frame_still_shared_hands_on_slices_with_the_same_bytes() {
         let (bytes, sets) = frame(9);
         let (parts, held) = taken_apart(bytes, true);
